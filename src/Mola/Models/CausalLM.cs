@@ -1,0 +1,116 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Mola.Models;
+
+/// <summary>Token embeddings (a frozen lookup table named as in the checkpoint).</summary>
+public sealed class Embedding : nn.Module<Tensor, Tensor>
+{
+    public Parameter weight;
+
+    public Embedding(string name, int vocab, int hidden, ScalarType dtype, Device device) : base(name)
+    {
+        weight = new Parameter(torch.empty(vocab, hidden, dtype, device), requires_grad: false);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor ids)
+    {
+        using var flat = ids.reshape(-1);
+        using var rows = weight.index_select(0, flat);
+        var shape = ids.shape.Append(weight.shape[1]).ToArray();
+        return rows.view(shape);
+    }
+}
+
+/// <summary><c>model.*</c> of a Hugging Face decoder: embeddings, layers, final norm.</summary>
+public sealed class DecoderModel : nn.Module<Tensor, Tensor>
+{
+    public Embedding embed_tokens;
+    public ModuleList<DecoderLayer> layers;
+    public RmsNorm norm;
+
+    public DecoderModel(ModelConfig c, ScalarType dtype, Device device) : base("model")
+    {
+        embed_tokens = new Embedding("embed_tokens", c.VocabSize, c.HiddenSize, dtype, device);
+        layers = new ModuleList<DecoderLayer>(Enumerable.Range(0, c.NumHiddenLayers).Select(i => new DecoderLayer(i, c, dtype, device)).ToArray());
+        norm = new RmsNorm("norm", c.HiddenSize, c.RmsNormEps, c.IsGemma, dtype, device);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x) => throw new InvalidOperationException("call CausalLM.Forward");
+}
+
+/// <summary>
+/// A LLaMA-family causal language model (llama, mistral, gemma v1) in Hugging Face layout:
+/// parameter names equal the checkpoint keys, so loading is a walk over <c>named_parameters()</c>.
+/// </summary>
+public sealed class CausalLM : nn.Module<Tensor, Tensor>
+{
+    public DecoderModel model;
+    public Linear? lm_head;
+
+    public ModelConfig Config { get; }
+    public ScalarType DType { get; }
+    public Device Device { get; }
+    readonly Rotary _rotary;
+
+    public CausalLM(ModelConfig config, ScalarType dtype, Device device) : base("CausalLM")
+    {
+        Config = config;
+        DType = dtype;
+        Device = device;
+        model = new DecoderModel(config, dtype, device);
+        lm_head = config.TieWordEmbeddings ? null : new Linear("lm_head", config.HiddenSize, config.VocabSize, dtype, device);
+        _rotary = new Rotary(config.HeadDim, config.RopeTheta, device);
+        RegisterComponents();
+    }
+
+    public IReadOnlyList<DecoderLayer> Layers => model.layers.ToList();
+
+    public override Tensor forward(Tensor inputIds) => Forward(inputIds);
+
+    /// <summary>
+    /// Logits [B, T, V] in the model's dtype.
+    /// </summary>
+    /// <param name="inputIds">[B, T] token ids (this step's tokens when a cache is given).</param>
+    /// <param name="attentionMask">[B, past + T], 1 for real tokens and 0 for padding; null: all real.
+    /// Positions count real tokens only, so left and right padding give the same logits.</param>
+    /// <param name="cache">Keys and values of earlier steps; this step's are appended.</param>
+    public Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null)
+    {
+        using var scope = NewDisposeScope();
+        long B = inputIds.shape[0], T = inputIds.shape[1];
+        long past = cache?.Length ?? 0, total = past + T;
+        var valid = attentionMask is null ? ones(B, total, ScalarType.Bool, Device) : attentionMask.to(ScalarType.Bool, Device);
+        if (valid.shape[1] != total)
+            throw new ArgumentException($"attention mask covers {valid.shape[1]} positions, expected {total}");
+        var positions = (valid.to(ScalarType.Int64).cumsum(1, ScalarType.Int64) - 1).clamp_min(0)[.., (int)past..];
+        var (cos, sin) = _rotary.Angles(positions, DType);
+        var ctx = new ForwardContext { Cos = cos, Sin = sin, Mask = BuildMask(valid, past, T), Cache = cache };
+
+        var x = model.embed_tokens.forward(inputIds.to(Device));
+        if (Config.IsGemma)
+            x = x * tensor(Math.Sqrt(Config.HiddenSize), DType, Device); // the scale in the model's dtype, as HF does
+        foreach (var layer in model.layers)
+            x = layer.Forward(x, ctx);
+        x = model.norm.forward(x);
+        var logits = lm_head is null ? nn.functional.linear(x, model.embed_tokens.weight) : lm_head.forward(x);
+        return logits.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>[B, 1, T, past + T]: causal, not padding, inside Mistral's sliding window; a query may
+    /// always see itself so that padded rows never become all-masked (which would give NaN).</summary>
+    Tensor BuildMask(Tensor valid, long past, long T)
+    {
+        long total = past + T;
+        var q = arange(past, total, ScalarType.Int64, Device).unsqueeze(1);   // [T, 1] query slots
+        var k = arange(0, total, ScalarType.Int64, Device).unsqueeze(0);      // [1, total] key slots
+        var allowed = k.le(q);
+        if (Config.SlidingWindow is int w) allowed = allowed.logical_and((q - k).lt(w));
+        var mask = allowed.unsqueeze(0).logical_and(valid.unsqueeze(1));     // [B, T, total]
+        mask = mask.logical_or(k.eq(q).unsqueeze(0));
+        return mask.unsqueeze(1);
+    }
+}

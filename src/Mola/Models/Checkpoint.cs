@@ -1,0 +1,109 @@
+using System.Text.Json;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Mola.Models;
+
+/// <summary>
+/// The weights of a Hugging Face model directory: <c>model.safetensors</c>, or the shards named in
+/// <c>model.safetensors.index.json</c>. Tensors are read one at a time from memory-mapped files.
+/// </summary>
+public sealed class Checkpoint : IDisposable
+{
+    readonly Dictionary<string, SafeTensorsFile> _byTensor = new();
+    readonly List<SafeTensorsFile> _files = new();
+
+    public string Directory { get; }
+    public IEnumerable<string> Names => _byTensor.Keys;
+
+    Checkpoint(string directory) => Directory = directory;
+
+    public static Checkpoint Open(string directory)
+    {
+        var ckpt = new Checkpoint(directory);
+        try
+        {
+            string single = System.IO.Path.Combine(directory, "model.safetensors");
+            string index = System.IO.Path.Combine(directory, "model.safetensors.index.json");
+            if (File.Exists(single))
+            {
+                var f = SafeTensorsFile.Open(single);
+                ckpt._files.Add(f);
+                foreach (var name in f.Tensors.Keys) ckpt._byTensor[name] = f;
+            }
+            else if (File.Exists(index)) ckpt.OpenShards(index);
+            else throw new MolaException($"{directory}: no weights (expected model.safetensors or model.safetensors.index.json)");
+            return ckpt;
+        }
+        catch
+        {
+            ckpt.Dispose();
+            throw;
+        }
+    }
+
+    void OpenShards(string index)
+    {
+        Dictionary<string, string> map;
+        try
+        {
+            using var doc = JsonDocument.Parse(File.ReadAllText(index));
+            if (!doc.RootElement.TryGetProperty("weight_map", out var wm) || wm.ValueKind != JsonValueKind.Object)
+                throw new MolaException($"{index}: missing \"weight_map\" object");
+            map = wm.EnumerateObject().ToDictionary(p => p.Name, p => p.Value.ValueKind == JsonValueKind.String ? p.Value.GetString()!
+                : throw new MolaException($"{index}: weight_map entry \"{p.Name}\" must name a file"));
+        }
+        catch (JsonException e) { throw new MolaException($"{index}: invalid JSON ({e.Message})"); }
+        var shards = new Dictionary<string, SafeTensorsFile>();
+        foreach (var (name, file) in map)
+        {
+            if (file.Contains('/') || file.Contains('\\') || file.Contains(".."))
+                throw new MolaException($"{index}: shard name \"{file}\" must be a plain file name");
+            if (!shards.TryGetValue(file, out var shard))
+            {
+                string path = System.IO.Path.Combine(Directory, file);
+                if (!File.Exists(path)) throw new MolaException($"{index}: shard \"{file}\" (holding \"{name}\") not found");
+                shard = SafeTensorsFile.Open(path);
+                shards[file] = shard;
+                _files.Add(shard);
+            }
+            if (!shard.Contains(name)) throw new MolaException($"{shard.Path}: tensor \"{name}\" missing (the index says it is in this shard)");
+            _byTensor[name] = shard;
+        }
+    }
+
+    public bool Contains(string name) => _byTensor.ContainsKey(name);
+
+    public TensorInfo Info(string name) => _byTensor.TryGetValue(name, out var f) ? f.Tensors[name]
+        : throw new MolaException($"{Directory}: tensor \"{name}\" missing");
+
+    public Tensor Read(string name, ScalarType? dtype = null, Device? device = null) =>
+        _byTensor.TryGetValue(name, out var f) ? f.Read(name, dtype, device)
+        : throw new MolaException($"{Directory}: tensor \"{name}\" missing");
+
+    /// <summary>Which file holds a tensor (for error messages).</summary>
+    public string FileOf(string name) => _byTensor.TryGetValue(name, out var f) ? f.Path : Directory;
+
+    /// <summary>Copies every parameter of <paramref name="module"/> from the tensor of the same name,
+    /// one at a time, checking shapes; the module's dtype and device are kept.</summary>
+    public void LoadInto(nn.Module module)
+    {
+        using var _ = torch.no_grad();
+        foreach (var (name, p) in module.named_parameters())
+        {
+            if (!_byTensor.TryGetValue(name, out var f))
+                throw new MolaException($"{Directory}: tensor \"{name}\" missing (expected shape {SafeTensorsFile.FormatShape(p.shape)})");
+            var info = f.Tensors[name];
+            if (!info.Shape.SequenceEqual(p.shape))
+                throw new MolaException($"{f.Path}: tensor \"{name}\" has shape {SafeTensorsFile.FormatShape(info.Shape)}, expected {SafeTensorsFile.FormatShape(p.shape)}");
+            using var t = f.Read(name, p.dtype, p.device);
+            p.copy_(t);
+        }
+    }
+
+    public void Dispose()
+    {
+        foreach (var f in _files) f.Dispose();
+        _files.Clear();
+    }
+}

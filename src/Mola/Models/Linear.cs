@@ -1,0 +1,40 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Mola.Models;
+
+/// <summary>What an adapter puts around a frozen linear map: it receives the input and the base
+/// layer and returns the layer's output (base output plus its own contribution).</summary>
+public interface ILinearAdapter
+{
+    Tensor Forward(Tensor x, Linear baseLayer);
+}
+
+/// <summary>
+/// A bias-free linear map <c>y = x W^T</c> whose weight is named as in the checkpoint. This is the
+/// one seam adapters use: setting <see cref="Adapter"/> routes the call through it, so the decoder
+/// knows nothing about adapters. Adapter parameters are not registered here, so the model's
+/// <c>named_parameters()</c> stay the checkpoint keys.
+/// </summary>
+public sealed class Linear : nn.Module<Tensor, Tensor>
+{
+    public Parameter weight;
+
+    public int InFeatures { get; }
+    public int OutFeatures { get; }
+    public ILinearAdapter? Adapter { get; set; }
+
+    public Linear(string name, int inFeatures, int outFeatures, ScalarType dtype, Device device) : base(name)
+    {
+        InFeatures = inFeatures;
+        OutFeatures = outFeatures;
+        weight = new Parameter(torch.empty(outFeatures, inFeatures, dtype, device), requires_grad: false);
+        RegisterComponents();
+    }
+
+    /// <summary>The frozen map alone.</summary>
+    public Tensor Base(Tensor x) => nn.functional.linear(x, weight);
+
+    public override Tensor forward(Tensor x) => Adapter is null ? Base(x) : Adapter.Forward(x, this);
+}

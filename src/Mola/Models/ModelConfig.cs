@@ -1,0 +1,119 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace Mola.Models;
+
+/// <summary>The fields of a Hugging Face <c>config.json</c> that the decoders use.</summary>
+public sealed record ModelConfig
+{
+    public static readonly string[] SupportedModelTypes = ["llama", "mistral", "gemma"];
+
+    public required string ModelType { get; init; }
+    public required int VocabSize { get; init; }
+    public required int HiddenSize { get; init; }
+    public required int IntermediateSize { get; init; }
+    public required int NumHiddenLayers { get; init; }
+    public required int NumAttentionHeads { get; init; }
+    public int NumKeyValueHeads { get; init; }
+    public int HeadDim { get; init; }
+    public double RmsNormEps { get; init; } = 1e-6;
+    public double RopeTheta { get; init; } = 10000.0;
+    public int MaxPositionEmbeddings { get; init; } = 4096;
+    public bool TieWordEmbeddings { get; init; }
+    public string HiddenAct { get; init; } = "silu";
+    public int? SlidingWindow { get; init; }
+    public int BosTokenId { get; init; } = 1;
+    public int EosTokenId { get; init; } = 2;
+    public int? PadTokenId { get; init; }
+    public string? TorchDtype { get; init; }
+
+    public bool IsGemma => ModelType == "gemma";
+
+    public static ModelConfig Load(string path)
+    {
+        if (Directory.Exists(path)) path = Path.Combine(path, "config.json");
+        if (!File.Exists(path))
+            throw new MolaException($"{path}: not found (a base model directory needs config.json)");
+        JsonObject obj;
+        try
+        {
+            obj = JsonNode.Parse(File.ReadAllText(path)) as JsonObject
+                ?? throw new MolaException($"{path}: expected a JSON object");
+        }
+        catch (JsonException e)
+        {
+            throw new MolaException($"{path}: invalid JSON ({e.Message})");
+        }
+        return FromJson(obj, path);
+    }
+
+    public static ModelConfig FromJson(JsonObject o, string source)
+    {
+        string type = Str(o, "model_type", source) ?? throw new MolaException($"{source}: missing \"model_type\"");
+        if (!SupportedModelTypes.Contains(type))
+            throw new MolaException($"{source}: unsupported model_type \"{type}\" (supported: {string.Join(", ", SupportedModelTypes)})");
+        int Req(string key) => Int(o, key, source) ?? throw new MolaException($"{source}: missing \"{key}\"");
+        int hidden = Req("hidden_size"), heads = Req("num_attention_heads");
+        int kv = Int(o, "num_key_value_heads", source) ?? heads;
+        int headDim = Int(o, "head_dim", source) ?? hidden / heads;
+        var cfg = new ModelConfig
+        {
+            ModelType = type,
+            VocabSize = Req("vocab_size"),
+            HiddenSize = hidden,
+            IntermediateSize = Req("intermediate_size"),
+            NumHiddenLayers = Req("num_hidden_layers"),
+            NumAttentionHeads = heads,
+            NumKeyValueHeads = kv,
+            HeadDim = headDim,
+            RmsNormEps = Dbl(o, "rms_norm_eps", source) ?? 1e-6,
+            RopeTheta = Dbl(o, "rope_theta", source) ?? 10000.0,
+            MaxPositionEmbeddings = Int(o, "max_position_embeddings", source) ?? 4096,
+            // Gemma ties its head to the embeddings whether or not the config says so.
+            TieWordEmbeddings = type == "gemma" || (o["tie_word_embeddings"] is JsonValue t && t.GetValueKind() == JsonValueKind.True),
+            HiddenAct = Str(o, "hidden_activation", source) ?? Str(o, "hidden_act", source) ?? (type == "gemma" ? "gelu_pytorch_tanh" : "silu"),
+            SlidingWindow = type == "mistral" ? Int(o, "sliding_window", source) : null,
+            BosTokenId = Int(o, "bos_token_id", source) ?? 1,
+            EosTokenId = FirstInt(o, "eos_token_id", source) ?? 2,
+            PadTokenId = Int(o, "pad_token_id", source),
+            TorchDtype = Str(o, "torch_dtype", source),
+        };
+        if (hidden <= 0 || heads <= 0 || kv <= 0 || headDim <= 0 || cfg.NumHiddenLayers <= 0 || cfg.VocabSize <= 0 || cfg.IntermediateSize <= 0)
+            throw new MolaException($"{source}: sizes must be positive");
+        if (heads % kv != 0)
+            throw new MolaException($"{source}: num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv})");
+        if (headDim % 2 != 0)
+            throw new MolaException($"{source}: head_dim ({headDim}) must be even for rotary embeddings");
+        if (cfg.HiddenAct is not ("silu" or "gelu_pytorch_tanh" or "gelu_tanh" or "gelu"))
+            throw new MolaException($"{source}: unsupported activation \"{cfg.HiddenAct}\" (supported: silu, gelu_pytorch_tanh, gelu)");
+        return cfg;
+    }
+
+    static string? Str(JsonObject o, string key, string source) => o[key] switch
+    {
+        null => null,
+        JsonValue v when v.GetValueKind() == JsonValueKind.String => v.GetValue<string>(),
+        JsonValue v when v.GetValueKind() == JsonValueKind.Null => null,
+        _ => throw new MolaException($"{source}: \"{key}\" must be a string"),
+    };
+
+    static int? Int(JsonObject o, string key, string source) => o[key] switch
+    {
+        null => null,
+        JsonValue v when v.GetValueKind() == JsonValueKind.Null => null,
+        JsonValue v when v.GetValueKind() == JsonValueKind.Number && v.TryGetValue<int>(out int i) => i,
+        _ => throw new MolaException($"{source}: \"{key}\" must be an integer"),
+    };
+
+    static int? FirstInt(JsonObject o, string key, string source) =>
+        o[key] is JsonArray a ? (a.Count > 0 && a[0] is JsonValue v && v.TryGetValue<int>(out int i) ? i : throw new MolaException($"{source}: \"{key}\" must be an integer or a list of integers"))
+        : Int(o, key, source);
+
+    static double? Dbl(JsonObject o, string key, string source) => o[key] switch
+    {
+        null => null,
+        JsonValue v when v.GetValueKind() == JsonValueKind.Null => null,
+        JsonValue v when v.GetValueKind() == JsonValueKind.Number => v.GetValue<double>(),
+        _ => throw new MolaException($"{source}: \"{key}\" must be a number"),
+    };
+}

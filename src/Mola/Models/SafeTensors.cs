@@ -1,0 +1,220 @@
+using System.IO.MemoryMappedFiles;
+using System.Text;
+using System.Text.Json;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Mola.Models;
+
+/// <summary>Where one tensor lies in a safetensors file.</summary>
+public sealed record TensorInfo(string Name, string DType, long[] Shape, long Begin, long End)
+{
+    public long NumElements => Shape.Aggregate(1L, (a, b) => a * b);
+}
+
+/// <summary>
+/// A strict, memory-mapped safetensors reader: the header is validated on open (dtypes, shapes,
+/// offsets inside the file and not overlapping) and each tensor is materialised only when read,
+/// so a checkpoint is never copied whole.
+/// </summary>
+public sealed class SafeTensorsFile : IDisposable
+{
+    static readonly Dictionary<string, (ScalarType Type, int Size)> DTypes = new()
+    {
+        ["F64"] = (ScalarType.Float64, 8),
+        ["F32"] = (ScalarType.Float32, 4),
+        ["F16"] = (ScalarType.Float16, 2),
+        ["BF16"] = (ScalarType.BFloat16, 2),
+        ["I64"] = (ScalarType.Int64, 8),
+        ["I32"] = (ScalarType.Int32, 4),
+        ["I16"] = (ScalarType.Int16, 2),
+        ["I8"] = (ScalarType.Int8, 1),
+        ["U8"] = (ScalarType.Byte, 1),
+        ["BOOL"] = (ScalarType.Bool, 1),
+    };
+
+    const long MaxHeaderBytes = 100_000_000; // the format's own limit
+
+    readonly MemoryMappedFile? _map;
+    readonly MemoryMappedViewAccessor? _view;
+    readonly long _dataStart;
+
+    public string Path { get; }
+    public IReadOnlyDictionary<string, TensorInfo> Tensors { get; }
+    public IReadOnlyDictionary<string, string> Metadata { get; }
+
+    SafeTensorsFile(string path, long dataStart, Dictionary<string, TensorInfo> tensors, Dictionary<string, string> metadata, MemoryMappedFile? map, MemoryMappedViewAccessor? view)
+    {
+        Path = path;
+        _dataStart = dataStart;
+        Tensors = tensors;
+        Metadata = metadata;
+        _map = map;
+        _view = view;
+    }
+
+    public static SafeTensorsFile Open(string path)
+    {
+        if (!File.Exists(path)) throw new MolaException($"{path}: not found");
+        long fileLength = new FileInfo(path).Length;
+        if (fileLength < 8) throw new MolaException($"{path}: truncated safetensors file ({fileLength} bytes, less than the 8-byte header length)");
+        byte[] headerBytes;
+        using (var fs = File.OpenRead(path))
+        {
+            Span<byte> len = stackalloc byte[8];
+            fs.ReadExactly(len);
+            ulong n = BitConverter.ToUInt64(len);
+            if (n > (ulong)(fileLength - 8))
+                throw new MolaException($"{path}: header length {n} is larger than the file ({fileLength} bytes): truncated or not a safetensors file");
+            if (n > MaxHeaderBytes) throw new MolaException($"{path}: header length {n} exceeds the format's limit of {MaxHeaderBytes} bytes");
+            headerBytes = new byte[n];
+            fs.ReadExactly(headerBytes);
+        }
+        long dataStart = 8 + headerBytes.Length;
+        long dataLength = fileLength - dataStart;
+        var (tensors, metadata) = ParseHeader(path, headerBytes, dataLength);
+        MemoryMappedFile? map = null;
+        MemoryMappedViewAccessor? view = null;
+        if (fileLength > 0 && dataLength > 0)
+        {
+            map = MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
+            view = map.CreateViewAccessor(0, fileLength, MemoryMappedFileAccess.Read);
+        }
+        return new SafeTensorsFile(path, dataStart, tensors, metadata, map, view);
+    }
+
+    static (Dictionary<string, TensorInfo>, Dictionary<string, string>) ParseHeader(string path, byte[] header, long dataLength)
+    {
+        JsonDocument doc;
+        try { doc = JsonDocument.Parse(header); }
+        catch (JsonException e) { throw new MolaException($"{path}: header is not valid JSON ({e.Message})"); }
+        using var _ = doc;
+        if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new MolaException($"{path}: header must be a JSON object");
+        var tensors = new Dictionary<string, TensorInfo>();
+        var metadata = new Dictionary<string, string>();
+        foreach (var p in doc.RootElement.EnumerateObject())
+        {
+            if (p.Name == "__metadata__")
+            {
+                if (p.Value.ValueKind != JsonValueKind.Object) throw new MolaException($"{path}: __metadata__ must be an object of strings");
+                foreach (var m in p.Value.EnumerateObject())
+                    metadata[m.Name] = m.Value.ValueKind == JsonValueKind.String ? m.Value.GetString()! : throw new MolaException($"{path}: __metadata__ value \"{m.Name}\" must be a string");
+                continue;
+            }
+            string where = $"{path}: tensor \"{p.Name}\"";
+            if (p.Value.ValueKind != JsonValueKind.Object) throw new MolaException($"{where}: entry must be an object");
+            if (!p.Value.TryGetProperty("dtype", out var dt) || dt.ValueKind != JsonValueKind.String)
+                throw new MolaException($"{where}: missing \"dtype\"");
+            string dtype = dt.GetString()!;
+            if (!DTypes.TryGetValue(dtype, out var info))
+                throw new MolaException($"{where}: unknown dtype \"{dtype}\" (supported: {string.Join(", ", DTypes.Keys)})");
+            if (!p.Value.TryGetProperty("shape", out var sh) || sh.ValueKind != JsonValueKind.Array)
+                throw new MolaException($"{where}: missing \"shape\"");
+            var shape = sh.EnumerateArray().Select(d => d.ValueKind == JsonValueKind.Number && d.TryGetInt64(out long v) && v >= 0 ? v
+                : throw new MolaException($"{where}: shape entries must be non-negative integers")).ToArray();
+            if (!p.Value.TryGetProperty("data_offsets", out var off) || off.ValueKind != JsonValueKind.Array || off.GetArrayLength() != 2)
+                throw new MolaException($"{where}: \"data_offsets\" must be [begin, end]");
+            long begin = off[0].TryGetInt64(out long b0) ? b0 : -1, end = off[1].TryGetInt64(out long e0) ? e0 : -1;
+            if (begin < 0 || end < begin)
+                throw new MolaException($"{where}: data offsets [{off[0]}, {off[1]}] are not a valid range");
+            if (end > dataLength)
+                throw new MolaException($"{where}: data offsets [{begin}, {end}] run past the end of the data ({dataLength} bytes): the file is truncated or its header is wrong");
+            var t = new TensorInfo(p.Name, dtype, shape, begin, end);
+            long expected = t.NumElements * info.Size;
+            if (end - begin != expected)
+                throw new MolaException($"{where}: data offsets [{begin}, {end}] hold {end - begin} bytes but {dtype} {FormatShape(shape)} needs {expected}");
+            tensors[p.Name] = t;
+        }
+        var sorted = tensors.Values.Where(t => t.End > t.Begin).OrderBy(t => t.Begin).ToList();
+        for (int i = 1; i < sorted.Count; i++)
+            if (sorted[i].Begin < sorted[i - 1].End)
+                throw new MolaException($"{path}: tensors \"{sorted[i - 1].Name}\" and \"{sorted[i].Name}\" have overlapping data offsets");
+        return (tensors, metadata);
+    }
+
+    public static string FormatShape(IEnumerable<long> shape) => "[" + string.Join(", ", shape) + "]";
+
+    public bool Contains(string name) => Tensors.ContainsKey(name);
+
+    /// <summary>Materialises one tensor, converted to <paramref name="dtype"/> (default: as stored) on <paramref name="device"/>.</summary>
+    public Tensor Read(string name, ScalarType? dtype = null, Device? device = null)
+    {
+        if (!Tensors.TryGetValue(name, out var info)) throw new MolaException($"{Path}: tensor \"{name}\" not found");
+        var stored = DTypes[info.DType].Type;
+        var t = torch.empty(info.Shape, stored);
+        long n = info.End - info.Begin;
+        if (n > 0)
+        {
+            unsafe
+            {
+                byte* ptr = null;
+                _view!.SafeMemoryMappedViewHandle.AcquirePointer(ref ptr);
+                try
+                {
+                    CopyInto(t, ptr + _view.PointerOffset + _dataStart + info.Begin, n);
+                }
+                finally { _view.SafeMemoryMappedViewHandle.ReleasePointer(); }
+            }
+        }
+        if ((dtype is null || dtype == stored) && (device is null || device.type == DeviceType.CPU)) return t;
+        using (t) return t.to(dtype ?? stored, device ?? CPU);
+    }
+
+    // A Span holds at most 2^31 bytes: larger tensors (a float32 Gemma embedding is 3 GB) are filled
+    // a block of rows at a time through narrow() views.
+    internal static long MaxSpanBytes = 1L << 30;
+
+    static unsafe void CopyInto(Tensor dst, byte* src, long n)
+    {
+        if (n <= MaxSpanBytes || dst.dim() == 0 || dst.shape[0] <= 1)
+        {
+            new ReadOnlySpan<byte>(src, checked((int)n)).CopyTo(dst.bytes);
+            return;
+        }
+        long rows = dst.shape[0], rowBytes = n / rows, block = Math.Max(1, MaxSpanBytes / rowBytes);
+        for (long r = 0; r < rows; r += block)
+        {
+            long count = Math.Min(block, rows - r);
+            using var view = dst.narrow(0, r, count);
+            CopyInto(view, src + r * rowBytes, count * rowBytes);
+        }
+    }
+
+    public void Dispose()
+    {
+        _view?.Dispose();
+        _map?.Dispose();
+    }
+
+    /// <summary>Writes tensors (in name order) to <paramref name="path"/> atomically: a temporary file, then a rename.</summary>
+    public static void Save(string path, IEnumerable<KeyValuePair<string, Tensor>> tensors, IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        var list = tensors.OrderBy(kv => kv.Key, StringComparer.Ordinal).ToList();
+        var header = new Dictionary<string, object>();
+        if (metadata is { Count: > 0 }) header["__metadata__"] = metadata;
+        long offset = 0;
+        foreach (var (name, t) in list)
+        {
+            string dtype = DTypes.First(kv => kv.Value.Type == t.dtype).Key;
+            long size = t.numel() * DTypes[dtype].Size;
+            header[name] = new { dtype, shape = t.shape, data_offsets = new[] { offset, offset + size } };
+            offset += size;
+        }
+        byte[] json = JsonSerializer.SerializeToUtf8Bytes(header);
+        int pad = (8 - json.Length % 8) % 8;
+        string tmp = path + ".tmp";
+        using (var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write))
+        {
+            fs.Write(BitConverter.GetBytes((ulong)(json.Length + pad)));
+            fs.Write(json);
+            for (int i = 0; i < pad; i++) fs.WriteByte((byte)' ');
+            foreach (var (_, t) in list)
+            {
+                using var c = t.detach().cpu().contiguous();
+                var bytes = c.bytes;
+                fs.Write(bytes);
+            }
+        }
+        File.Move(tmp, path, overwrite: true);
+    }
+}

@@ -1,0 +1,45 @@
+using Mola.Models;
+using static TorchSharp.torch;
+
+namespace Mola.Tests;
+
+static class TestUtil
+{
+    public static string Fixture(params string[] parts) => Path.Combine([AppContext.BaseDirectory, "Fixtures", .. parts]);
+
+    public static Dictionary<string, Tensor> ReadAll(string path)
+    {
+        using var f = SafeTensorsFile.Open(path);
+        return f.Tensors.Keys.ToDictionary(k => k, k => f.Read(k));
+    }
+
+    public static double MaxAbsDiff(Tensor a, Tensor b)
+    {
+        using var d = (a.to(ScalarType.Float64) - b.to(ScalarType.Float64)).abs().max();
+        return d.item<double>();
+    }
+
+    public static double RelDiff(Tensor a, Tensor b)
+    {
+        using var scope = NewDisposeScope();
+        var a64 = a.to(ScalarType.Float64);
+        var b64 = b.to(ScalarType.Float64);
+        return ((a64 - b64).abs().max() / b64.abs().max().clamp_min(1e-30)).item<double>();
+    }
+
+    public static string TempDir()
+    {
+        string d = Path.Combine(Path.GetTempPath(), "mola-tests-" + Guid.NewGuid().ToString("N")[..12]);
+        Directory.CreateDirectory(d);
+        return d;
+    }
+
+    /// <summary>Copies a fixture directory into a fresh temporary one (for tests that break files).</summary>
+    public static string CopyFixture(string name)
+    {
+        string dst = TempDir();
+        foreach (var f in Directory.GetFiles(Fixture(name)))
+            File.Copy(f, Path.Combine(dst, Path.GetFileName(f)));
+        return dst;
+    }
+}
