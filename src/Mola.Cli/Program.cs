@@ -1,1 +1,6 @@
-System.Console.WriteLine("x");
+using System.CommandLine;
+using Mola.Cli.Commands;
+
+var root = new RootCommand("mola: fine-tune LLaMA, Mistral and Gemma checkpoints with MoLA (MoE-LoRA with layer-wise expert allocation)");
+root.Subcommands.Add(PerplexityCommand.Create());
+return root.Parse(args).Invoke();

@@ -1,0 +1,83 @@
+using System.CommandLine;
+using System.Text.Encodings.Web;
+using System.Text.Json;
+using Mola;
+using Mola.Models;
+using static TorchSharp.torch;
+
+namespace Mola.Cli;
+
+/// <summary>What every command shares: common options, error handling and the JSON/human split
+/// (with --json the last stdout line is one JSON object and human output goes to stderr).</summary>
+public static class Cli
+{
+    public static readonly JsonSerializerOptions JsonOptions = new()
+    {
+        PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
+        DictionaryKeyPolicy = null,
+        Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+    };
+
+    public static Option<bool> JsonOption() => new("--json") { Description = "Print one JSON object as the last line of stdout; human output goes to stderr" };
+
+    public static Option<string> BaseModelOption(bool required = true) => new("--base-model")
+    {
+        Description = "Base model directory in Hugging Face layout (config.json, model.safetensors or shards, tokenizer.model)",
+        Required = required,
+    };
+
+    public static Option<string> DTypeOption(string defaultValue = "float32") => new("--dtype")
+    {
+        Description = "Dtype of the frozen base weights: float32, bfloat16 or float16",
+        DefaultValueFactory = _ => defaultValue,
+    };
+
+    public static Option<string> DeviceOption() => new("--device")
+    {
+        Description = "cpu or cuda (cuda needs a CUDA build of libtorch)",
+        DefaultValueFactory = _ => "cpu",
+    };
+
+    /// <summary>Runs a command body: user errors become one line on stderr and exit code 1, never a stack trace.</summary>
+    public static int Run(ParseResult parse, Option<bool>? json, Func<Output, object?> body)
+    {
+        var output = new Output(json is not null && parse.GetValue(json));
+        try
+        {
+            var result = body(output);
+            if (result is not null) output.Result(result);
+            return 0;
+        }
+        catch (MolaException e)
+        {
+            Console.Error.WriteLine($"error: {e.Message}");
+            return 1;
+        }
+        catch (Exception e) when (Environment.GetEnvironmentVariable("MOLA_DEBUG") is null)
+        {
+            var inner = e is TypeInitializationException { InnerException: { } ie } ? ie : e;
+            Console.Error.WriteLine($"error: {inner.GetType().Name}: {inner.Message} (set MOLA_DEBUG=1 for the stack trace)");
+            return 2;
+        }
+    }
+
+    public static ScalarType DType(ParseResult p, Option<string> o) => TorchOptions.ParseDType(p.GetValue(o)!);
+    public static Device Device(ParseResult p, Option<string> o) => TorchOptions.ParseDevice(p.GetValue(o)!);
+}
+
+/// <summary>Human lines go to stdout, or to stderr under --json; the result object goes to stdout.</summary>
+public sealed class Output(bool json)
+{
+    public bool Json { get; } = json;
+    public TextWriter Human => Json ? Console.Error : Console.Out;
+
+    /// <summary>Whether a live progress display makes sense (a terminal, not a pipe or CI log).</summary>
+    public bool Interactive => !Console.IsErrorRedirected && Environment.GetEnvironmentVariable("CI") is null;
+
+    public void Line(string text) => Human.WriteLine(text);
+
+    public void Result(object result)
+    {
+        if (Json) Console.Out.WriteLine(JsonSerializer.Serialize(result, Cli.JsonOptions));
+    }
+}
