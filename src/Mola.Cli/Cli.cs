@@ -26,6 +26,11 @@ public static class Cli
         Required = required,
     };
 
+    public static Option<string?> AdapterOption() => new("--adapter")
+    {
+        Description = "Adapter directory (adapter_config.json + adapter_model.safetensors) to apply to the base model",
+    };
+
     public static Option<string> DTypeOption(string defaultValue = "float32") => new("--dtype")
     {
         Description = "Dtype of the frozen base weights: float32, bfloat16 or float16",

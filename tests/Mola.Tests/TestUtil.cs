@@ -1,4 +1,5 @@
 using Mola.Models;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Mola.Tests;
@@ -17,6 +18,16 @@ static class TestUtil
     {
         using var d = (a.to(ScalarType.Float64) - b.to(ScalarType.Float64)).abs().max();
         return d.item<double>();
+    }
+
+    /// <summary>Same shape, dtype and bits.</summary>
+    public static bool BitEqual(Tensor a, Tensor b) =>
+        a.dtype == b.dtype && a.shape.SequenceEqual(b.shape) && BytesOf(a).SequenceEqual(BytesOf(b));
+
+    static byte[] BytesOf(Tensor t)
+    {
+        using var c = t.detach().cpu().contiguous();
+        return c.bytes.ToArray();
     }
 
     public static double RelDiff(Tensor a, Tensor b)

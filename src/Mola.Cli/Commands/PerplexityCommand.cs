@@ -1,4 +1,5 @@
 using System.CommandLine;
+using Mola.Adapters;
 using Mola.Evaluation;
 using Mola.Models;
 using Mola.Tokenization;
@@ -12,17 +13,19 @@ public static class PerplexityCommand
         var baseModel = Cli.BaseModelOption();
         var data = new Option<string>("--data") { Description = "JSONL file, one {\"text\": ...} object a line", Required = true };
         var batchSize = new Option<int>("--batch-size") { Description = "Texts per forward pass", DefaultValueFactory = _ => 8 };
+        var adapter = Cli.AdapterOption();
         var dtype = Cli.DTypeOption();
         var device = Cli.DeviceOption();
         var json = Cli.JsonOption();
         var cmd = new Command("perplexity", "Mean NLL per token and perplexity of a model over a JSONL of {\"text\": ...}. " +
             "Each text is BOS + its tokens and every token after BOS is predicted.")
-        { baseModel, data, batchSize, dtype, device, json };
+        { baseModel, adapter, data, batchSize, dtype, device, json };
         cmd.SetAction(p => Cli.Run(p, json, o =>
         {
             var texts = Perplexity.ReadTexts(p.GetValue(data)!);
             string dir = p.GetValue(baseModel)!;
             using var model = ModelLoader.Load(dir, Cli.DType(p, dtype), Cli.Device(p, device));
+            if (p.GetValue(adapter) is string adapterDir) AdapterModel.Load(model, adapterDir).eval();
             var tok = MolaTokenizer.Load(dir, model.Config.BosTokenId, model.Config.EosTokenId);
             var r = Perplexity.Compute(model, tok, texts, p.GetValue(batchSize));
             o.Line($"texts {r.Texts}  tokens {r.Tokens}  nll {r.Nll:F6}  perplexity {r.Perplexity:F4}");

@@ -1,0 +1,156 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Mola.Models;
+
+namespace Mola.Adapters;
+
+public enum AdapterKind { Mola, Lora }
+
+/// <summary><c>adapter_config.json</c>: PEFT's fields plus MoLA's per-layer experts and top-k.
+/// Per-layer values are stored expanded (one entry per decoder layer).</summary>
+public sealed record AdapterConfig
+{
+    public static readonly string[] AllTargetModules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+    public required AdapterKind Kind { get; init; }
+    public string BaseModelNameOrPath { get; init; } = "";
+    public required string[] TargetModules { get; init; }
+    /// <summary>LoRA rank per layer.</summary>
+    public required int[] Rank { get; init; }
+    public double LoraAlpha { get; init; } = 16;
+    public double LoraDropout { get; init; } = 0.05;
+    /// <summary>Experts per layer (MoLA); 1 for LoRA.</summary>
+    public int[] NumExperts { get; init; } = [];
+    /// <summary>Experts each token is routed to, per layer (MoLA).</summary>
+    public int[] TopK { get; init; } = [];
+    public double AuxLossCoef { get; init; } = 0.001;
+
+    public int NumLayers => Rank.Length;
+
+    public double Scaling(int layer) => LoraAlpha / Rank[layer];
+
+    /// <summary>Where a module sits in a decoder layer (<c>self_attn</c> or <c>mlp</c>).</summary>
+    public static string ParentOf(string module) => module switch
+    {
+        "q_proj" or "k_proj" or "v_proj" or "o_proj" => "self_attn",
+        "gate_proj" or "up_proj" or "down_proj" => "mlp",
+        _ => throw new MolaException($"unknown target module \"{module}\" (expected some of {string.Join(", ", AllTargetModules)})"),
+    };
+
+    /// <summary>The PEFT key prefix of an adapted module, e.g. <c>base_model.model.model.layers.3.self_attn.q_proj</c>.</summary>
+    public static string Prefix(int layer, string module) => $"base_model.model.model.layers.{layer}.{ParentOf(module)}.{module}";
+
+    /// <summary>Checks the lists against each other and against the base model's layer count.</summary>
+    public void Validate(string source, int? modelLayers = null)
+    {
+        if (TargetModules.Length == 0) throw new MolaException($"{source}: target_modules is empty");
+        foreach (var m in TargetModules)
+            if (!AllTargetModules.Contains(m))
+                throw new MolaException($"{source}: unknown target module \"{m}\" (expected some of {string.Join(", ", AllTargetModules)})");
+        if (modelLayers is int n && Rank.Length != n)
+            throw new MolaException($"{source}: the adapter has {Rank.Length} layers but the base model has {n}");
+        for (int l = 0; l < Rank.Length; l++)
+            if (Rank[l] < 1) throw new MolaException($"{source}: r must be at least 1 (layer {l} has {Rank[l]})");
+        if (LoraDropout is < 0 or >= 1) throw new MolaException($"{source}: lora_dropout must be in [0, 1)");
+        if (Kind != AdapterKind.Mola) return;
+        if (NumExperts.Length != Rank.Length || TopK.Length != Rank.Length)
+            throw new MolaException($"{source}: num_experts ({NumExperts.Length}), top_k ({TopK.Length}) and r ({Rank.Length}) must have one entry per layer");
+        for (int l = 0; l < Rank.Length; l++)
+        {
+            if (NumExperts[l] < 1) throw new MolaException($"{source}: num_experts must be at least 1 (layer {l} has {NumExperts[l]})");
+            if (TopK[l] < 1 || TopK[l] > NumExperts[l])
+                throw new MolaException($"{source}: top_k of layer {l} is {TopK[l]} but that layer has {NumExperts[l]} experts (need 1 <= top_k <= experts)");
+        }
+    }
+
+    public static AdapterConfig Load(string directory)
+    {
+        string path = Path.Combine(directory, "adapter_config.json");
+        if (!File.Exists(path)) throw new MolaException($"{path}: not found (an adapter directory needs adapter_config.json and adapter_model.safetensors)");
+        JsonObject o;
+        try { o = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new MolaException($"{path}: expected a JSON object"); }
+        catch (JsonException e) { throw new MolaException($"{path}: invalid JSON ({e.Message})"); }
+        string type = o["peft_type"]?.GetValue<string>() ?? throw new MolaException($"{path}: missing \"peft_type\"");
+        var kind = type.ToUpperInvariant() switch
+        {
+            "MOLA" => AdapterKind.Mola,
+            "LORA" => AdapterKind.Lora,
+            _ => throw new MolaException($"{path}: unsupported peft_type \"{type}\" (expected MOLA or LORA)"),
+        };
+        var targets = o["target_modules"] switch
+        {
+            JsonArray a => a.Select(x => x?.GetValue<string>() ?? "").ToArray(),
+            JsonValue v when v.GetValueKind() == JsonValueKind.String => [v.GetValue<string>()],
+            _ => throw new MolaException($"{path}: missing \"target_modules\" (a list of module names)"),
+        };
+        var rankNode = o["r"] ?? throw new MolaException($"{path}: missing \"r\"");
+        int layers = kind == AdapterKind.Mola ? IntList(o, "num_experts", path).Length : (rankNode is JsonArray ra ? ra.Count : 0);
+        int[] rank = rankNode is JsonArray ? IntList(o, "r", path) : Enumerable.Repeat(IntValue(rankNode, "r", path), Math.Max(layers, 0)).ToArray();
+        var cfg = new AdapterConfig
+        {
+            Kind = kind,
+            BaseModelNameOrPath = o["base_model_name_or_path"]?.GetValue<string>() ?? "",
+            TargetModules = targets,
+            Rank = rank,
+            LoraAlpha = Num(o, "lora_alpha", path) ?? 8,
+            LoraDropout = Num(o, "lora_dropout", path) ?? 0,
+            NumExperts = kind == AdapterKind.Mola ? IntList(o, "num_experts", path) : [],
+            TopK = kind == AdapterKind.Mola ? IntList(o, "top_k", path) : [],
+            AuxLossCoef = Num(o, "aux_loss_coef", path) ?? 0,
+            UniformRank = rankNode is not JsonArray ? IntValue(rankNode, "r", path) : null,
+        };
+        cfg.Validate(path);
+        return cfg;
+    }
+
+    /// <summary>A LoRA config with a single <c>r</c> has no layer count of its own; it takes the model's.</summary>
+    internal int? UniformRank { get; init; }
+
+    public AdapterConfig ForModel(int layers, string source) =>
+        Rank.Length == 0 && UniformRank is int r ? this with { Rank = Enumerable.Repeat(r, layers).ToArray() } : this;
+
+    public void Save(string directory)
+    {
+        var o = new JsonObject
+        {
+            ["peft_type"] = Kind == AdapterKind.Mola ? "MOLA" : "LORA",
+            ["base_model_name_or_path"] = BaseModelNameOrPath,
+            ["target_modules"] = new JsonArray(TargetModules.Select(m => (JsonNode)m!).ToArray()),
+            // PEFT reads an int r for LoRA; MoLA's r is per layer.
+            ["r"] = Kind == AdapterKind.Lora && Rank.Distinct().Count() == 1 ? Rank[0] : ToJson(Rank),
+            ["lora_alpha"] = LoraAlpha,
+            ["lora_dropout"] = LoraDropout,
+        };
+        if (Kind == AdapterKind.Mola)
+        {
+            o["num_experts"] = ToJson(NumExperts);
+            o["top_k"] = ToJson(TopK);
+            o["aux_loss_coef"] = AuxLossCoef;
+        }
+        o["bias"] = "none";
+        o["task_type"] = "CAUSAL_LM";
+        File.WriteAllText(Path.Combine(directory, "adapter_config.json"), o.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+    }
+
+    static JsonArray ToJson(int[] values) => new(values.Select(v => (JsonNode)v!).ToArray());
+
+    static int[] IntList(JsonObject o, string key, string path) => o[key] switch
+    {
+        JsonArray a => a.Select(x => IntValue(x, key, path)).ToArray(),
+        null => throw new MolaException($"{path}: missing \"{key}\" (a list with one value per layer)"),
+        _ => throw new MolaException($"{path}: \"{key}\" must be a list with one value per layer"),
+    };
+
+    static int IntValue(JsonNode? n, string key, string path) =>
+        n is JsonValue v && v.TryGetValue<int>(out int i) ? i
+        : n is JsonValue d && d.TryGetValue<double>(out double x) && x == Math.Floor(x) ? (int)x
+        : throw new MolaException($"{path}: \"{key}\" must hold integers");
+
+    static double? Num(JsonObject o, string key, string path) => o[key] switch
+    {
+        null => null,
+        JsonValue v when v.TryGetValue<double>(out double d) => d,
+        JsonValue v when v.GetValueKind() == JsonValueKind.Null => null,
+        _ => throw new MolaException($"{path}: \"{key}\" must be a number"),
+    };
+}

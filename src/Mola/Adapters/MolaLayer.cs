@@ -1,0 +1,141 @@
+using Mola.Models;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Mola.Adapters;
+
+/// <summary>Receives each MoLA layer's routing decisions when analysis asks for them.</summary>
+public interface IRoutingObserver
+{
+    /// <param name="topIndices">[N, k] chosen experts per token (int64).</param>
+    /// <param name="topWeights">[N, k] their renormalised fusion weights (float32).</param>
+    void Add(int layer, string module, Tensor topIndices, Tensor topWeights, int numExperts);
+}
+
+/// <summary>
+/// A mixture of LoRA experts around one frozen linear map (MoLA):
+/// <c>y = W x + sum over e in TopK(p) of w_e * (alpha / r) * B_e A_e dropout(x)</c>,
+/// <c>p = softmax(W_router x)</c> in float32 on the input before dropout, <c>w</c> = the top-k of
+/// <c>p</c> renormalised to sum 1. Adapter weights are float32 whatever the base dtype.
+/// Parameters are stored stacked: <c>lora_A</c> [E*r, in] (expert e = rows e*r..(e+1)*r) and
+/// <c>lora_B</c> [out, E*r], so the fast path is three matrix products for all experts.
+/// </summary>
+public sealed class MolaLayer : nn.Module<Tensor, Tensor>, ILinearAdapter
+{
+    public Parameter router;   // [E, in]
+    public Parameter lora_A;   // [E*r, in]
+    public Parameter lora_B;   // [out, E*r]
+
+    public int Layer { get; }
+    public string Module { get; }
+    public int NumExperts { get; }
+    public int TopK { get; }
+    public int Rank { get; }
+    public double Scaling { get; }
+    public double DropoutP { get; }
+    public int InFeatures { get; }
+    public int OutFeatures { get; }
+
+    /// <summary>When true, the faithful port of the original per-expert loop runs instead of the fast path.</summary>
+    public bool UseLoopPath { get; set; }
+
+    /// <summary>Where this layer's router logits [N, E] go during a forward pass (for the balance loss); null: nowhere.</summary>
+    public Action<MolaLayer, Tensor>? RouterLogitsSink { get; set; }
+
+    /// <summary>Routing statistics hook; null (the default) costs nothing.</summary>
+    public IRoutingObserver? Observer { get; set; }
+
+    public MolaLayer(int layer, string module, int inFeatures, int outFeatures, int experts, int topK, int rank, double alpha, double dropout, Device device)
+        : base($"{layer}_{module}")
+    {
+        Layer = layer;
+        Module = module;
+        NumExperts = experts;
+        TopK = topK;
+        Rank = rank;
+        Scaling = alpha / rank;
+        DropoutP = dropout;
+        InFeatures = inFeatures;
+        OutFeatures = outFeatures;
+        router = new Parameter(torch.empty(experts, inFeatures, ScalarType.Float32, device));
+        lora_A = new Parameter(torch.empty(experts * rank, inFeatures, ScalarType.Float32, device));
+        lora_B = new Parameter(torch.empty(outFeatures, experts * rank, ScalarType.Float32, device));
+        RegisterComponents();
+        ResetParameters();
+    }
+
+    /// <summary>Router and A like <c>nn.Linear</c> (Kaiming-uniform, a = sqrt 5), B zero: a fresh adapter changes nothing.
+    /// The stacked A has the same fan-in as each expert's, so one call draws the same distribution.</summary>
+    public void ResetParameters()
+    {
+        using var _ = torch.no_grad();
+        nn.init.kaiming_uniform_(router, a: Math.Sqrt(5));
+        nn.init.kaiming_uniform_(lora_A, a: Math.Sqrt(5));
+        nn.init.zeros_(lora_B);
+    }
+
+    /// <summary>Expert e's A [r, in] (a view of the stacked parameter).</summary>
+    public Tensor ExpertA(int e) => lora_A.narrow(0, (long)e * Rank, Rank);
+
+    /// <summary>Expert e's B [out, r] (a view of the stacked parameter).</summary>
+    public Tensor ExpertB(int e) => lora_B.narrow(1, (long)e * Rank, Rank);
+
+    public override Tensor forward(Tensor x) => throw new InvalidOperationException("MolaLayer wraps a Linear: call Forward(x, baseLayer)");
+
+    public Tensor Forward(Tensor x, Models.Linear baseLayer)
+    {
+        using var scope = NewDisposeScope();
+        var result = baseLayer.Base(x);
+        var xf = x.reshape(-1, InFeatures).to(ScalarType.Float32);
+        var logits = xf.matmul(router.t());                                   // [N, E]
+        var probs = nn.functional.softmax(logits, 1);
+        var (topW, topI) = probs.topk(TopK, dim: 1);
+        topW = topW / topW.sum(1, keepdim: true);
+        RouterLogitsSink?.Invoke(this, logits);
+        Observer?.Add(Layer, Module, topI.detach(), topW.detach(), NumExperts);
+
+        var delta = UseLoopPath ? LoopExperts(xf, topW, topI) : FastExperts(xf, topW, topI);
+        var y = result + delta.view(result.shape).to(result.dtype);
+        return y.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// All experts at once: h = dropout(x) A^T [N, E*r], each expert's r columns scaled by its gate
+    /// (0 for experts not chosen), then h B^T. Exact because an unselected expert's gate is 0.
+    /// Deviation from the original on purpose: one dropout mask per token is shared by its experts
+    /// (the loop draws one per expert); the expectation is the same and with dropout off the two
+    /// paths are equal (tested).
+    /// </summary>
+    Tensor FastExperts(Tensor xf, Tensor topW, Tensor topI)
+    {
+        long N = xf.shape[0];
+        var gate = torch.zeros(N, NumExperts, ScalarType.Float32, xf.device).scatter(1, topI, topW); // [N, E]
+        var h = Dropout(xf).matmul(lora_A.t());                                                    // [N, E*r]
+        h = (h.view(N, NumExperts, Rank) * gate.unsqueeze(-1)).view(N, (long)NumExperts * Rank);
+        return h.matmul(lora_B.t()) * Scaling;
+    }
+
+    /// <summary>A faithful port of the original MoLA loop: per expert, gather its routed tokens,
+    /// compute B(A(dropout(x))) * scaling * weight, and index_add into the output.</summary>
+    Tensor LoopExperts(Tensor xf, Tensor topW, Tensor topI)
+    {
+        long N = xf.shape[0];
+        var final = torch.zeros(N, OutFeatures, ScalarType.Float32, xf.device);
+        var expertMask = nn.functional.one_hot(topI, NumExperts).permute(2, 1, 0); // [E, k, N]
+        for (int e = 0; e < NumExperts; e++)
+        {
+            var hits = torch.nonzero(expertMask[e]);                                    // [n, 2]: (slot, token)
+            if (hits.shape[0] == 0) continue;
+            var slot = hits[.., 0];
+            var token = hits[.., 1];
+            var current = xf.index_select(0, token);
+            var expertOut = Dropout(current).matmul(ExpertA(e).t()).matmul(ExpertB(e).t()) * Scaling;
+            var weight = topW.reshape(-1).index_select(0, token * TopK + slot).unsqueeze(1);   // routing_weights[token, slot]
+            final = final.index_add(0, token, expertOut * weight, 1.0);
+        }
+        return final;
+    }
+
+    Tensor Dropout(Tensor x) => DropoutP > 0 && training ? nn.functional.dropout(x, DropoutP, training: true) : x;
+}
