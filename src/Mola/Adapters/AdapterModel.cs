@@ -123,7 +123,8 @@ public sealed class AdapterModel : nn.Module
         }
     }
 
-    void LoadWeights(string path)
+    /// <summary>Copies adapter tensors from a safetensors file (names and shapes checked; extra tensors refused).</summary>
+    public void LoadWeights(string path)
     {
         using var file = SafeTensorsFile.Open(path);
         var expected = new HashSet<string>();

@@ -1,0 +1,85 @@
+using Mola.Adapters;
+using Mola.Generation;
+using Mola.Models;
+using TorchSharp;
+using Xunit;
+using static TorchSharp.torch;
+
+namespace Mola.Tests;
+
+public class GenerationTests
+{
+    /// <summary>Independent greedy decoding: the full sequence is re-run for every new token and the
+    /// last position's argmax taken (no cache, no padding, one prompt at a time).</summary>
+    static List<int> NaiveGreedy(CausalLM model, List<int> prompt, int newTokens, int eos)
+    {
+        using var _ = torch.no_grad();
+        var seq = new List<int>(prompt);
+        var outIds = new List<int>();
+        for (int i = 0; i < newTokens; i++)
+        {
+            using var ids = torch.tensor(seq.Select(x => (long)x).ToArray(), [1, seq.Count]);
+            using var logits = model.Forward(ids);
+            int next = (int)logits[0, -1].argmax().item<long>();
+            if (next == eos) break;
+            seq.Add(next);
+            outIds.Add(next);
+        }
+        return outIds;
+    }
+
+    static readonly List<int>[] Prompts = [[1, 325, 260, 354], [1, 287, 354, 276, 348, 310, 261, 268], [1, 300]];
+
+    [Theory]
+    [InlineData("llama-tiny", false)]
+    [InlineData("llama-tiny", true)]
+    [InlineData("mistral-tiny", false)]   // sliding window 5: generation runs past the window
+    [InlineData("gemma-tiny", false)]
+    public void CachedBatchedGreedyEqualsFullSequenceArgmax(string name, bool withAdapter)
+    {
+        using var model = ModelLoader.Load(TestUtil.Fixture(name));
+        if (withAdapter) AdapterModel.Load(model, TestUtil.Fixture("llama-tiny-mola")).eval();
+        const int newTokens = 12;
+        var options = new GenerationOptions { MaxNewTokens = newTokens, Greedy = true };
+        // eos -1: never stop early, so every row runs the full length
+        var batched = TextGenerator.Generate(model, Prompts, options, eosId: -1);
+        var uncached = TextGenerator.Generate(model, Prompts, options with { NoCache = true }, eosId: -1);
+        for (int i = 0; i < Prompts.Length; i++)
+        {
+            var want = NaiveGreedy(model, Prompts[i], newTokens, eos: -1);
+            Assert.Equal(newTokens, want.Count);
+            Assert.Equal(want, batched[i]);
+            Assert.Equal(want, uncached[i]);
+        }
+    }
+
+    [Fact]
+    public void StopsAtEosAndMaxNewTokens()
+    {
+        using var model = ModelLoader.Load(TestUtil.Fixture("llama-tiny"));
+        var free = TextGenerator.Generate(model, [Prompts[0]], new GenerationOptions { MaxNewTokens = 6 }, eosId: -1)[0];
+        Assert.Equal(6, free.Count);
+        // Declare the third generated token to be EOS: generation must stop before it.
+        int eos = free[2];
+        int firstEos = free.IndexOf(eos);
+        var stopped = TextGenerator.Generate(model, [Prompts[0]], new GenerationOptions { MaxNewTokens = 6 }, eosId: eos)[0];
+        Assert.Equal(free.Take(firstEos), stopped);
+    }
+
+    [Fact]
+    public void SamplingIsReproducibleForASeedAndRespectsTopK()
+    {
+        using var model = ModelLoader.Load(TestUtil.Fixture("llama-tiny"));
+        var o = new GenerationOptions { MaxNewTokens = 10, Greedy = false, Temperature = 1.5, Seed = 7 };
+        var a = TextGenerator.Generate(model, Prompts, o, eosId: -1);
+        var b = TextGenerator.Generate(model, Prompts, o, eosId: -1);
+        Assert.Equal(a, b);
+        // top-k 1 is greedy whatever the temperature
+        var k1 = TextGenerator.Generate(model, Prompts, o with { TopK = 1 }, eosId: -1);
+        var greedy = TextGenerator.Generate(model, Prompts, new GenerationOptions { MaxNewTokens = 10 }, eosId: -1);
+        Assert.Equal(greedy, k1);
+        // a tiny nucleus keeps only the most likely token: greedy again
+        var p = TextGenerator.Generate(model, Prompts, o with { TopP = 1e-6 }, eosId: -1);
+        Assert.Equal(greedy, p);
+    }
+}
