@@ -1,0 +1,127 @@
+using System.Globalization;
+
+namespace Mola.Adapters;
+
+/// <summary>
+/// Per-layer allocation specs, one parser for experts, top-k and rank. A spec is
+/// <list type="bullet">
+/// <item>one value for every layer: <c>8</c>, <c>16</c>;</item>
+/// <item>a comma list with one value per layer, or a group pattern whose length divides the layer
+/// count (each group of consecutive layers repeats its value): <c>2,4,6,8</c> on 32 layers is 8 layers of 2, then 8 of 4, ...;</item>
+/// <item>compact digits, four or more of them without commas: <c>2468</c> is <c>2,4,6,8</c>
+/// (shorter digit strings are one value, so <c>--rank 16</c> means 16);</item>
+/// <item>a named preset: <c>square:N</c>, <c>inverted-triangle</c> (2468), <c>triangle</c> (8642),
+/// <c>hourglass</c> (8228), the paper's shapes.</item>
+/// </list>
+/// Parsing needs only the layer count, so a bad spec fails before any weight is loaded.
+/// </summary>
+public static class ExpertAllocation
+{
+    /// <summary>The paper's shapes as four groups of layers (MoLA-▽, MoLA-△, MoLA-⋈).</summary>
+    public static readonly IReadOnlyDictionary<string, int[]> Presets = new Dictionary<string, int[]>
+    {
+        ["inverted-triangle"] = [2, 4, 6, 8],
+        ["triangle"] = [8, 6, 4, 2],
+        ["hourglass"] = [8, 2, 2, 8],
+    };
+
+    // Shorter digit strings read as one number: "16" is a rank people type, "1,6" a pattern nobody writes compactly.
+    const int MinCompactDigits = 4;
+
+    /// <summary>Reads a spec into one value per layer.</summary>
+    /// <param name="what">The option the spec came from (e.g. <c>--experts</c>), for error messages.</param>
+    public static int[] Parse(string spec, int numLayers, string what)
+    {
+        if (numLayers <= 0)
+            throw new ArgumentOutOfRangeException(nameof(numLayers), numLayers, "the layer count must be positive");
+        string s = (spec ?? "").Trim();
+        if (s.Length == 0)
+            throw new MolaException($"{what}: empty spec (expected a value such as 8, a list such as 2,4,6,8 or 2468, or a preset: {PresetNames})");
+
+        string lower = s.ToLowerInvariant();
+        if (lower == "square" || lower.StartsWith("square:", StringComparison.Ordinal))
+            return Square(s, lower, numLayers, what);
+        if (Presets.TryGetValue(lower, out var shape))
+        {
+            if (numLayers % shape.Length != 0)
+                throw new MolaException($"{what} {s}: the preset needs a layer count divisible by {shape.Length}, the model has {numLayers} layers (give one value per layer instead)");
+            return Expand(shape, numLayers);
+        }
+
+        int[] values;
+        if (s.Contains(','))
+            values = s.Split(',').Select(part => Value(part.Trim(), s, what)).ToArray();
+        else if (s.All(char.IsAsciiDigit) && s.Length >= MinCompactDigits)
+            values = s.Select(c => Value(c.ToString(), s, what)).ToArray();
+        else
+            values = [Value(s, s, what)];
+
+        if (values.Length != numLayers && numLayers % values.Length != 0)
+            throw new MolaException($"{what} {s}: {values.Length} values, but the model has {numLayers} layers " +
+                $"(give one value, one per layer ({numLayers}), or a group pattern whose length divides {numLayers})");
+        return Expand(values, numLayers);
+    }
+
+    /// <summary>Checks that the three allocations fit together, layer by layer.</summary>
+    public static void Validate(int[] experts, int[] topK, int[] rank)
+    {
+        if (experts.Length != topK.Length || experts.Length != rank.Length)
+            throw new MolaException($"allocation lengths differ: {experts.Length} expert counts, {topK.Length} top-k values, {rank.Length} ranks (one per layer each)");
+        for (int layer = 0; layer < experts.Length; layer++)
+        {
+            if (experts[layer] < 1)
+                throw new MolaException($"layer {layer}: {experts[layer]} experts (each layer needs at least 1)");
+            if (topK[layer] < 1)
+                throw new MolaException($"layer {layer}: top-k {topK[layer]} (must be at least 1)");
+            if (topK[layer] > experts[layer])
+                throw new MolaException($"layer {layer}: top-k {topK[layer]} is more than its {experts[layer]} experts (top-k must not exceed the expert count in any layer)");
+            if (rank[layer] < 1)
+                throw new MolaException($"layer {layer}: rank {rank[layer]} (must be at least 1)");
+        }
+    }
+
+    /// <summary>Runs of equal values as <c>value x layers</c>: <c>2x8, 4x8, 6x8, 8x8</c>; <c>8x32</c> when uniform.</summary>
+    public static string Describe(int[] perLayer)
+    {
+        var runs = new List<string>();
+        for (int start = 0; start < perLayer.Length;)
+        {
+            int end = start;
+            while (end < perLayer.Length && perLayer[end] == perLayer[start]) end++;
+            runs.Add($"{perLayer[start]}x{end - start}");
+            start = end;
+        }
+        return string.Join(", ", runs);
+    }
+
+    static string PresetNames => "square:N, " + string.Join(", ", Presets.Keys);
+
+    static int[] Square(string spec, string lower, int numLayers, string what)
+    {
+        if (!lower.StartsWith("square:", StringComparison.Ordinal))
+            throw new MolaException($"{what} {spec}: the square preset needs its value, e.g. square:8");
+        int n = Value(spec["square:".Length..].Trim(), spec, what);
+        return Enumerable.Repeat(n, numLayers).ToArray();
+    }
+
+    static int Value(string text, string spec, string what)
+    {
+        if (text.Length == 0)
+            throw new MolaException($"{what} {spec}: empty value in the list (expected positive integers separated by commas)");
+        if (!text.All(char.IsAsciiDigit) || !int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out int v))
+        {
+            string hint = text.Any(char.IsAsciiLetter) ? $"; presets: {PresetNames}" : "";
+            throw new MolaException($"{what} {spec}: \"{text}\" is not a positive integer{hint}");
+        }
+        if (v < 1)
+            throw new MolaException($"{what} {spec}: {v} is not allowed (every value must be at least 1)");
+        return v;
+    }
+
+    /// <summary>Repeats each value of a group pattern over its share of the layers.</summary>
+    static int[] Expand(int[] groups, int numLayers)
+    {
+        int perGroup = numLayers / groups.Length;
+        return Enumerable.Range(0, numLayers).Select(layer => groups[layer / perGroup]).ToArray();
+    }
+}
