@@ -4,14 +4,10 @@ using Mola.Models;
 
 namespace Mola.Adapters;
 
-public enum AdapterKind { Mola, Lora }
-
 /// <summary><c>adapter_config.json</c>: PEFT's fields plus MoLA's per-layer experts and top-k.
 /// Per-layer values are stored expanded (one entry per decoder layer).</summary>
 public sealed record AdapterConfig
 {
-    public static readonly string[] AllTargetModules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
-
     public required AdapterKind Kind { get; init; }
     public string BaseModelNameOrPath { get; init; } = "";
     public required string[] TargetModules { get; init; }
@@ -29,24 +25,16 @@ public sealed record AdapterConfig
 
     public double Scaling(int layer) => LoraAlpha / Rank[layer];
 
-    /// <summary>Where a module sits in a decoder layer (<c>self_attn</c> or <c>mlp</c>).</summary>
-    public static string ParentOf(string module) => module switch
-    {
-        "q_proj" or "k_proj" or "v_proj" or "o_proj" => "self_attn",
-        "gate_proj" or "up_proj" or "down_proj" => "mlp",
-        _ => throw new MolaException($"unknown target module \"{module}\" (expected some of {string.Join(", ", AllTargetModules)})"),
-    };
-
     /// <summary>The PEFT key prefix of an adapted module, e.g. <c>base_model.model.model.layers.3.self_attn.q_proj</c>.</summary>
-    public static string Prefix(int layer, string module) => $"base_model.model.model.layers.{layer}.{ParentOf(module)}.{module}";
+    public static string Prefix(int layer, string module) => $"base_model.model.model.layers.{layer}.{Adapters.TargetModules.Parent(module)}.{module}";
 
     /// <summary>Checks the lists against each other and against the base model's layer count.</summary>
     public void Validate(string source, int? modelLayers = null)
     {
         if (TargetModules.Length == 0) throw new MolaException($"{source}: target_modules is empty");
         foreach (var m in TargetModules)
-            if (!AllTargetModules.Contains(m))
-                throw new MolaException($"{source}: unknown target module \"{m}\" (expected some of {string.Join(", ", AllTargetModules)})");
+            if (!Adapters.TargetModules.All.Contains(m))
+                throw new MolaException($"{source}: unknown target module \"{m}\" (expected some of {string.Join(", ", Adapters.TargetModules.All)})");
         if (modelLayers is int n && Rank.Length != n)
             throw new MolaException($"{source}: the adapter has {Rank.Length} layers but the base model has {n}");
         for (int l = 0; l < Rank.Length; l++)

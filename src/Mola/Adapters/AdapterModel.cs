@@ -52,7 +52,7 @@ public sealed class AdapterModel : nn.Module
         var layers = model.model.layers;
         for (int l = 0; l < config.NumLayers; l++)
         {
-            foreach (var m in AdapterConfig.AllTargetModules.Where(config.TargetModules.Contains))
+            foreach (var m in TargetModules.All.Where(config.TargetModules.Contains))
             {
                 var target = Target(layers[l], m);
                 if (target.Adapter is not null)
