@@ -17,7 +17,7 @@ public sealed record Batch(Tensor InputIds, Tensor AttentionMask, Tensor Labels)
 public static class Batching
 {
     /// <summary>Right-pads sequences to the longest; labels are the ids (or <paramref name="labels"/>) with -100 on padding.</summary>
-    public static Batch PadRight(IReadOnlyList<List<int>> seqs, int padId, Device device, IReadOnlyList<List<long>>? labels = null)
+    public static Batch PadRight(IReadOnlyList<IReadOnlyList<int>> seqs, int padId, Device device, IReadOnlyList<IReadOnlyList<long>>? labels = null)
     {
         int B = seqs.Count, T = seqs.Max(s => s.Count);
         var ids = new long[B * T];

@@ -1,0 +1,99 @@
+using Mola.Data;
+using Xunit;
+
+namespace Mola.Tests;
+
+public class InstructionRecordTests
+{
+    static string Write(string text, string name = "data.jsonl")
+    {
+        string path = Path.Combine(TestUtil.TempDir(), name);
+        File.WriteAllText(path, text);
+        return path;
+    }
+
+    [Fact]
+    public void ReadsJsonLinesWithOptionalInputAndAnswer()
+    {
+        string path = Write("""
+            {"instruction": "Pick one.", "input": "A or B", "output": "The answer is B.", "answer": "B"}
+
+            {"instruction": "Say hi.", "output": "hi", "extra": 3}
+            {"instruction": "Say bye.", "input": null, "output": "bye"}
+            """);
+        var records = InstructionRecord.Load(path);
+        Assert.Equal(3, records.Count);
+        Assert.Equal(new InstructionRecord("Pick one.", "A or B", "The answer is B.", "B") { Line = 1 }, records[0]);
+        Assert.Equal(new InstructionRecord("Say hi.", "", "hi") { Line = 3 }, records[1]);
+        Assert.Equal(new InstructionRecord("Say bye.", "", "bye") { Line = 4 }, records[2]);
+    }
+
+    [Fact]
+    public void ReadsAJsonArrayWithTheLineEachRecordStartsOn()
+    {
+        string path = Write("""
+
+            [
+              {"instruction": "a", "input": "", "output": "b"},
+              {
+                "instruction": "c",
+                "output": "d"
+              }
+            ]
+            """, "data.json");
+        var records = InstructionRecord.Load(path);
+        Assert.Equal(new[] { 3, 4 }, records.Select(r => r.Line));
+        Assert.Equal("d", records[1].Output);
+    }
+
+    [Fact]
+    public void MalformedLineIsNamed()
+    {
+        string path = Write("""
+            {"instruction": "a", "output": "b"}
+            {"instruction": "c", "output": "d"}
+            {"instruction": "e", "output": }
+            """);
+        var e = Assert.Throws<MolaException>(() => InstructionRecord.Load(path));
+        Assert.StartsWith($"{path}:3: invalid JSON", e.Message);
+    }
+
+    [Fact]
+    public void MalformedArrayItemIsNamedByLine()
+    {
+        string path = Write("[\n{\"instruction\": \"a\", \"output\": \"b\"},\n{\"instruction\": \"c\" \"output\": \"d\"}\n]", "data.json");
+        var e = Assert.Throws<MolaException>(() => InstructionRecord.Load(path));
+        Assert.StartsWith($"{path}:3: invalid JSON", e.Message);
+    }
+
+    [Fact]
+    public void ArrayItemThatIsNotAnObjectIsNamedByLine()
+    {
+        string path = Write("[\n{\"instruction\": \"a\", \"output\": \"b\"},\n\"oops\"\n]", "data.json");
+        var e = Assert.Throws<MolaException>(() => InstructionRecord.Load(path));
+        Assert.StartsWith($"{path}:3: expected a JSON object", e.Message);
+    }
+
+    [Theory]
+    [InlineData("{\"input\": \"x\", \"output\": \"y\"}", "missing field \"instruction\"")]
+    [InlineData("{\"instruction\": \"x\", \"input\": \"y\"}", "missing field \"output\"")]
+    [InlineData("{\"instruction\": \"x\", \"output\": null}", "missing field \"output\"")]
+    [InlineData("{\"instruction\": \"x\", \"input\": 5, \"output\": \"y\"}", "field \"input\" must be a string, not a number")]
+    public void MissingOrMistypedFieldIsNamedWithItsLine(string badLine, string what)
+    {
+        string path = Write("{\"instruction\": \"a\", \"output\": \"b\"}\n" + badLine + "\n");
+        var e = Assert.Throws<MolaException>(() => InstructionRecord.Load(path));
+        Assert.StartsWith($"{path}:2: {what}", e.Message);
+    }
+
+    [Theory]
+    [InlineData("")]
+    [InlineData("\n  \n")]
+    [InlineData("[ ]")]
+    public void EmptyDataSetIsAnError(string text)
+    {
+        string path = Write(text);
+        var e = Assert.Throws<MolaException>(() => InstructionRecord.Load(path));
+        Assert.StartsWith($"{path}: no records", e.Message);
+    }
+}
