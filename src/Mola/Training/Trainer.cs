@@ -1,0 +1,219 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Mola.Adapters;
+using Mola.Data;
+using Mola.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Mola.Training;
+
+public sealed record TrainResult(long Steps, double? FinalLoss, double? EvalLoss, double Seconds, string OutputDirectory);
+
+/// <summary>
+/// Instruction tuning of an adapter: AdamW over the adapter's parameters only, linear warm-up and
+/// decay, gradient accumulation over micro-batches, gradient clipping, loss = CE + coef * aux,
+/// atomic resumable checkpoints and a <c>metrics.jsonl</c> line per optimizer step.
+/// </summary>
+public sealed class Trainer
+{
+    readonly AdapterModel _adapter;
+    readonly InstructionDataset _train;
+    readonly InstructionDataset? _val;
+    readonly TrainingOptions _o;
+    readonly string _out;
+    readonly BatchSampler _sampler;
+
+    /// <summary>Called after every optimizer step.</summary>
+    public Action<StepMetrics>? OnStep { get; set; }
+    /// <summary>Human-readable events (checkpoints, evaluation).</summary>
+    public Action<string>? Log { get; set; }
+
+    public long TotalSteps { get; }
+    public int StepsPerEpoch { get; }
+
+    public Trainer(AdapterModel adapter, InstructionDataset train, InstructionDataset? validation, TrainingOptions options, string outputDirectory)
+    {
+        options.Validate();
+        if (train.Count == 0) throw new MolaException("the training set is empty");
+        _adapter = adapter;
+        _train = train;
+        _val = validation is { Count: > 0 } ? validation : null;
+        _o = options;
+        _out = outputDirectory;
+        _sampler = new BatchSampler(train.Lengths, options.MicroBatchSize, options.Seed, options.GroupByLength, options.BatchSize);
+        StepsPerEpoch = (_sampler.MicroBatchesPerEpoch + options.AccumulationSteps - 1) / options.AccumulationSteps;
+        TotalSteps = options.MaxSteps > 0 ? options.MaxSteps : (long)options.Epochs * StepsPerEpoch;
+    }
+
+    public string MetricsPath => Path.Combine(_out, "metrics.jsonl");
+
+    /// <summary>Runs to the end (or resumes from <paramref name="resumeCheckpoint"/>) and saves the adapter into the output directory.</summary>
+    public TrainResult Train(string? resumeCheckpoint = null, CancellationToken cancel = default)
+    {
+        Directory.CreateDirectory(_out);
+        var device = _adapter.Base.Device;
+        var parameters = _adapter.parameters().ToList();
+        using var optimizer = new AdamW(parameters, _o.LearningRate) { WeightDecay = _o.WeightDecay };
+        var state = new TrainerState();
+        if (resumeCheckpoint is not null)
+        {
+            state = Checkpoints.Restore(resumeCheckpoint, _adapter, optimizer);
+            TruncateMetrics(state.Step);
+            Log?.Invoke($"resumed from {resumeCheckpoint} at step {state.Step}");
+        }
+        else if (File.Exists(MetricsPath)) File.Delete(MetricsPath);
+
+        var clock = Stopwatch.StartNew();
+        double? lastLoss = null, lastEval = null;
+        var epochBatches = _sampler.MicroBatches(state.Epoch);
+        while (state.Step < TotalSteps)
+        {
+            cancel.ThrowIfCancellationRequested();
+            if (state.MicroBatch >= epochBatches.Count)
+            {
+                state.Epoch++;
+                state.MicroBatch = 0;
+                epochBatches = _sampler.MicroBatches(state.Epoch);
+            }
+            var micro = epochBatches.Skip(state.MicroBatch).Take(_o.AccumulationSteps).Select(ix => ix.Select(i => _train.Examples[i]).ToList()).ToList();
+            var stepClock = Stopwatch.StartNew();
+            var (loss, ce, aux, tokens) = AccumulateGradients(micro, device);
+            double lr = _o.LearningRate * LrSchedule.Factor(state.Step, _o.WarmupSteps, TotalSteps);
+            optimizer.LearningRate = lr;
+            double gradNorm = optimizer.ClipGradNorm(_o.MaxGradNorm);
+            if (!double.IsFinite(loss) || !double.IsFinite(gradNorm))
+            {
+                optimizer.ZeroGrad();
+                string last = Checkpoints.Latest(_out) is string c ? $"the last good checkpoint is {c} (continue with --resume latest, perhaps with a lower --learning-rate)" : "no checkpoint was saved yet";
+                throw new MolaException($"step {state.Step + 1}: the loss is {(double.IsFinite(loss) ? "finite but the gradient norm is " + gradNorm : loss.ToString(CultureInfo.InvariantCulture))}; training stopped without saving this step; {last}");
+            }
+            optimizer.Step();
+            optimizer.ZeroGrad();
+            state.Step++;
+            state.MicroBatch += micro.Count;
+            lastLoss = loss;
+
+            double? evalLoss = null;
+            bool save = _o.SaveSteps > 0 && state.Step % _o.SaveSteps == 0 && state.Step < TotalSteps;
+            bool evalNow = _val is not null && state.Step < TotalSteps && (_o.EvalSteps > 0 ? state.Step % _o.EvalSteps == 0 : save);
+            if (evalNow) lastEval = evalLoss = Evaluate();
+            var metrics = new StepMetrics
+            {
+                Step = state.Step,
+                Epoch = state.Epoch + (double)Math.Min(state.MicroBatch, epochBatches.Count) / epochBatches.Count,
+                Loss = loss,
+                CeLoss = ce,
+                AuxLoss = aux,
+                Lr = lr,
+                GradNorm = gradNorm,
+                TokensPerSecond = tokens / Math.Max(stepClock.Elapsed.TotalSeconds, 1e-9),
+                EvalLoss = evalLoss,
+            };
+            AppendMetrics(metrics);
+            OnStep?.Invoke(metrics);
+            if (save)
+            {
+                string dir = Checkpoints.Save(_out, state, _adapter, optimizer, _o.SaveTotalLimit);
+                Log?.Invoke($"step {state.Step}: checkpoint {dir}");
+            }
+        }
+        if (_val is not null)
+        {
+            lastEval = Evaluate();
+            Log?.Invoke($"eval loss {lastEval:F6}");
+            File.AppendAllText(Path.Combine(_out, "eval.jsonl"), JsonSerializer.Serialize(new { step = state.Step, eval_loss = lastEval }) + "\n");
+        }
+        _adapter.Save(_out);
+        return new TrainResult(state.Step, lastLoss, lastEval, clock.Elapsed.TotalSeconds, _out);
+    }
+
+    /// <summary>
+    /// Forward and backward over the micro-batches of one optimizer step. The CE of each micro-batch
+    /// is weighted by its share of the step's predicted tokens, so the accumulated gradient equals
+    /// that of one big batch; the balance loss is averaged over micro-batches (as the original's
+    /// gradient accumulation does: it is a per-forward statistic).
+    /// </summary>
+    (double Loss, double Ce, double Aux, long Tokens) AccumulateGradients(List<List<TokenizedExample>> micro, Device device)
+    {
+        long predicted = micro.Sum(mb => mb.Sum(PredictedTokens));
+        if (predicted == 0) throw new MolaException("a training batch has no tokens to learn (every label is -100): check --cutoff-len and --train-on-inputs");
+        double loss = 0, ce = 0, aux = 0;
+        long tokens = 0;
+        _adapter.train();
+        foreach (var mb in micro)
+        {
+            using var scope = NewDisposeScope();
+            using var batch = InstructionDataset.Collate(mb, device);
+            using var output = _adapter.Forward(batch.InputIds, batch.AttentionMask, batch.Labels);
+            double share = (double)mb.Sum(PredictedTokens) / predicted;
+            var total = output.CeLoss! * share + output.AuxLoss! * (_adapter.Config.AuxLossCoef / micro.Count);
+            total.backward();
+            loss += total.item<float>();
+            ce += output.CeLoss!.item<float>() * share;
+            aux += output.AuxLoss!.item<float>() / micro.Count;
+            tokens += batch.AttentionMask.sum().item<long>();
+        }
+        return (loss, ce, aux, tokens);
+    }
+
+    static long PredictedTokens(TokenizedExample e)
+    {
+        long n = 0;
+        for (int t = 1; t < e.Labels.Length; t++) if (e.Labels[t] != Losses.IgnoreIndex) n++;
+        return n;
+    }
+
+    /// <summary>Mean CE per predicted token over the validation split (dropout off).</summary>
+    public double Evaluate()
+    {
+        if (_val is null) throw new InvalidOperationException("no validation split");
+        _adapter.eval();
+        double sum = 0;
+        long count = 0;
+        using (no_grad())
+        {
+            foreach (var chunk in _val.Examples.Chunk(_o.MicroBatchSize))
+            {
+                using var scope = NewDisposeScope();
+                using var batch = InstructionDataset.Collate(chunk, _adapter.Base.Device);
+                var logits = _adapter.Base.Forward(batch.InputIds, batch.AttentionMask);
+                var (s, n) = Losses.CausalLmSum(logits, batch.Labels);
+                sum += s;
+                count += n;
+            }
+        }
+        _adapter.train();
+        return count == 0 ? double.NaN : sum / count;
+    }
+
+    void AppendMetrics(StepMetrics m)
+    {
+        var o = new JsonObject
+        {
+            ["step"] = m.Step,
+            ["epoch"] = Math.Round(m.Epoch, 4),
+            ["loss"] = m.Loss,
+            ["ce_loss"] = m.CeLoss,
+            ["aux_loss"] = m.AuxLoss,
+            ["lr"] = m.Lr,
+            ["grad_norm"] = m.GradNorm,
+            ["tokens_per_second"] = Math.Round(m.TokensPerSecond, 1),
+        };
+        if (m.EvalLoss is double e) o["eval_loss"] = e;
+        File.AppendAllText(MetricsPath, o.ToJsonString() + "\n");
+    }
+
+    /// <summary>On resume, drop the lines of steps after the checkpoint (a killed run may have logged more).</summary>
+    void TruncateMetrics(long step)
+    {
+        if (!File.Exists(MetricsPath)) return;
+        var keep = File.ReadLines(MetricsPath)
+            .Where(l => !string.IsNullOrWhiteSpace(l))
+            .TakeWhile(l => JsonNode.Parse(l)?["step"]?.GetValue<long>() <= step)
+            .ToList();
+        File.WriteAllLines(MetricsPath, keep);
+    }
+}

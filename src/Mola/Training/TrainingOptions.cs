@@ -1,0 +1,57 @@
+namespace Mola.Training;
+
+/// <summary>The optimisation side of a run (the paper's recipe by default; see MOLA.md).</summary>
+public sealed record TrainingOptions
+{
+    public double LearningRate { get; init; } = 3e-4;
+    public int WarmupSteps { get; init; } = 100;
+    public int Epochs { get; init; } = 3;
+    /// <summary>When positive, the run stops after this many optimizer steps (and the schedule spans them).</summary>
+    public int MaxSteps { get; init; }
+    /// <summary>Examples per optimizer step (the effective batch).</summary>
+    public int BatchSize { get; init; } = 128;
+    /// <summary>Examples per forward pass; gradients accumulate over BatchSize / MicroBatchSize passes.</summary>
+    public int MicroBatchSize { get; init; } = 8;
+    public double MaxGradNorm { get; init; } = 1.0;
+    public double WeightDecay { get; init; }
+    public bool GroupByLength { get; init; }
+    public int Seed { get; init; } = 42;
+    /// <summary>Save a checkpoint every this many steps (0: only at the end).</summary>
+    public int SaveSteps { get; init; } = 200;
+    /// <summary>Checkpoints kept (oldest deleted first); 0 keeps all.</summary>
+    public int SaveTotalLimit { get; init; } = 3;
+    /// <summary>Evaluate on the validation split every this many steps (0: at checkpoints and at the end).</summary>
+    public int EvalSteps { get; init; }
+
+    public void Validate()
+    {
+        if (LearningRate <= 0) throw new MolaException($"--learning-rate must be positive, got {LearningRate}");
+        if (WarmupSteps < 0) throw new MolaException($"--warmup-steps must be 0 or more, got {WarmupSteps}");
+        if (Epochs < 1 && MaxSteps <= 0) throw new MolaException($"--epochs must be at least 1, got {Epochs}");
+        if (MaxSteps < 0) throw new MolaException($"--max-steps must be 0 (off) or more, got {MaxSteps}");
+        if (MicroBatchSize < 1) throw new MolaException($"--micro-batch-size must be at least 1, got {MicroBatchSize}");
+        if (BatchSize < 1) throw new MolaException($"--batch-size must be at least 1, got {BatchSize}");
+        if (MicroBatchSize > BatchSize)
+            throw new MolaException($"--micro-batch-size ({MicroBatchSize}) is larger than --batch-size ({BatchSize}); the batch is made of micro-batches");
+        if (BatchSize % MicroBatchSize != 0)
+            throw new MolaException($"--batch-size ({BatchSize}) must be a multiple of --micro-batch-size ({MicroBatchSize})");
+        if (SaveSteps < 0) throw new MolaException($"--save-steps must be 0 or more, got {SaveSteps}");
+        if (SaveTotalLimit < 0) throw new MolaException($"--save-total-limit must be 0 (keep all) or more, got {SaveTotalLimit}");
+    }
+
+    public int AccumulationSteps => BatchSize / MicroBatchSize;
+}
+
+/// <summary>One line of <c>metrics.jsonl</c>: one optimizer step.</summary>
+public sealed record StepMetrics
+{
+    public required long Step { get; init; }
+    public required double Epoch { get; init; }
+    public required double Loss { get; init; }
+    public required double CeLoss { get; init; }
+    public required double AuxLoss { get; init; }
+    public required double Lr { get; init; }
+    public required double GradNorm { get; init; }
+    public required double TokensPerSecond { get; init; }
+    public double? EvalLoss { get; init; }
+}
