@@ -136,7 +136,7 @@ public sealed class Trainer
     /// that of one big batch; the balance loss is averaged over micro-batches (as the original's
     /// gradient accumulation does: it is a per-forward statistic).
     /// </summary>
-    (double Loss, double Ce, double Aux, long Tokens) AccumulateGradients(List<List<TokenizedExample>> micro, Device device)
+    internal (double Loss, double Ce, double Aux, long Tokens) AccumulateGradients(List<List<TokenizedExample>> micro, Device device)
     {
         long predicted = micro.Sum(mb => mb.Sum(PredictedTokens));
         if (predicted == 0) throw new MolaException("a training batch has no tokens to learn (every label is -100): check --cutoff-len and --train-on-inputs");

@@ -1,0 +1,233 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Mola.Adapters;
+using Mola.Data;
+using Mola.Evaluation;
+using Mola.Models;
+using Mola.Tokenization;
+using Mola.Training;
+using TorchSharp;
+
+namespace Mola.Cli.Commands;
+
+public static class TrainCommand
+{
+    const string SpecHelp = "one value (8), one value per layer (2,2,4,4,...), or a group pattern whose length divides the layer count (2,4,6,8 or 2468)";
+
+    public static Command Create()
+    {
+        var baseModel = Cli.BaseModelOption(required: false);
+        baseModel.Description += ". With neither --base-model nor --data: the embedded default model and task";
+        var data = new Option<string?>("--data") { Description = "Training records: JSON array or JSONL of {\"instruction\", \"input\", \"output\"}" };
+        var output = new Option<string?>("--output") { Description = "Output directory (adapter, metrics.jsonl, checkpoints). Default: runs/<time>, or runs/default for the embedded default" };
+        var template = new Option<string>("--template") { Description = "Prompt template: alpaca, or a JSON file with prompt_input, prompt_no_input, response_split", DefaultValueFactory = _ => "alpaca" };
+        var kind = new Option<string>("--adapter-kind") { Description = "mola (mixture of LoRA experts) or lora (plain LoRA, the paper's baseline)", DefaultValueFactory = _ => "mola" };
+        var experts = new Option<string>("--experts") { Description = $"Experts per layer: {SpecHelp}; or square:N, inverted-triangle (2468, the paper's best), triangle (8642), hourglass (8228)", DefaultValueFactory = _ => "inverted-triangle" };
+        var topK = new Option<string>("--top-k") { Description = $"Experts per token, per layer: {SpecHelp}", DefaultValueFactory = _ => "2" };
+        var rank = new Option<string>("--rank") { Description = $"LoRA rank per layer: {SpecHelp}", DefaultValueFactory = _ => "8" };
+        var alpha = new Option<double>("--alpha") { Description = "LoRA alpha (experts are scaled by alpha / rank)", DefaultValueFactory = _ => 16 };
+        var dropout = new Option<double>("--dropout") { Description = "Dropout on the experts' input", DefaultValueFactory = _ => 0.05 };
+        var targets = new Option<string>("--targets") { Description = "Modules to adapt, comma separated, or all", DefaultValueFactory = _ => "all" };
+        var auxCoef = new Option<double>("--aux-loss-coef") { Description = "Weight of the load-balancing loss (0 turns it off)", DefaultValueFactory = _ => 0.001 };
+        var lr = new Option<double>("--learning-rate") { Description = "Peak AdamW learning rate", DefaultValueFactory = _ => 3e-4 };
+        var warmup = new Option<int>("--warmup-steps") { Description = "Linear warm-up steps, then linear decay to 0", DefaultValueFactory = _ => 100 };
+        var epochs = new Option<int>("--epochs") { Description = "Passes over the training data", DefaultValueFactory = _ => 3 };
+        var maxSteps = new Option<int>("--max-steps") { Description = "Stop after this many optimizer steps (0: run the epochs)", DefaultValueFactory = _ => 0 };
+        var batch = new Option<int>("--batch-size") { Description = "Examples per optimizer step (the effective batch)", DefaultValueFactory = _ => 128 };
+        var micro = new Option<int>("--micro-batch-size") { Description = "Examples per forward pass (gradients accumulate up to --batch-size)", DefaultValueFactory = _ => 8 };
+        var cutoff = new Option<int>("--cutoff-len") { Description = "Most tokens per example (longer ones are cut)", DefaultValueFactory = _ => 256 };
+        var valSize = new Option<int>("--val-set-size") { Description = "Records held out (seeded) for the evaluation loss; 0: none", DefaultValueFactory = _ => 0 };
+        var trainOnInputs = new Option<bool>("--train-on-inputs") { Description = "Learn the prompt tokens too (false: prompt tokens get label -100)", DefaultValueFactory = _ => true, Arity = ArgumentArity.ZeroOrOne };
+        var addEos = new Option<bool>("--add-eos") { Description = "Append EOS to every example", DefaultValueFactory = _ => true, Arity = ArgumentArity.ZeroOrOne };
+        var groupByLength = new Option<bool>("--group-by-length") { Description = "Batch examples of similar length together (less padding)", Arity = ArgumentArity.ZeroOrOne };
+        var saveSteps = new Option<int>("--save-steps") { Description = "Checkpoint every this many steps (0: only the final adapter)", DefaultValueFactory = _ => 200 };
+        var saveLimit = new Option<int>("--save-total-limit") { Description = "Checkpoints kept, oldest deleted first (0: all)", DefaultValueFactory = _ => 3 };
+        var evalSteps = new Option<int>("--eval-steps") { Description = "Validation loss every this many steps (0: at each checkpoint and at the end)", DefaultValueFactory = _ => 0 };
+        var resume = new Option<string?>("--resume") { Description = "Continue an interrupted run: a checkpoint directory, or latest (the newest in --output)" };
+        var initAdapter = new Option<string?>("--init-adapter") { Description = "Start from a trained adapter (continuous learning); its experts, top-k, rank and targets are used" };
+        var seed = new Option<int>("--seed") { Description = "Seed of initialisation, shuffling, split and dropout: the same seed gives the same run", DefaultValueFactory = _ => 42 };
+        var dtype = Cli.DTypeOption();
+        var device = Cli.DeviceOption();
+        var overwrite = new Option<bool>("--overwrite") { Description = "Replace a previous run in --output" };
+        var json = Cli.JsonOption();
+
+        var cmd = new Command("train", "Instruction-tune a MoLA (or LoRA) adapter on a frozen base model. " +
+            "With no --base-model and no --data it trains the embedded default: a small LLaMA-architecture model on a " +
+            "multiple-choice task, and prints held-out accuracy before and after.")
+        {
+            baseModel, data, output, template, kind, experts, topK, rank, alpha, dropout, targets, auxCoef, lr, warmup, epochs,
+            maxSteps, batch, micro, cutoff, valSize, trainOnInputs, addEos, groupByLength, saveSteps, saveLimit, evalSteps,
+            resume, initAdapter, seed, dtype, device, overwrite, json,
+        };
+
+        cmd.SetAction(p => Cli.Run(p, json, o =>
+        {
+            string? baseDir = p.GetValue(baseModel), dataPath = p.GetValue(data);
+            bool embedded = baseDir is null && dataPath is null;
+            if (!embedded && (baseDir is null || dataPath is null))
+                throw new MolaException("give both --base-model and --data, or neither to train the embedded default");
+            var d = embedded ? DefaultRun.Settings : null;
+            // The embedded default has its own settings; an option given on the command line still wins.
+            T Pick<T>(Option<T> opt, T? embeddedValue) where T : struct => embeddedValue is T v && p.GetResult(opt) is null or { Implicit: true } ? v : p.GetValue(opt);
+
+            var options = new TrainingOptions
+            {
+                LearningRate = Pick(lr, d?.LearningRate),
+                WarmupSteps = Pick(warmup, d?.WarmupSteps),
+                Epochs = Pick(epochs, d?.Epochs),
+                MaxSteps = Pick(maxSteps, d?.MaxSteps),
+                BatchSize = Pick(batch, d?.BatchSize),
+                MicroBatchSize = Pick(micro, d?.MicroBatchSize),
+                GroupByLength = p.GetValue(groupByLength),
+                Seed = p.GetValue(seed),
+                SaveSteps = Pick(saveSteps, d?.SaveSteps),
+                SaveTotalLimit = p.GetValue(saveLimit),
+                EvalSteps = p.GetValue(evalSteps),
+            };
+            options.Validate();   // before anything is loaded
+            baseDir ??= DefaultRun.ModelDirectory;
+            dataPath ??= DefaultRun.TrainData;
+            string outDir = p.GetValue(output) ?? (embedded ? Path.Combine("runs", "default") : Path.Combine("runs", DateTime.Now.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture)));
+            string? resumeArg = p.GetValue(resume);
+            PrepareOutput(outDir, resumeArg is not null, p.GetValue(overwrite) || (embedded && p.GetResult(output) is null));
+            string? resumeDir = resumeArg is null ? null
+                : resumeArg == "latest" ? Checkpoints.Latest(outDir) ?? throw new MolaException($"{outDir}: no checkpoint to resume from")
+                : resumeArg;
+
+            // Everything that can be checked without weights is checked first.
+            var config = ModelConfig.Load(baseDir);
+            var adapterConfig = p.GetValue(initAdapter) is string init ? AdapterConfig.Load(init) : BuildAdapterConfig(p, config, baseDir, kind, experts, topK, rank, alpha, dropout, targets, auxCoef, d);
+            adapterConfig = adapterConfig.ForModel(config.NumHiddenLayers, "--init-adapter");
+            adapterConfig.Validate("adapter", config.NumHiddenLayers);
+            var tmpl = PromptTemplate.Load(p.GetValue(template)!);
+            var records = InstructionRecord.Load(dataPath);
+            var (trainRecords, valRecords) = InstructionDataset.Split(records, p.GetValue(valSize), options.Seed);
+            var tok = MolaTokenizer.Load(baseDir, config.BosTokenId, config.EosTokenId);
+            var tokenize = new TokenizeOptions(Pick(cutoff, d?.CutoffLen), p.GetValue(addEos), p.GetValue(trainOnInputs));
+            var trainSet = InstructionDataset.Create(trainRecords, tmpl, tok, tokenize);
+            var valSet = valRecords.Count > 0 ? InstructionDataset.Create(valRecords, tmpl, tok, tokenize) : null;
+
+            using var model = ModelLoader.Load(baseDir, Cli.DType(p, dtype), Cli.Device(p, device));
+            torch.manual_seed(options.Seed);
+            var adapter = p.GetValue(initAdapter) is string initDir ? AdapterModel.Load(model, initDir) : AdapterModel.Attach(model, adapterConfig);
+            o.Line($"base {baseDir} ({config.ModelType}, {config.NumHiddenLayers} layers), data {dataPath}: {trainSet.Count} train / {valSet?.Count ?? 0} validation records");
+            o.Line($"adapter {adapter.Config.Kind.Name()}: experts {ExpertAllocation.Describe(adapter.Config.NumExperts.Length > 0 ? adapter.Config.NumExperts : [1])}, " +
+                   $"top-k {string.Join(",", adapter.Config.TopK.Distinct())}, rank {string.Join(",", adapter.Config.Rank.Distinct())}, " +
+                   $"{adapter.parameters().Sum(t => t.numel()):N0} trainable parameters");
+
+            EvalResult? before = null;
+            var testRecords = embedded ? InstructionRecord.Load(DefaultRun.TestData) : null;
+            if (embedded) before = EvaluateDefault(model, tok, tmpl, testRecords!, o, "before");
+
+            var trainer = new Trainer(adapter, trainSet, valSet, options, outDir);
+            WriteTrainingArgs(outDir, p, options, adapter.Config, baseDir, dataPath, tokenize);
+            trainer.Log = line => o.Line(line);
+            var reporter = new ProgressReporter(o);
+            var result = reporter.Run("train", trainer.TotalSteps, report =>
+            {
+                trainer.OnStep = m => report(m.Step, $"loss {m.Loss:F4} lr {m.Lr:E2} {m.TokensPerSecond:F0} tok/s");
+                return trainer.Train(resumeDir);
+            });
+            o.Line($"trained {result.Steps} steps in {result.Seconds:F1} s; final loss {result.FinalLoss:F4}" + (result.EvalLoss is double ev ? $", eval loss {ev:F4}" : "") + $"; adapter saved to {outDir}");
+
+            EvalResult? after = embedded ? EvaluateDefault(model, tok, tmpl, testRecords!, o, "after") : null;
+            return new
+            {
+                output = outDir,
+                steps = result.Steps,
+                final_loss = result.FinalLoss,
+                eval_loss = result.EvalLoss,
+                seconds = Math.Round(result.Seconds, 2),
+                trainable_parameters = adapter.parameters().Sum(t => t.numel()),
+                accuracy_before = before?.Metrics.Accuracy,
+                accuracy_after = after?.Metrics.Accuracy,
+            };
+        }));
+        return cmd;
+    }
+
+    static AdapterConfig BuildAdapterConfig(ParseResult p, ModelConfig config, string baseDir, Option<string> kind, Option<string> experts, Option<string> topK,
+        Option<string> rank, Option<double> alpha, Option<double> dropout, Option<string> targets, Option<double> auxCoef, DefaultRun.RunSettings? d)
+    {
+        int layers = config.NumHiddenLayers;
+        var adapterKind = AdapterKinds.Parse(p.GetValue(kind)!);
+        var ranks = ExpertAllocation.Parse(d is not null && p.GetResult(rank) is null ? d.Rank : p.GetValue(rank)!, layers, "--rank");
+        int[] e = [], k = [];
+        if (adapterKind == AdapterKind.Mola)
+        {
+            e = ExpertAllocation.Parse(p.GetValue(experts)!, layers, "--experts");
+            k = ExpertAllocation.Parse(p.GetValue(topK)!, layers, "--top-k");
+            ExpertAllocation.Validate(e, k, ranks);
+        }
+        return new AdapterConfig
+        {
+            Kind = adapterKind,
+            BaseModelNameOrPath = baseDir,
+            TargetModules = TargetModules.Parse(p.GetValue(targets)!),
+            Rank = ranks,
+            LoraAlpha = p.GetValue(alpha),
+            LoraDropout = p.GetValue(dropout),
+            NumExperts = e,
+            TopK = k,
+            AuxLossCoef = p.GetValue(auxCoef),
+        };
+    }
+
+    /// <summary>Refuses to mix two runs in one directory unless asked to replace it or to resume.</summary>
+    static void PrepareOutput(string dir, bool resuming, bool overwrite)
+    {
+        if (!Directory.Exists(dir)) return;
+        var runFiles = new[] { "adapter_config.json", "adapter_model.safetensors", "metrics.jsonl", "training_args.json", "eval.jsonl" }
+            .Select(f => Path.Combine(dir, f)).Where(File.Exists).ToList();
+        var checkpoints = Checkpoints.List(dir).Select(c => c.Path).ToList();
+        if (runFiles.Count == 0 && checkpoints.Count == 0) return;
+        if (resuming) return;
+        if (!overwrite)
+            throw new MolaException($"{dir}: holds another run ({Path.GetFileName(runFiles.Concat(checkpoints).First())}); use --overwrite to replace it, --resume latest to continue it, or another --output");
+        foreach (var f in runFiles) File.Delete(f);
+        foreach (var c in checkpoints) Directory.Delete(c, true);
+    }
+
+    static void WriteTrainingArgs(string dir, ParseResult p, TrainingOptions o, AdapterConfig a, string baseDir, string dataPath, TokenizeOptions t)
+    {
+        Directory.CreateDirectory(dir);
+        var args = new JsonObject
+        {
+            ["base_model"] = baseDir,
+            ["data"] = dataPath,
+            ["adapter_kind"] = a.Kind.Name(),
+            ["num_experts"] = new JsonArray(a.NumExperts.Select(x => (JsonNode)x!).ToArray()),
+            ["top_k"] = new JsonArray(a.TopK.Select(x => (JsonNode)x!).ToArray()),
+            ["rank"] = new JsonArray(a.Rank.Select(x => (JsonNode)x!).ToArray()),
+            ["lora_alpha"] = a.LoraAlpha,
+            ["lora_dropout"] = a.LoraDropout,
+            ["target_modules"] = new JsonArray(a.TargetModules.Select(x => (JsonNode)x!).ToArray()),
+            ["aux_loss_coef"] = a.AuxLossCoef,
+            ["learning_rate"] = o.LearningRate,
+            ["warmup_steps"] = o.WarmupSteps,
+            ["epochs"] = o.Epochs,
+            ["max_steps"] = o.MaxSteps,
+            ["batch_size"] = o.BatchSize,
+            ["micro_batch_size"] = o.MicroBatchSize,
+            ["max_grad_norm"] = o.MaxGradNorm,
+            ["cutoff_len"] = t.CutoffLen,
+            ["add_eos"] = t.AddEos,
+            ["train_on_inputs"] = t.TrainOnInputs,
+            ["group_by_length"] = o.GroupByLength,
+            ["save_steps"] = o.SaveSteps,
+            ["save_total_limit"] = o.SaveTotalLimit,
+            ["seed"] = o.Seed,
+            ["command_line"] = string.Join(" ", p.Tokens.Select(tk => tk.Value)),
+        };
+        File.WriteAllText(Path.Combine(dir, "training_args.json"), args.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+    }
+
+    static EvalResult EvaluateDefault(CausalLM model, MolaTokenizer tok, PromptTemplate tmpl, List<InstructionRecord> test, Output o, string when)
+    {
+        var r = Evaluator.Run(model, tok, tmpl, DefaultRun.Task, test, Scoring.Generate, batchSize: 16, maxNewTokens: 12);
+        o.Line($"held-out accuracy {when} training: {r.Metrics.Accuracy:P1} ({r.Metrics.Correct}/{r.Metrics.N}; chance {1.0 / DefaultRun.Task.Labels.Count:P0})");
+        return r;
+    }
+}
