@@ -1,3 +1,4 @@
+using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 
@@ -13,14 +14,14 @@ public static class Jsonl
         using var reader = new StreamReader(path);
         int first = reader.Peek();
         while (first >= 0 && char.IsWhiteSpace((char)first)) { reader.Read(); first = reader.Peek(); }
+        // Back to the start: the whitespace skipped above counts towards line numbers.
+        reader.BaseStream.Position = 0;
+        reader.DiscardBufferedData();
         if (first == '[')
         {
             foreach (var item in ReadArray(path, reader.ReadToEnd())) yield return item;
             yield break;
         }
-        // Count the whitespace skipped above so line numbers stay right.
-        reader.BaseStream.Position = 0;
-        reader.DiscardBufferedData();
         int lineNo = 0;
         string? line;
         while ((line = reader.ReadLine()) is not null)
@@ -35,30 +36,49 @@ public static class Jsonl
         }
     }
 
-    static IEnumerable<(int, JsonObject)> ReadArray(string path, string text)
+    // Walks the array with a reader rather than parsing it whole, so that each item carries the line it
+    // starts on (errors about a record then name that line, as they do for JSONL).
+    static List<(int, JsonObject)> ReadArray(string path, string text)
     {
-        JsonNode? root;
-        try { root = JsonNode.Parse(text); }
-        catch (JsonException e) { throw new MolaException($"{path}:{(e.LineNumber ?? 0) + 1}: invalid JSON ({Short(e)})"); }
-        var arr = (JsonArray)root!;
-        for (int i = 0; i < arr.Count; i++)
+        byte[] utf8 = Encoding.UTF8.GetBytes(text);
+        var items = new List<(int, JsonObject)>();
+        try
         {
-            if (arr[i] is not JsonObject o) throw new MolaException($"{path}: item {i} of the array: expected a JSON object");
-            yield return (i, o);
+            var reader = new Utf8JsonReader(utf8);
+            reader.Read(); // the '['
+            while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
+            {
+                int start = (int)reader.TokenStartIndex, line = 1 + utf8.AsSpan(0, start).Count((byte)'\n');
+                if (reader.TokenType != JsonTokenType.StartObject) throw new MolaException($"{path}:{line}: expected a JSON object");
+                reader.Skip();
+                items.Add((line, JsonNode.Parse(utf8.AsSpan(start, (int)reader.BytesConsumed - start))!.AsObject()));
+            }
+            reader.Read(); // throws on anything after the ']'
         }
+        catch (JsonException e) { throw InvalidJson(path, e); }
+        return items;
     }
 
-    static string Short(JsonException e)
+    /// <summary>The error for a whole JSON file that does not parse, at the 1-based line the parser stopped on.</summary>
+    internal static MolaException InvalidJson(string path, JsonException e) =>
+        new($"{path}:{(e.LineNumber ?? 0) + 1}: invalid JSON ({Short(e)})");
+
+    // The parser's message without its position suffix ("Path: $ | LineNumber: 0 | BytePositionInLine: 9."):
+    // it counts lines from 0 within what it was given, which would contradict the line number we report.
+    internal static string Short(JsonException e)
     {
         string m = e.Message;
-        int cut = m.IndexOf(" Path:", StringComparison.Ordinal);
-        return cut > 0 ? m[..cut] : m;
+        int cut = new[] { " Path:", " LineNumber:" }.Select(s => m.IndexOf(s, StringComparison.Ordinal)).Where(i => i > 0).DefaultIfEmpty(m.Length).Min();
+        return m[..cut].TrimEnd('.', ' ');
     }
 
     /// <summary>A required string field of a record, or a clear error.</summary>
-    public static string RequireString(JsonObject o, string key, string path, int line) =>
-        o[key] is JsonValue v && v.GetValueKind() == JsonValueKind.String ? v.GetValue<string>()
-        : throw new MolaException($"{path}:{line}: missing string field \"{key}\"");
+    public static string RequireString(JsonObject o, string key, string path, int line) => o[key] switch
+    {
+        JsonValue v when v.GetValueKind() == JsonValueKind.String => v.GetValue<string>(),
+        null => throw new MolaException($"{path}:{line}: missing string field \"{key}\""),
+        var other => throw new MolaException($"{path}:{line}: field \"{key}\" must be a string, not {other.GetValueKind().ToString().ToLowerInvariant()}"),
+    };
 
     public static string? OptionalString(JsonObject o, string key, string path, int line) => o[key] switch
     {
