@@ -14,17 +14,14 @@ public static class Jsonl
         using var reader = new StreamReader(path);
         int first = reader.Peek();
         while (first >= 0 && char.IsWhiteSpace((char)first)) { reader.Read(); first = reader.Peek(); }
+        // Back to the start: the whitespace skipped above counts towards line numbers.
+        reader.BaseStream.Position = 0;
+        reader.DiscardBufferedData();
         if (first == '[')
         {
-            // Rewind so that the array's line numbers count the whitespace skipped above.
-            reader.BaseStream.Position = 0;
-            reader.DiscardBufferedData();
             foreach (var item in ReadArray(path, reader.ReadToEnd())) yield return item;
             yield break;
         }
-        // Count the whitespace skipped above so line numbers stay right.
-        reader.BaseStream.Position = 0;
-        reader.DiscardBufferedData();
         int lineNo = 0;
         string? line;
         while ((line = reader.ReadLine()) is not null)
@@ -39,46 +36,40 @@ public static class Jsonl
         }
     }
 
-    /// <summary>The items of a JSON array, each with the line its value starts on (a reader over the
-    /// bytes, because a parsed <see cref="JsonNode"/> no longer knows where it came from).</summary>
+    // Walks the array with a reader rather than parsing it whole, so that each item carries the line it
+    // starts on (errors about a record then name that line, as they do for JSONL).
     static List<(int, JsonObject)> ReadArray(string path, string text)
     {
-        byte[] bytes = Encoding.UTF8.GetBytes(text);
+        byte[] utf8 = Encoding.UTF8.GetBytes(text);
         var items = new List<(int, JsonObject)>();
-        var reader = new Utf8JsonReader(bytes);
-        int countedTo = 0, line = 1;
-        int LineAt(long offset)
-        {
-            for (; countedTo < offset; countedTo++)
-                if (bytes[countedTo] == '\n') line++;
-            return line;
-        }
         try
         {
-            reader.Read(); // the '[' that the caller saw
+            var reader = new Utf8JsonReader(utf8);
+            reader.Read(); // the '['
             while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
             {
-                int start = (int)reader.TokenStartIndex;
-                int itemLine = LineAt(start);
-                bool isObject = reader.TokenType == JsonTokenType.StartObject;
+                int start = (int)reader.TokenStartIndex, line = 1 + utf8.AsSpan(0, start).Count((byte)'\n');
+                if (reader.TokenType != JsonTokenType.StartObject) throw new MolaException($"{path}:{line}: expected a JSON object");
                 reader.Skip();
-                if (!isObject)
-                    throw new MolaException($"{path}:{itemLine}: expected a JSON object (item {items.Count} of the array)");
-                var obj = (JsonObject)JsonNode.Parse(bytes.AsSpan(start, (int)reader.BytesConsumed - start))!;
-                items.Add((itemLine, obj));
+                items.Add((line, JsonNode.Parse(utf8.AsSpan(start, (int)reader.BytesConsumed - start))!.AsObject()));
             }
-            if (reader.Read()) throw new MolaException($"{path}:{LineAt(reader.TokenStartIndex)}: unexpected text after the JSON array");
+            reader.Read(); // throws on anything after the ']'
         }
-        catch (JsonException e) { throw new MolaException($"{path}:{(e.LineNumber ?? 0) + 1}: invalid JSON ({Short(e)})"); }
+        catch (JsonException e) { throw InvalidJson(path, e); }
         return items;
     }
 
-    static string Short(JsonException e)
+    /// <summary>The error for a whole JSON file that does not parse, at the 1-based line the parser stopped on.</summary>
+    internal static MolaException InvalidJson(string path, JsonException e) =>
+        new($"{path}:{(e.LineNumber ?? 0) + 1}: invalid JSON ({Short(e)})");
+
+    // The parser's message without its position suffix ("Path: $ | LineNumber: 0 | BytePositionInLine: 9."):
+    // it counts lines from 0 within what it was given, which would contradict the line number we report.
+    internal static string Short(JsonException e)
     {
         string m = e.Message;
-        int cut = m.IndexOf(" Path:", StringComparison.Ordinal);
-        if (cut < 0) cut = m.IndexOf(" LineNumber:", StringComparison.Ordinal);
-        return cut > 0 ? m[..cut] : m;
+        int cut = new[] { " Path:", " LineNumber:" }.Select(s => m.IndexOf(s, StringComparison.Ordinal)).Where(i => i > 0).DefaultIfEmpty(m.Length).Min();
+        return m[..cut].TrimEnd('.', ' ');
     }
 
     /// <summary>A required string field of a record, or a clear error (missing, or not a string).</summary>

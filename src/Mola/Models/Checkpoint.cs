@@ -12,6 +12,8 @@ public sealed class Checkpoint : IDisposable
 {
     readonly Dictionary<string, SafeTensorsFile> _byTensor = new();
     readonly List<SafeTensorsFile> _files = new();
+    // The file that lists the tensors (model.safetensors or the shard index): errors about a missing tensor name it.
+    string _weightsFile = "";
 
     public string Directory { get; }
     public IEnumerable<string> Names => _byTensor.Keys;
@@ -27,11 +29,16 @@ public sealed class Checkpoint : IDisposable
             string index = System.IO.Path.Combine(directory, "model.safetensors.index.json");
             if (File.Exists(single))
             {
+                ckpt._weightsFile = single;
                 var f = SafeTensorsFile.Open(single);
                 ckpt._files.Add(f);
                 foreach (var name in f.Tensors.Keys) ckpt._byTensor[name] = f;
             }
-            else if (File.Exists(index)) ckpt.OpenShards(index);
+            else if (File.Exists(index))
+            {
+                ckpt._weightsFile = index;
+                ckpt.OpenShards(index);
+            }
             else throw new MolaException($"{directory}: no weights (expected model.safetensors or model.safetensors.index.json)");
             return ckpt;
         }
@@ -48,12 +55,12 @@ public sealed class Checkpoint : IDisposable
         try
         {
             using var doc = JsonDocument.Parse(File.ReadAllText(index));
-            if (!doc.RootElement.TryGetProperty("weight_map", out var wm) || wm.ValueKind != JsonValueKind.Object)
+            if (doc.RootElement.ValueKind != JsonValueKind.Object || !doc.RootElement.TryGetProperty("weight_map", out var wm) || wm.ValueKind != JsonValueKind.Object)
                 throw new MolaException($"{index}: missing \"weight_map\" object");
             map = wm.EnumerateObject().ToDictionary(p => p.Name, p => p.Value.ValueKind == JsonValueKind.String ? p.Value.GetString()!
                 : throw new MolaException($"{index}: weight_map entry \"{p.Name}\" must name a file"));
         }
-        catch (JsonException e) { throw new MolaException($"{index}: invalid JSON ({e.Message})"); }
+        catch (JsonException e) { throw Data.Jsonl.InvalidJson(index, e); }
         var shards = new Dictionary<string, SafeTensorsFile>();
         foreach (var (name, file) in map)
         {
@@ -75,14 +82,14 @@ public sealed class Checkpoint : IDisposable
     public bool Contains(string name) => _byTensor.ContainsKey(name);
 
     public TensorInfo Info(string name) => _byTensor.TryGetValue(name, out var f) ? f.Tensors[name]
-        : throw new MolaException($"{Directory}: tensor \"{name}\" missing");
+        : throw new MolaException($"{_weightsFile}: tensor \"{name}\" missing");
 
     public Tensor Read(string name, ScalarType? dtype = null, Device? device = null) =>
         _byTensor.TryGetValue(name, out var f) ? f.Read(name, dtype, device)
-        : throw new MolaException($"{Directory}: tensor \"{name}\" missing");
+        : throw new MolaException($"{_weightsFile}: tensor \"{name}\" missing");
 
     /// <summary>Which file holds a tensor (for error messages).</summary>
-    public string FileOf(string name) => _byTensor.TryGetValue(name, out var f) ? f.Path : Directory;
+    public string FileOf(string name) => _byTensor.TryGetValue(name, out var f) ? f.Path : _weightsFile;
 
     /// <summary>Copies every parameter of <paramref name="module"/> from the tensor of the same name,
     /// one at a time, checking shapes; the module's dtype and device are kept.</summary>
@@ -92,7 +99,7 @@ public sealed class Checkpoint : IDisposable
         foreach (var (name, p) in module.named_parameters())
         {
             if (!_byTensor.TryGetValue(name, out var f))
-                throw new MolaException($"{Directory}: tensor \"{name}\" missing (expected shape {SafeTensorsFile.FormatShape(p.shape)})");
+                throw new MolaException($"{_weightsFile}: tensor \"{name}\" missing (expected shape {SafeTensorsFile.FormatShape(p.shape)})");
             var info = f.Tensors[name];
             if (!info.Shape.SequenceEqual(p.shape))
                 throw new MolaException($"{f.Path}: tensor \"{name}\" has shape {SafeTensorsFile.FormatShape(info.Shape)}, expected {SafeTensorsFile.FormatShape(p.shape)}");

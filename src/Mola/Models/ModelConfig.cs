@@ -42,7 +42,7 @@ public sealed record ModelConfig
         }
         catch (JsonException e)
         {
-            throw new MolaException($"{path}: invalid JSON ({e.Message})");
+            throw Data.Jsonl.InvalidJson(path, e);
         }
         return FromJson(obj, path);
     }

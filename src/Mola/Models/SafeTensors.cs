@@ -87,7 +87,7 @@ public sealed class SafeTensorsFile : IDisposable
     {
         JsonDocument doc;
         try { doc = JsonDocument.Parse(header); }
-        catch (JsonException e) { throw new MolaException($"{path}: header is not valid JSON ({e.Message})"); }
+        catch (JsonException e) { throw new MolaException($"{path}: header is not valid JSON ({Data.Jsonl.Short(e)})"); }
         using var _ = doc;
         if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new MolaException($"{path}: header must be a JSON object");
         var tensors = new Dictionary<string, TensorInfo>();
@@ -128,7 +128,7 @@ public sealed class SafeTensorsFile : IDisposable
         var sorted = tensors.Values.Where(t => t.End > t.Begin).OrderBy(t => t.Begin).ToList();
         for (int i = 1; i < sorted.Count; i++)
             if (sorted[i].Begin < sorted[i - 1].End)
-                throw new MolaException($"{path}: tensors \"{sorted[i - 1].Name}\" and \"{sorted[i].Name}\" have overlapping data offsets");
+                throw new MolaException($"{path}: tensors \"{sorted[i - 1].Name}\" [{sorted[i - 1].Begin}, {sorted[i - 1].End}] and \"{sorted[i].Name}\" [{sorted[i].Begin}, {sorted[i].End}] have overlapping data offsets");
         return (tensors, metadata);
     }
 

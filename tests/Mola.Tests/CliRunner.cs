@@ -1,0 +1,89 @@
+using System.Diagnostics;
+using System.Text.Json;
+using Xunit;
+
+namespace Mola.Tests;
+
+/// <summary>What one out-of-process run of the CLI did.</summary>
+sealed record CliResult(int ExitCode, string Stdout, string Stderr, string CommandLine)
+{
+    /// <summary>The result object: the last non-empty stdout line, parsed as JSON.</summary>
+    public JsonElement LastJson()
+    {
+        var last = Lines(Stdout).LastOrDefault()
+            ?? throw new Xunit.Sdk.XunitException($"no stdout from {this}");
+        try
+        {
+            using var doc = JsonDocument.Parse(last);
+            return doc.RootElement.Clone();
+        }
+        catch (JsonException e)
+        {
+            throw new Xunit.Sdk.XunitException($"last stdout line is not JSON ({e.Message}) from {this}");
+        }
+    }
+
+    /// <summary>Asserts that the run failed the way user errors must fail: exit code 1 (what the CLI returns for
+    /// a MolaException; 2 means an unexpected exception), exactly one <c>error: </c> line on stderr, no stack
+    /// trace, no result object. Returns the message after <c>error: </c>.</summary>
+    public string SingleErrorLine()
+    {
+        Assert.True(ExitCode == 1, $"expected exit code 1 (a user error) from {this}");
+        var lines = Lines(Stderr).ToList();
+        Assert.True(lines.Count == 1 && lines[0].StartsWith("error: ", StringComparison.Ordinal), $"expected exactly one 'error: ' line on stderr from {this}");
+        Assert.DoesNotContain("   at ", Stderr);
+        Assert.True(Lines(Stdout).All(l => !l.TrimStart().StartsWith('{')), $"a failed run printed a result object: {this}");
+        return lines[0]["error: ".Length..];
+    }
+
+    static IEnumerable<string> Lines(string s) => s.Split('\n').Select(l => l.TrimEnd('\r')).Where(l => l.Length > 0);
+
+    public override string ToString() => $"`{CommandLine}` (exit {ExitCode})\n--- stdout:\n{Stdout}\n--- stderr:\n{Stderr}";
+}
+
+/// <summary>Runs the <c>mola</c> CLI out of process, as a user would: <c>dotnet Mola.Cli.dll args...</c>
+/// (the test project references Mola.Cli, so the DLL sits in the test output directory).</summary>
+static class CliRunner
+{
+    static readonly string CliDll = Path.Combine(AppContext.BaseDirectory, "Mola.Cli.dll");
+
+    public static CliResult Run(params string[] args) => Run(args, TimeSpan.FromSeconds(60));
+
+    public static CliResult Run(IReadOnlyList<string> args, TimeSpan timeout, string? workingDirectory = null)
+    {
+        var psi = new ProcessStartInfo(DotnetHost())
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+            WorkingDirectory = workingDirectory ?? AppContext.BaseDirectory,
+        };
+        psi.ArgumentList.Add(CliDll);
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        // The CLI prints stack traces only under MOLA_DEBUG; tests check what users see.
+        psi.Environment.Remove("MOLA_DEBUG");
+        string commandLine = "mola " + string.Join(' ', args);
+
+        using var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {psi.FileName}");
+        // Read both pipes concurrently so a full pipe buffer can never block the child.
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        if (!p.WaitForExit(timeout))
+        {
+            p.Kill(entireProcessTree: true);
+            p.WaitForExit();
+            throw new TimeoutException($"`{commandLine}` did not finish in {timeout.TotalSeconds:F0} s\n--- stdout:\n{stdout.Result}\n--- stderr:\n{stderr.Result}");
+        }
+        return new CliResult(p.ExitCode, stdout.Result, stderr.Result, commandLine);
+    }
+
+    /// <summary>The dotnet host running these tests (the SDK sets DOTNET_HOST_PATH), else the one on PATH.</summary>
+    static string DotnetHost()
+    {
+        string? host = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH");
+        if (!string.IsNullOrEmpty(host) && File.Exists(host)) return host;
+        string? self = Environment.ProcessPath;
+        if (self is not null && Path.GetFileNameWithoutExtension(self) == "dotnet") return self;
+        return "dotnet";
+    }
+}
