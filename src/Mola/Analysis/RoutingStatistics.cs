@@ -45,8 +45,11 @@ public sealed class RoutingStatistics
         // N x k is small (a batch's tokens times top-k): one copy to the CPU and a plain loop count exactly.
         long[] ids;
         double[] weights;
-        using (var i = topIndices.detach().cpu().contiguous()) ids = i.data<long>().ToArray();
-        using (var w = topWeights.detach().to(ScalarType.Float64, CPU).contiguous()) weights = w.data<double>().ToArray();
+        using (NewDisposeScope())
+        {
+            ids = topIndices.detach().cpu().contiguous().data<long>().ToArray();
+            weights = topWeights.detach().to(ScalarType.Float64, CPU).contiguous().data<double>().ToArray();
+        }
         for (int n = 0; n < ids.Length; n++)
         {
             long e = ids[n];
