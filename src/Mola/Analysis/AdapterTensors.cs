@@ -1,0 +1,127 @@
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using Mola.Models;
+
+namespace Mola.Analysis;
+
+/// <summary>
+/// The little of an adapter directory that the analysis needs: its peft_type and, for each layer and
+/// adapted module, the names of its expert tensors. Kept small and internal on purpose, so it can be
+/// swapped for the full adapter-config class without touching the analysis.
+/// </summary>
+internal sealed partial class AdapterTensors
+{
+    public const string ConfigFile = "adapter_config.json";
+    public const string WeightsFile = "adapter_model.safetensors";
+
+    /// <summary>The order the paper and PEFT list modules in; unknown names follow, sorted.</summary>
+    static readonly string[] ModuleOrder = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+    /// <summary>One adapted module: the tensor-name prefix and its experts' A and B tensor names, in expert order.</summary>
+    public sealed record Module(int Layer, string Name, string Prefix, IReadOnlyList<string> A, IReadOnlyList<string> B);
+
+    public string Directory { get; }
+    public string PeftType { get; }
+    public IReadOnlyList<Module> Modules { get; }
+
+    AdapterTensors(string directory, string peftType, IReadOnlyList<Module> modules)
+    {
+        Directory = directory;
+        PeftType = peftType;
+        Modules = modules;
+    }
+
+    [GeneratedRegex(@"^base_model\.model\.model\.layers\.(\d+)\.(self_attn|mlp)\.([A-Za-z0-9_]+)\.lora_([AB])\.(?:(\d+)\.)?weight$")]
+    private static partial Regex LoraTensorName();
+
+    /// <summary>Reads <c>adapter_config.json</c> for the peft_type and the expert counts, and lists the
+    /// expert tensors of <c>adapter_model.safetensors</c> grouped by layer and module.</summary>
+    public static AdapterTensors Read(string dir)
+    {
+        string configPath = ConfigPath(dir);
+        var (peftType, numExperts) = ReadConfig(configPath);
+
+        string weightsPath = Path.Combine(dir, WeightsFile);
+        using var file = SafeTensorsFile.Open(weightsPath);
+        // (layer, prefix) -> expert -> (A name, B name)
+        var found = new SortedDictionary<(int Layer, string Prefix), (string Module, SortedDictionary<int, string> A, SortedDictionary<int, string> B)>();
+        foreach (var name in file.Tensors.Keys)
+        {
+            var m = LoraTensorName().Match(name);
+            if (!m.Success) continue;
+            int layer = int.Parse(m.Groups[1].Value);
+            string module = m.Groups[3].Value;
+            string prefix = $"base_model.model.model.layers.{layer}.{m.Groups[2].Value}.{module}";
+            int expert = m.Groups[5].Success ? int.Parse(m.Groups[5].Value) : 0;
+            if (!found.TryGetValue((layer, prefix), out var entry))
+                found[(layer, prefix)] = entry = (module, new(), new());
+            (m.Groups[4].Value == "A" ? entry.A : entry.B)[expert] = name;
+        }
+        if (found.Count == 0) throw new MolaException($"{weightsPath}: no LoRA tensors named like base_model.model.model.layers.L.self_attn.q_proj.lora_A.0.weight");
+
+        // num_experts is checked only when it has one entry per layer (the adapter_config contract);
+        // the full adapter-config reader owns the other spellings.
+        int layers = found.Keys.Max(k => k.Layer) + 1;
+        if (numExperts is not null && numExperts.Length != layers) numExperts = null;
+        var modules = new List<Module>();
+        foreach (var ((layer, prefix), (module, a, b)) in found)
+        {
+            int experts = Math.Max(a.Count, b.Count);
+            for (int e = 0; e < experts; e++)
+            {
+                if (!a.ContainsKey(e)) throw new MolaException($"{weightsPath}: \"{prefix}.lora_A.{e}.weight\" is missing ({experts} experts found for this module)");
+                if (!b.ContainsKey(e)) throw new MolaException($"{weightsPath}: \"{prefix}.lora_B.{e}.weight\" is missing ({experts} experts found for this module)");
+            }
+            if (numExperts is not null && numExperts[layer] != experts)
+                throw new MolaException($"{weightsPath}: layer {layer} {module} has {experts} experts but {configPath} says num_experts[{layer}] = {numExperts[layer]}");
+            modules.Add(new Module(layer, module, prefix, a.Values.ToList(), b.Values.ToList()));
+        }
+        modules.Sort((x, y) => x.Layer != y.Layer ? x.Layer.CompareTo(y.Layer) : CompareModules(x.Name, y.Name));
+        return new AdapterTensors(dir, peftType, modules);
+    }
+
+    /// <summary>The config file's path, after checking that the directory and the file exist.</summary>
+    public static string ConfigPath(string dir)
+    {
+        if (!System.IO.Directory.Exists(dir)) throw new MolaException($"{dir}: adapter directory not found");
+        string configPath = Path.Combine(dir, ConfigFile);
+        if (!File.Exists(configPath)) throw new MolaException($"{configPath}: not found (an adapter directory holds {ConfigFile} and {WeightsFile})");
+        return configPath;
+    }
+
+    public static int CompareModules(string x, string y)
+    {
+        int ix = Array.IndexOf(ModuleOrder, x), iy = Array.IndexOf(ModuleOrder, y);
+        if (ix < 0) ix = ModuleOrder.Length;
+        if (iy < 0) iy = ModuleOrder.Length;
+        return ix != iy ? ix.CompareTo(iy) : string.CompareOrdinal(x, y);
+    }
+
+    /// <summary>peft_type (required) and num_experts when it is a per-layer list (null otherwise).</summary>
+    public static (string PeftType, int[]? NumExperts) ReadConfig(string path)
+    {
+        JsonDocument doc;
+        try { doc = JsonDocument.Parse(File.ReadAllText(path)); }
+        catch (JsonException e) { throw new MolaException($"{path}: not valid JSON ({e.Message})"); }
+        using var _ = doc;
+        var root = doc.RootElement;
+        if (root.ValueKind != JsonValueKind.Object) throw new MolaException($"{path}: must be a JSON object");
+        if (!root.TryGetProperty("peft_type", out var pt) || pt.ValueKind != JsonValueKind.String)
+            throw new MolaException($"{path}: missing \"peft_type\" (\"MOLA\" or \"LORA\")");
+        string peftType = pt.GetString()!.ToUpperInvariant();
+        if (peftType is not ("MOLA" or "LORA"))
+            throw new MolaException($"{path}: peft_type \"{pt.GetString()}\" is not supported (expected \"MOLA\" or \"LORA\")");
+        int[]? numExperts = null;
+        if (root.TryGetProperty("num_experts", out var ne))
+        {
+            numExperts = ne.ValueKind switch
+            {
+                JsonValueKind.Array => ne.EnumerateArray().Select(v => v.TryGetInt32(out int n) && n >= 1 ? n
+                    : throw new MolaException($"{path}: num_experts entries must be positive integers, got {v}")).ToArray(),
+                JsonValueKind.Number => null,
+                _ => throw new MolaException($"{path}: num_experts must be an integer or a list of integers"),
+            };
+        }
+        return (peftType, numExperts);
+    }
+}
