@@ -55,7 +55,7 @@ public static class Figures
         heatmap.Colormap = new ScottPlot.Colormaps.Viridis();
         heatmap.NaNCellColor = Colors.LightGray;
         var bar = plot.Add.ColorBar(heatmap);
-        bar.Label = "mean pairwise distance";
+        bar.Label = "mean pairwise distance (lower = more redundant)";
         bar.LabelStyle.FontSize = LabelSize;
 
         // Values in the cells while they fit; dark text on the bright (high) end of viridis.

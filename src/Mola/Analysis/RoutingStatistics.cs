@@ -16,7 +16,7 @@ public sealed record LayerRoutingRow(int Layer, int Expert, long Selections, lon
 /// Accumulates the router's top-k choices (the paper's figure 5). The MoLA layer calls <see cref="Add"/>
 /// on every forward pass while an analysis hook is on; pass only the rows of real tokens (no padding).
 /// </summary>
-public sealed class RoutingStatistics
+public sealed class RoutingStatistics : Mola.Adapters.IRoutingObserver
 {
     sealed class Counts(int experts)
     {
