@@ -92,13 +92,7 @@ public class BenchmarkTests
             Assert.Throws<MolaException>(() => mrpc.GoldLabel(JsonNode.Parse("""{"output": ["x"]}""")!.AsObject(), "m.json", 8)).Message);
     }
 
-    static string ExamplesDir()
-    {
-        // The tests run from bin/...; the examples live at the repository root, next to Mola.sln.
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-            if (File.Exists(Path.Combine(dir.FullName, "Mola.sln"))) return Path.Combine(dir.FullName, "examples");
-        throw new InvalidOperationException("repository root (Mola.sln) not found above " + AppContext.BaseDirectory);
-    }
+    static string ExamplesDir() => TestUtil.ExamplesDir();
 
     public static TheoryData<string> TaskNames() => [.. Benchmarks.Names];
 

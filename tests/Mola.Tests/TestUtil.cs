@@ -8,6 +8,14 @@ static class TestUtil
 {
     public static string Fixture(params string[] parts) => Path.Combine([AppContext.BaseDirectory, "Fixtures", .. parts]);
 
+    /// <summary>The repository's examples/ folder (the tests run from bin/...; it lies next to Mola.sln).</summary>
+    public static string ExamplesDir()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+            if (File.Exists(Path.Combine(dir.FullName, "Mola.sln"))) return Path.Combine(dir.FullName, "examples");
+        throw new InvalidOperationException("repository root (Mola.sln) not found above " + AppContext.BaseDirectory);
+    }
+
     public static Dictionary<string, Tensor> ReadAll(string path)
     {
         using var f = SafeTensorsFile.Open(path);

@@ -1,0 +1,74 @@
+using System.CommandLine;
+using System.Diagnostics;
+using Mola.Adapters;
+using Mola.Data;
+using Mola.Generation;
+using Mola.Models;
+using Mola.Tokenization;
+
+namespace Mola.Cli.Commands;
+
+public static class GenerateCommand
+{
+    public static Command Create()
+    {
+        var baseModel = Cli.BaseModelOption();
+        var adapter = Cli.AdapterOption();
+        var prompt = new Option<string?>("--prompt") { Description = "Raw text to continue (BOS is added)" };
+        var instruction = new Option<string?>("--instruction") { Description = "An instruction, wrapped in --template; only the response is printed" };
+        var input = new Option<string?>("--input") { Description = "Context for --instruction (the template's input)" };
+        var template = new Option<string>("--template") { Description = "Template for --instruction: alpaca, or a JSON file", DefaultValueFactory = _ => "alpaca" };
+        var maxNew = new Option<int>("--max-new-tokens") { Description = "Most tokens to generate (stops earlier at EOS)", DefaultValueFactory = _ => 128 };
+        var greedy = new Option<bool>("--greedy") { Description = "Argmax decoding (the default unless a sampling option is given)" };
+        var temperature = new Option<double?>("--temperature") { Description = "Sample with this temperature (implies sampling)" };
+        var topP = new Option<double?>("--top-p") { Description = "Nucleus sampling: keep the smallest set of tokens reaching this probability (implies sampling)" };
+        var topK = new Option<int?>("--top-k-sampling") { Description = "Sample from the k most likely tokens (implies sampling)" };
+        var seed = new Option<long>("--seed") { Description = "Seed for sampling", DefaultValueFactory = _ => 42 };
+        var dtype = Cli.DTypeOption();
+        var device = Cli.DeviceOption();
+        var json = Cli.JsonOption();
+        var cmd = new Command("generate", "Generate text with a base model and an optional adapter (KV cache; greedy or sampling). " +
+            "Give --prompt for raw text, or --instruction [--input] for the template's response.")
+        { baseModel, adapter, prompt, instruction, input, template, maxNew, greedy, temperature, topP, topK, seed, dtype, device, json };
+        cmd.SetAction(p => Cli.Run(p, json, o =>
+        {
+            string? rawPrompt = p.GetValue(prompt), instr = p.GetValue(instruction);
+            if ((rawPrompt is null) == (instr is null)) throw new MolaException("give either --prompt TEXT or --instruction TEXT [--input TEXT]");
+            if (p.GetValue(input) is not null && instr is null) throw new MolaException("--input goes with --instruction");
+            bool sampling = p.GetValue(temperature) is not null || p.GetValue(topP) is not null || p.GetValue(topK) is not null;
+            if (sampling && p.GetValue(greedy)) throw new MolaException("--greedy cannot be combined with --temperature, --top-p or --top-k-sampling");
+            var options = new GenerationOptions
+            {
+                MaxNewTokens = p.GetValue(maxNew),
+                Greedy = !sampling,
+                Temperature = p.GetValue(temperature) ?? 1.0,
+                TopP = p.GetValue(topP) ?? 1.0,
+                TopK = p.GetValue(topK) ?? 0,
+                Seed = p.GetValue(seed),
+            };
+            options.Validate();
+            var tmpl = instr is null ? null : PromptTemplate.Load(p.GetValue(template)!);
+            string dir = p.GetValue(baseModel)!;
+            using var model = ModelLoader.Load(dir, Cli.DType(p, dtype), Cli.Device(p, device));
+            if (p.GetValue(adapter) is string adapterDir)
+            {
+                var a = AdapterModel.Load(model, adapterDir);
+                if (a.Config.Kind == AdapterKind.Lora) a.Merge();   // plain LoRA: fold into the weights for speed
+                a.eval();
+            }
+            var tok = MolaTokenizer.Load(dir, model.Config.BosTokenId, model.Config.EosTokenId);
+            string text = tmpl is null ? rawPrompt! : tmpl.Prompt(instr!, p.GetValue(input));
+            var ids = tok.Encode(text, bos: true);
+            var clock = Stopwatch.StartNew();
+            var generated = TextGenerator.Generate(model, [ids], options, tok.EosId)[0];
+            double seconds = clock.Elapsed.TotalSeconds;
+            string output = tok.Decode(generated);
+            if (tmpl is not null) output = output.Trim();
+            o.Line(output);
+            double tps = generated.Count / Math.Max(seconds, 1e-9);
+            if (o.Json) o.Line($"[{generated.Count} tokens in {seconds:F2} s, {tps:F1} tokens/s]");
+            return new { ids = ids.Concat(generated), text = output, tokens_per_second = tps, new_tokens = generated.Count };
+        }));
+        return cmd;
+    }
+}

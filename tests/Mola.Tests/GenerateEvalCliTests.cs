@@ -1,0 +1,115 @@
+using System.Text.Json;
+using Mola.Data;
+using Mola.Evaluation;
+using Mola.Generation;
+using Mola.Models;
+using Mola.Tokenization;
+using Xunit;
+
+namespace Mola.Tests;
+
+public class GenerateEvalCliTests
+{
+    static readonly string Llama = TestUtil.Fixture("llama-tiny");
+    static readonly string Adapter = TestUtil.Fixture("llama-tiny-mola");
+
+    [Fact]
+    public void GenerateJsonGivesTheWholeSequenceAndTheGreedyContinuation()
+    {
+        var r = CliRunner.Run("generate", "--base-model", Llama, "--adapter", Adapter, "--prompt", "the cell energy", "--max-new-tokens", "7", "--json");
+        Assert.Equal(0, r.ExitCode);
+        var j = r.LastJson();
+        var ids = j.GetProperty("ids").EnumerateArray().Select(x => x.GetInt32()).ToList();
+        var tok = MolaTokenizer.Load(Llama);
+        var prompt = tok.Encode("the cell energy", bos: true);
+        Assert.Equal(prompt, ids.Take(prompt.Count));
+        // The same continuation from the library (greedy, adapter attached, independent of the CLI)
+        using var model = ModelLoader.Load(Llama);
+        Mola.Adapters.AdapterModel.Load(model, Adapter).eval();
+        var want = TextGenerator.Generate(model, [prompt], new GenerationOptions { MaxNewTokens = 7 }, tok.EosId)[0];
+        Assert.Equal(want, ids.Skip(prompt.Count));
+        Assert.Equal(tok.Decode(want), j.GetProperty("text").GetString());
+        Assert.True(j.GetProperty("tokens_per_second").GetDouble() > 0);
+    }
+
+    [Fact]
+    public void GenerateInstructionUsesTheTemplateAndPrintsOnlyTheResponse()
+    {
+        var r = CliRunner.Run("generate", "--base-model", Llama, "--instruction", "Name a rock.", "--input", "north river", "--max-new-tokens", "5", "--json");
+        Assert.Equal(0, r.ExitCode);
+        var ids = r.LastJson().GetProperty("ids").EnumerateArray().Select(x => x.GetInt32()).ToList();
+        var tok = MolaTokenizer.Load(Llama);
+        var prompt = tok.Encode(PromptTemplate.Alpaca.Prompt("Name a rock.", "north river"), bos: true);
+        Assert.Equal(prompt, ids.Take(prompt.Count));
+        Assert.DoesNotContain("### Response", r.LastJson().GetProperty("text").GetString());
+    }
+
+    [Theory]
+    [InlineData(new[] { "--instruction", "x", "--prompt", "y" }, "either --prompt")]
+    [InlineData(new[] { "--prompt", "y", "--greedy", "--temperature", "0.7" }, "--greedy cannot be combined")]
+    [InlineData(new[] { "--prompt", "y", "--top-p", "1.5" }, "--top-p must be in (0, 1]")]
+    public void GenerateRefusesContradictoryOptions(string[] extra, string message)
+    {
+        var r = CliRunner.Run(["generate", "--base-model", Llama, .. extra]);
+        Assert.Contains(message, r.SingleErrorLine());
+    }
+
+    public static TheoryData<string, string> ExampleTasks()
+    {
+        var d = new TheoryData<string, string>();
+        foreach (var t in Benchmarks.Names) d.Add(t, t == "cola" || t == "scienceqa" ? "generate" : "likelihood");
+        d.Add("mrpc", "generate");
+        d.Add("openbookqa", "generate");
+        return d;
+    }
+
+    [Theory]
+    [MemberData(nameof(ExampleTasks))]
+    public void ExampleFilesEvaluateOnATinyModel(string task, string scoring)
+    {
+        string output = Path.Combine(TestUtil.TempDir(), "pred.jsonl");
+        var r = CliRunner.Run(["eval", "--base-model", Llama, "--adapter", Adapter, "--data", Path.Combine(TestUtil.ExamplesDir(), task + ".json"),
+            "--task", task, "--scoring", scoring, "--max-new-tokens", "6", "--output", output, "--json"], TimeSpan.FromSeconds(120));
+        Assert.True(r.ExitCode == 0, r.ToString());
+        var j = r.LastJson();
+        int n = j.GetProperty("n").GetInt32();
+        Assert.Equal(8, n);
+        var lines = File.ReadAllLines(output).Select(l => JsonDocument.Parse(l).RootElement).ToList();
+        Assert.Equal(n, lines.Count);
+        // The reported accuracy is the share of predictions file lines marked correct, and those are exactly gold == predicted.
+        Assert.All(lines, l => Assert.Equal(l.GetProperty("gold").GetString() == (l.GetProperty("predicted").ValueKind == JsonValueKind.Null ? null : l.GetProperty("predicted").GetString()), l.GetProperty("correct").GetBoolean()));
+        Assert.Equal(lines.Count(l => l.GetProperty("correct").GetBoolean()) / (double)n, j.GetProperty("accuracy").GetDouble(), 9);
+        int unparsed = lines.Count(l => l.GetProperty("predicted").ValueKind == JsonValueKind.Null);
+        Assert.Equal(unparsed, j.GetProperty("unparsed").GetInt32());
+        if (scoring == "likelihood") Assert.Equal(0, unparsed);
+        Assert.Equal(Benchmarks.Get(task).Labels.Count == 2, j.GetProperty("mcc").ValueKind == JsonValueKind.Number);   // two-class tasks report MCC
+    }
+
+    [Fact]
+    public void LikelihoodScoringPicksTheMostProbableContinuation()
+    {
+        // Independent check of one record: score each option's continuation with plain per-token log-softmax.
+        using var model = ModelLoader.Load(Llama);
+        var tok = MolaTokenizer.Load(Llama);
+        var bench = Benchmarks.Get("openbookqa");
+        var record = InstructionRecord.Load(Path.Combine(TestUtil.ExamplesDir(), "openbookqa.json"))[0];
+        var result = Evaluator.Run(model, tok, PromptTemplate.Alpaca, bench, [record], Scoring.Likelihood);
+        var prompt = tok.Encode(PromptTemplate.Alpaca.Prompt(record.Instruction, record.Input), bos: true);
+        using var _ = TorchSharp.torch.no_grad();
+        foreach (var label in bench.CandidateLabels(PromptTemplate.Alpaca.Prompt(record.Instruction, record.Input)))
+        {
+            var cont = tok.Encode(bench.Continuation(label));
+            var seq = prompt.Concat(cont).Select(x => (long)x).ToArray();
+            using var logits = model.Forward(TorchSharp.torch.tensor(seq, [1, seq.Length]));
+            double sum = 0;
+            for (int t = prompt.Count; t < seq.Length; t++)
+            {
+                var row = logits[0, t - 1].to(TorchSharp.torch.ScalarType.Float64);
+                double logZ = Math.Log(row.exp().sum().item<double>());
+                sum += row[seq[t]].item<double>() - logZ;
+            }
+            Assert.Equal(sum, result.Predictions[0].Scores![label], 3);
+        }
+        Assert.Equal(result.Predictions[0].Scores!.MaxBy(kv => kv.Value).Key, result.Predictions[0].Predicted);
+    }
+}
