@@ -8,4 +8,13 @@ root.Subcommands.Add(EvalCommand.Create());
 root.Subcommands.Add(PerplexityCommand.Create());
 root.Subcommands.Add(ParamsCommand.Create());
 root.Subcommands.Add(AnalyzeCommand.Create());
-return root.Parse(args).Invoke();
+
+var parse = root.Parse(args);
+if (parse.Errors.Count > 0)
+{
+    // One line, like every other user error; --help shows the options.
+    string command = string.Join(" ", parse.CommandResult.Command.Name == root.Name ? "mola" : "mola " + parse.CommandResult.Command.Name);
+    Console.Error.WriteLine($"error: {string.Join("; ", parse.Errors.Select(e => e.Message))} (see {command} --help)");
+    return 1;
+}
+return parse.Invoke();

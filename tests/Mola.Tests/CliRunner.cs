@@ -77,6 +77,20 @@ static class CliRunner
         return new CliResult(p.ExitCode, stdout.Result, stderr.Result, commandLine);
     }
 
+    /// <summary>Starts the CLI without waiting (output discarded), for tests that interrupt a run.</summary>
+    public static Process Start(params string[] args)
+    {
+        var psi = new ProcessStartInfo(DotnetHost()) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.ArgumentList.Add(CliDll);
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {psi.FileName}");
+        p.OutputDataReceived += (_, _) => { };
+        p.ErrorDataReceived += (_, _) => { };
+        p.BeginOutputReadLine();
+        p.BeginErrorReadLine();
+        return p;
+    }
+
     /// <summary>The dotnet host running these tests (the SDK sets DOTNET_HOST_PATH), else the one on PATH.</summary>
     static string DotnetHost()
     {

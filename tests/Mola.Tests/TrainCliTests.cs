@@ -1,0 +1,140 @@
+using System.Diagnostics;
+using System.Text.Json;
+using Xunit;
+
+namespace Mola.Tests;
+
+public class TrainCliTests
+{
+    static readonly string Llama = TestUtil.Fixture("llama-tiny");
+    static readonly string Data = TestUtil.Fixture("train", "small.jsonl");
+
+    /// <summary>A small run's command line; <paramref name="extra"/> adds options or replaces the defaults' values.</summary>
+    static string[] Args(string output, params string[] extra)
+    {
+        var options = new List<(string Name, string? Value)>
+        {
+            ("--base-model", Llama), ("--data", Data), ("--output", output), ("--experts", "2,4,8"), ("--top-k", "1,2,2"), ("--rank", "4"),
+            ("--batch-size", "4"), ("--micro-batch-size", "2"), ("--cutoff-len", "96"), ("--learning-rate", "3e-3"), ("--warmup-steps", "2"), ("--seed", "11"),
+        };
+        for (int i = 0; i < extra.Length; i++)
+        {
+            string? value = i + 1 < extra.Length && !extra[i + 1].StartsWith("--") ? extra[++i] : null;
+            int at = options.FindIndex(o => o.Name == extra[value is null ? i : i - 1]);
+            var item = (extra[value is null ? i : i - 1], value);
+            if (at >= 0) options[at] = item; else options.Add(item);
+        }
+        return ["train", .. options.SelectMany(o => o.Value is null ? new[] { o.Name } : new[] { o.Name, o.Value })];
+    }
+
+    static List<JsonElement> Metrics(string dir) =>
+        File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonDocument.Parse(l).RootElement).ToList();
+
+    [Fact]
+    public void KilledAndResumedRunHasTheLossCurveOfAnUninterruptedOne()
+    {
+        // dropout on, so the restored RNG state matters too
+        string whole = TestUtil.TempDir(), broken = TestUtil.TempDir();
+        string[] run = ["--max-steps", "24", "--save-steps", "4", "--dropout", "0.1", "--val-set-size", "4", "--json"];
+        var full = CliRunner.Run(Args(whole, run), TimeSpan.FromMinutes(4));
+        Assert.True(full.ExitCode == 0, full.ToString());
+
+        using (var p = CliRunner.Start(Args(broken, run)))
+        {
+            var clock = Stopwatch.StartNew();
+            while (!Directory.Exists(Path.Combine(broken, "checkpoint-8")) && !p.HasExited && clock.Elapsed < TimeSpan.FromMinutes(3))
+                Thread.Sleep(20);
+            p.Kill(entireProcessTree: true);
+            p.WaitForExit();
+        }
+        Assert.True(Directory.Exists(Path.Combine(broken, "checkpoint-8")));
+        Assert.False(File.Exists(Path.Combine(broken, "adapter_model.safetensors")), "the run finished before it was killed");
+
+        var resumed = CliRunner.Run(Args(broken, [.. run, "--resume", "latest"]), TimeSpan.FromMinutes(4));
+        Assert.True(resumed.ExitCode == 0, resumed.ToString());
+        var a = Metrics(whole);
+        var b = Metrics(broken);
+        Assert.Equal(24, a.Count);
+        Assert.Equal(a.Select(m => m.GetProperty("step").GetInt64()), b.Select(m => m.GetProperty("step").GetInt64()));
+        foreach (var field in new[] { "loss", "ce_loss", "aux_loss", "lr", "grad_norm" })
+            Assert.Equal(a.Select(m => m.GetProperty(field).GetDouble()), b.Select(m => m.GetProperty(field).GetDouble()));
+        Assert.Equal(full.LastJson().GetProperty("eval_loss").GetDouble(), resumed.LastJson().GetProperty("eval_loss").GetDouble());
+        var wa = TestUtil.ReadAll(Path.Combine(whole, "adapter_model.safetensors"));
+        var wb = TestUtil.ReadAll(Path.Combine(broken, "adapter_model.safetensors"));
+        Assert.All(wa, kv => Assert.True(TestUtil.BitEqual(kv.Value, wb[kv.Key]), kv.Key));
+    }
+
+    [Fact]
+    public void SavedAdapterGivesPerplexityEqualToTheTrainersLastEvaluation()
+    {
+        // With the prompt trained on, no EOS and the cutoff at the model's 128 positions (where perplexity cuts), a validation example is exactly BOS + the template's full
+        // text, which is what mola perplexity scores: the two losses must agree.
+        string dir = TestUtil.TempDir();
+        var train = CliRunner.Run(Args(dir, "--max-steps", "5", "--val-set-size", "6", "--add-eos", "false", "--train-on-inputs", "true", "--cutoff-len", "128", "--json"), TimeSpan.FromMinutes(3));
+        Assert.True(train.ExitCode == 0, train.ToString());
+        double evalLoss = train.LastJson().GetProperty("eval_loss").GetDouble();
+
+        var records = Mola.Data.InstructionRecord.Load(Data);
+        var (_, val) = Mola.Data.InstructionDataset.Split(records, 6, 11);
+        string texts = Path.Combine(dir, "val.jsonl");
+        File.WriteAllLines(texts, val.Select(r => JsonSerializer.Serialize(new { text = Mola.Data.PromptTemplate.Alpaca.Full(r) })));
+        var ppl = CliRunner.Run("perplexity", "--base-model", Llama, "--adapter", dir, "--data", texts, "--json");
+        Assert.True(ppl.ExitCode == 0, ppl.ToString());
+        Assert.Equal(evalLoss, ppl.LastJson().GetProperty("nll").GetDouble(), 5);
+        // and the adapter did change the model
+        var basePpl = CliRunner.Run("perplexity", "--base-model", Llama, "--data", texts, "--json");
+        Assert.NotEqual(basePpl.LastJson().GetProperty("nll").GetDouble(), evalLoss, 3);
+    }
+
+    [Fact]
+    public void InitAdapterStartsFromTheTrainedWeights()
+    {
+        string first = TestUtil.TempDir(), second = TestUtil.TempDir();
+        Assert.Equal(0, CliRunner.Run(Args(first, "--max-steps", "3", "--save-steps", "0"), TimeSpan.FromMinutes(2)).ExitCode);
+        // learning rate ~0: the second task's adapter stays where the first one ended
+        var r = CliRunner.Run(Args(second, "--max-steps", "1", "--init-adapter", first, "--learning-rate", "1e-30", "--warmup-steps", "0"), TimeSpan.FromMinutes(2));
+        Assert.True(r.ExitCode == 0, r.ToString());
+        var a = TestUtil.ReadAll(Path.Combine(first, "adapter_model.safetensors"));
+        var b = TestUtil.ReadAll(Path.Combine(second, "adapter_model.safetensors"));
+        Assert.All(a, kv => Assert.True(TestUtil.MaxAbsDiff(kv.Value, b[kv.Key]) < 1e-20, kv.Key));
+    }
+
+    public static TheoryData<string, string[], string> BadInputs() => new()
+    {
+        { "{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": \"c\" \"output\": \"d\"}\n", [], "data.jsonl:2: invalid JSON" },
+        { "{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": \"c\"}\n", [], "data.jsonl:2: missing field \"output\"" },
+        { "\n\n", [], "no records" },
+        { "{\"instruction\": \"a\", \"output\": \"b\"}\n", ["--micro-batch-size", "8"], "--micro-batch-size (8) is larger than --batch-size (4)" },
+        { "{\"instruction\": \"a\", \"output\": \"b\"}\n", ["--experts", "2468"], "--experts" },
+        { "{\"instruction\": \"a\", \"output\": \"b\"}\n", ["--top-k", "3"], "top-k 3 is more than its 2 experts" },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadInputs))]
+    public void BadInputIsOneClearErrorBeforeAnyDamage(string data, string[] extra, string message)
+    {
+        string dir = TestUtil.TempDir();
+        string dataPath = Path.Combine(dir, "data.jsonl");
+        File.WriteAllText(dataPath, data);
+        string output = Path.Combine(dir, "out");
+        var args = Args(output, extra).ToArray();
+        args[Array.IndexOf(args, Data)] = dataPath;
+        var r = CliRunner.Run(args);
+        Assert.Contains(message, r.SingleErrorLine());
+        Assert.False(File.Exists(Path.Combine(output, "adapter_model.safetensors")));
+    }
+
+    [Fact]
+    public void AnOutputDirectoryHoldingAnotherRunIsRefusedUnlessOverwrite()
+    {
+        string dir = TestUtil.TempDir();
+        Assert.Equal(0, CliRunner.Run(Args(dir, "--max-steps", "1")).ExitCode);
+        byte[] before = File.ReadAllBytes(Path.Combine(dir, "adapter_model.safetensors"));
+        var again = CliRunner.Run(Args(dir, "--max-steps", "1", "--seed", "12"));
+        Assert.Contains("holds another run", again.SingleErrorLine());
+        Assert.Equal(before, File.ReadAllBytes(Path.Combine(dir, "adapter_model.safetensors")));   // nothing damaged
+        var forced = CliRunner.Run(Args(dir, "--max-steps", "1", "--seed", "12", "--overwrite"));
+        Assert.Equal(0, forced.ExitCode);
+        Assert.NotEqual(before, File.ReadAllBytes(Path.Combine(dir, "adapter_model.safetensors")));
+    }
+}
