@@ -107,6 +107,7 @@ public class TrainCliTests
         { "{\"instruction\": \"a\", \"output\": \"b\"}\n", ["--micro-batch-size", "8"], "--micro-batch-size (8) is larger than --batch-size (4)" },
         { "{\"instruction\": \"a\", \"output\": \"b\"}\n", ["--experts", "2468"], "--experts" },
         { "{\"instruction\": \"a\", \"output\": \"b\"}\n", ["--top-k", "3"], "top-k 3 is more than its 2 experts" },
+        { "{\"instruction\": \"a\", \"output\": \"b\"}\n", ["--init-adapter", "somewhere"], "--experts cannot be combined with --init-adapter" },
     };
 
     [Theory]

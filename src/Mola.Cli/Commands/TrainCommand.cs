@@ -39,8 +39,8 @@ public static class TrainCommand
         var micro = new Option<int>("--micro-batch-size") { Description = "Examples per forward pass (gradients accumulate up to --batch-size)", DefaultValueFactory = _ => 8 };
         var cutoff = new Option<int>("--cutoff-len") { Description = "Most tokens per example (longer ones are cut)", DefaultValueFactory = _ => 256 };
         var valSize = new Option<int>("--val-set-size") { Description = "Records held out (seeded) for the evaluation loss; 0: none", DefaultValueFactory = _ => 0 };
-        var trainOnInputs = new Option<bool>("--train-on-inputs") { Description = "Learn the prompt tokens too (false: prompt tokens get label -100)", DefaultValueFactory = _ => true, Arity = ArgumentArity.ZeroOrOne };
-        var addEos = new Option<bool>("--add-eos") { Description = "Append EOS to every example", DefaultValueFactory = _ => true, Arity = ArgumentArity.ZeroOrOne };
+        var trainOnInputs = new Option<bool>("--train-on-inputs") { Description = "Learn the prompt tokens too; --train-on-inputs false gives them label -100 [default: true]", DefaultValueFactory = _ => true, Arity = ArgumentArity.ZeroOrOne };
+        var addEos = new Option<bool>("--add-eos") { Description = "Append EOS to every example that fits; --add-eos false to not [default: true]", DefaultValueFactory = _ => true, Arity = ArgumentArity.ZeroOrOne };
         var groupByLength = new Option<bool>("--group-by-length") { Description = "Batch examples of similar length together (less padding)", Arity = ArgumentArity.ZeroOrOne };
         var saveSteps = new Option<int>("--save-steps") { Description = "Checkpoint every this many steps (0: only the final adapter)", DefaultValueFactory = _ => 200 };
         var saveLimit = new Option<int>("--save-total-limit") { Description = "Checkpoints kept, oldest deleted first (0: all)", DefaultValueFactory = _ => 3 };
@@ -97,6 +97,12 @@ public static class TrainCommand
                 : resumeArg;
 
             // Everything that can be checked without weights is checked first.
+            if (p.GetValue(initAdapter) is not null)
+            {
+                var clash = new Option[] { kind, experts, topK, rank, targets }.FirstOrDefault(opt => p.GetResult(opt) is { Implicit: false });
+                if (clash is not null)
+                    throw new MolaException($"{clash.Name} cannot be combined with --init-adapter: the adapter's own experts, top-k, rank and targets are used");
+            }
             var config = ModelConfig.Load(baseDir);
             var adapterConfig = p.GetValue(initAdapter) is string init ? AdapterConfig.Load(init) : BuildAdapterConfig(p, config, baseDir, kind, experts, topK, rank, alpha, dropout, targets, auxCoef, d);
             adapterConfig = adapterConfig.ForModel(config.NumHiddenLayers, "--init-adapter");
