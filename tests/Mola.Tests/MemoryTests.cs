@@ -36,8 +36,14 @@ public class MemoryTests
         torch.manual_seed(1);
         var adapter = AdapterModel.Attach(model, new AdapterConfig
         {
-            Kind = AdapterKind.Mola, TargetModules = [.. TargetModules.All], Rank = [4, 4, 8],
-            NumExperts = [2, 4, 8], TopK = [1, 2, 2], LoraAlpha = 16, LoraDropout = 0.05, AuxLossCoef = 0.001,
+            Kind = AdapterKind.Mola,
+            TargetModules = [.. TargetModules.All],
+            Rank = [4, 4, 8],
+            NumExperts = [2, 4, 8],
+            TopK = [1, 2, 2],
+            LoraAlpha = 16,
+            LoraDropout = 0.05,
+            AuxLossCoef = 0.001,
         });
         var tok = MolaTokenizer.Load(TestUtil.Fixture("llama-tiny"));
         var records = InstructionRecord.Load(TestUtil.Fixture("train", "small.jsonl"));
