@@ -44,12 +44,7 @@ public static class EvalCommand
             foreach (var r in records) bench.GoldLabel(r.Answer, r.Output, $"{dataPath}:{r.Line}");   // bad gold labels fail before loading weights
             string dir = p.GetValue(baseModel)!;
             using var model = ModelLoader.Load(dir, Cli.DType(p, dtype), Cli.Device(p, device));
-            if (p.GetValue(adapter) is string adapterDir)
-            {
-                var a = AdapterModel.Load(model, adapterDir);
-                if (a.Config.Kind == AdapterKind.Lora) a.Merge();
-                a.eval();
-            }
+            if (p.GetValue(adapter) is string adapterDir) AdapterModel.LoadForInference(model, adapterDir);
             var tok = MolaTokenizer.Load(dir, model.Config.BosTokenId, model.Config.EosTokenId);
             var result = new ProgressReporter(o).Run($"eval {bench.Name}", records.Count,
                 report => Evaluator.Run(model, tok, tmpl, bench, records, mode, p.GetValue(batchSize), p.GetValue(maxNew), n => report(n, "records")));

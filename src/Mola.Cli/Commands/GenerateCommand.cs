@@ -50,12 +50,7 @@ public static class GenerateCommand
             var tmpl = instr is null ? null : PromptTemplate.Load(p.GetValue(template)!);
             string dir = p.GetValue(baseModel)!;
             using var model = ModelLoader.Load(dir, Cli.DType(p, dtype), Cli.Device(p, device));
-            if (p.GetValue(adapter) is string adapterDir)
-            {
-                var a = AdapterModel.Load(model, adapterDir);
-                if (a.Config.Kind == AdapterKind.Lora) a.Merge();   // plain LoRA: fold into the weights for speed
-                a.eval();
-            }
+            if (p.GetValue(adapter) is string adapterDir) AdapterModel.LoadForInference(model, adapterDir);
             var tok = MolaTokenizer.Load(dir, model.Config.BosTokenId, model.Config.EosTokenId);
             string text = tmpl is null ? rawPrompt! : tmpl.Prompt(instr!, p.GetValue(input));
             var ids = tok.Encode(text, bos: true);

@@ -25,7 +25,7 @@ public static class PerplexityCommand
             var texts = Perplexity.ReadTexts(p.GetValue(data)!);
             string dir = p.GetValue(baseModel)!;
             using var model = ModelLoader.Load(dir, Cli.DType(p, dtype), Cli.Device(p, device));
-            if (p.GetValue(adapter) is string adapterDir) AdapterModel.Load(model, adapterDir).eval();
+            if (p.GetValue(adapter) is string adapterDir) AdapterModel.LoadForInference(model, adapterDir);
             var tok = MolaTokenizer.Load(dir, model.Config.BosTokenId, model.Config.EosTokenId);
             var r = Perplexity.Compute(model, tok, texts, p.GetValue(batchSize));
             o.Line($"texts {r.Texts}  tokens {r.Tokens}  nll {r.Nll:F6}  perplexity {r.Perplexity:F4}");

@@ -100,6 +100,15 @@ public sealed class AdapterModel : nn.Module
         return adapter;
     }
 
+    /// <summary>Loads an adapter for inference: dropout off, plain LoRA merged into the base weights.</summary>
+    public static AdapterModel LoadForInference(CausalLM model, string directory)
+    {
+        var adapter = Load(model, directory);
+        if (adapter.Config.Kind == AdapterKind.Lora) adapter.Merge();
+        adapter.eval();
+        return adapter;
+    }
+
     /// <summary>Adapter tensors under their PEFT names (per-expert slices of the stacked parameters).</summary>
     public IEnumerable<(string Name, Tensor Tensor)> NamedTensors()
     {
@@ -128,17 +137,12 @@ public sealed class AdapterModel : nn.Module
     {
         using var file = SafeTensorsFile.Open(path);
         var expected = new HashSet<string>();
-        using var _ = torch.no_grad();
         foreach (var (name, dst) in NamedTensors())
         {
             expected.Add(name);
             if (!file.Contains(name))
                 throw new MolaException($"{path}: tensor \"{name}\" missing (expected shape {SafeTensorsFile.FormatShape(dst.shape)}); the adapter does not fit this base model or config");
-            var info = file.Tensors[name];
-            if (!info.Shape.SequenceEqual(dst.shape))
-                throw new MolaException($"{path}: tensor \"{name}\" has shape {SafeTensorsFile.FormatShape(info.Shape)}, but this base model and config need {SafeTensorsFile.FormatShape(dst.shape)}");
-            using var src = file.Read(name, ScalarType.Float32, dst.device);
-            dst.copy_(src);
+            file.ReadInto(name, dst, "but this base model and config need");
         }
         var extra = file.Tensors.Keys.FirstOrDefault(k => !expected.Contains(k));
         if (extra is not null)

@@ -95,16 +95,11 @@ public sealed class Checkpoint : IDisposable
     /// one at a time, checking shapes; the module's dtype and device are kept.</summary>
     public void LoadInto(nn.Module module)
     {
-        using var _ = torch.no_grad();
         foreach (var (name, p) in module.named_parameters())
         {
             if (!_byTensor.TryGetValue(name, out var f))
                 throw new MolaException($"{_weightsFile}: tensor \"{name}\" missing (expected shape {SafeTensorsFile.FormatShape(p.shape)})");
-            var info = f.Tensors[name];
-            if (!info.Shape.SequenceEqual(p.shape))
-                throw new MolaException($"{f.Path}: tensor \"{name}\" has shape {SafeTensorsFile.FormatShape(info.Shape)}, expected {SafeTensorsFile.FormatShape(p.shape)}");
-            using var t = f.Read(name, p.dtype, p.device);
-            p.copy_(t);
+            f.ReadInto(name, p);
         }
     }
 

@@ -160,6 +160,18 @@ public sealed class SafeTensorsFile : IDisposable
         using (t) return t.to(dtype ?? stored, device ?? CPU);
     }
 
+    /// <summary>Copies tensor <paramref name="name"/> into <paramref name="destination"/> (converted to its dtype
+    /// and device) after checking the shape; <paramref name="needs"/> ends the shape error ("expected", "this model needs").</summary>
+    public void ReadInto(string name, Tensor destination, string needs = "expected")
+    {
+        var info = Tensors[name];
+        if (!info.Shape.SequenceEqual(destination.shape))
+            throw new MolaException($"{Path}: tensor \"{name}\" has shape {FormatShape(info.Shape)}, {needs} {FormatShape(destination.shape)}");
+        using var _ = torch.no_grad();
+        using var t = Read(name, destination.dtype, destination.device);
+        destination.copy_(t);
+    }
+
     // A Span holds at most 2^31 bytes: larger tensors (a float32 Gemma embedding is 3 GB) are filled
     // a block of rows at a time through narrow() views.
     internal static long MaxSpanBytes = 1L << 30;
