@@ -172,6 +172,32 @@ public class TrainerTests
     }
 
     [Fact]
+    public void AMicroBatchWithNothingToLearnAddsNoCeAndNoNaN()
+    {
+        // A prompt longer than the cutoff with train-on-inputs off leaves every label -100.
+        var tok = MolaTokenizer.Load(Llama);
+        var template = new PromptTemplate("short", "test", "{instruction} {input}\n", "{instruction}\n", "");
+        var records = new List<InstructionRecord>
+        {
+            new(string.Join(" ", Enumerable.Repeat("the cell energy of a plant", 10)), "", "water"),
+            new("rock", "", "soil and water"),
+        };
+        var data = InstructionDataset.Create(records, template, tok, new TokenizeOptions(24, AddEos: false, TrainOnInputs: false));
+        Assert.All(data.Examples[0].Labels, l => Assert.Equal(-100, l));
+        using var model = ModelLoader.Load(Llama);
+        torch.manual_seed(1);
+        var adapter = AdapterModel.Attach(model, Mola(aux: 0));
+        var trainer = new Trainer(adapter, data, null, new TrainingOptions { BatchSize = 2, MicroBatchSize = 1 }, TestUtil.TempDir());
+        var (loss, ce, _, _) = trainer.AccumulateGradients([[data.Examples[0]], [data.Examples[1]]], CPU);
+        using var batch = InstructionDataset.Collate([data.Examples[1]], CPU);
+        using var logits = model.Forward(batch.InputIds, batch.AttentionMask);
+        using var want = Losses.CausalLm(logits, batch.Labels);
+        Assert.Equal(want.item<float>(), loss, 5);
+        Assert.Equal(want.item<float>(), ce, 5);
+        Assert.All(adapter.parameters(), p => Assert.False(p.grad is { } g && g.isnan().any().item<bool>()));
+    }
+
+    [Fact]
     public void OptionsAreCheckedBeforeAnythingRuns()
     {
         Assert.Contains("is larger than --batch-size", Assert.Throws<MolaException>(() => new TrainingOptions { BatchSize = 4, MicroBatchSize = 8 }.Validate()).Message);

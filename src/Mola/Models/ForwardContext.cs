@@ -40,21 +40,6 @@ public sealed class KvCache : IDisposable
         return (newK.alias(), newV.alias());
     }
 
-    /// <summary>Keeps only the rows of <paramref name="batchIndex"/> (for dropping finished sequences).</summary>
-    public void Select(Tensor batchIndex)
-    {
-        for (int i = 0; i < _k.Length; i++)
-        {
-            if (_k[i] is null) continue;
-            var k = _k[i]!.index_select(0, batchIndex).DetachFromDisposeScope();
-            var v = _v[i]!.index_select(0, batchIndex).DetachFromDisposeScope();
-            _k[i]!.Dispose();
-            _v[i]!.Dispose();
-            _k[i] = k;
-            _v[i] = v;
-        }
-    }
-
     public void Dispose()
     {
         for (int i = 0; i < _k.Length; i++)

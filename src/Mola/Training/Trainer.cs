@@ -149,10 +149,12 @@ public sealed class Trainer
             using var batch = InstructionDataset.Collate(mb, device);
             using var output = _adapter.Forward(batch.InputIds, batch.AttentionMask, batch.Labels);
             double share = (double)mb.Sum(PredictedTokens) / predicted;
-            var total = output.CeLoss! * share + output.AuxLoss! * (_adapter.Config.AuxLossCoef / micro.Count);
-            total.backward();
+            var auxPart = output.AuxLoss! * (_adapter.Config.AuxLossCoef / micro.Count);
+            // A micro-batch whose labels are all -100 has a NaN mean CE; it carries no CE weight.
+            var total = share > 0 ? output.CeLoss! * share + auxPart : auxPart;
+            if (total.requires_grad) total.backward();
             loss += total.item<float>();
-            ce += output.CeLoss!.item<float>() * share;
+            if (share > 0) ce += output.CeLoss!.item<float>() * share;
             aux += output.AuxLoss!.item<float>() / micro.Count;
             tokens += batch.AttentionMask.sum().item<long>();
         }
