@@ -1,6 +1,8 @@
 using System.CommandLine;
 using Mola.Cli.Commands;
 
+Mola.NativeEnvironment.Initialise();   // before anything loads libtorch
+
 var root = new RootCommand("mola: fine-tune LLaMA, Mistral and Gemma checkpoints with MoLA (MoE-LoRA with layer-wise expert allocation)");
 root.Subcommands.Add(TrainCommand.Create());
 root.Subcommands.Add(GenerateCommand.Create());
