@@ -6,15 +6,20 @@ namespace Mola.Cli;
 /// that ship with the project (assets/, see assets/README.md), and the settings that train them.</summary>
 public static class DefaultRun
 {
-    public sealed record RunSettings(double LearningRate, int WarmupSteps, int Epochs, int MaxSteps, int BatchSize, int MicroBatchSize, int SaveSteps, int CutoffLen, string Rank);
+    public sealed record RunSettings(double LearningRate, int WarmupSteps, int Epochs, int MaxSteps, int BatchSize, int MicroBatchSize,
+        int SaveSteps, int CutoffLen, string Rank, bool TrainOnInputs);
 
-    public static readonly RunSettings Settings = new(LearningRate: 3e-3, WarmupSteps: 10, Epochs: 1, MaxSteps: 120, BatchSize: 16, MicroBatchSize: 8, SaveSteps: 0, CutoffLen: 256, Rank: "8");
+    // Measured on the 2-core machine (shared, loaded): 150 steps take about 1.5 minutes and lift held-out
+    // accuracy from about 21% to about 90%. A higher rate than the paper's 3e-4 because the run is short.
+    public static readonly RunSettings Settings = new(LearningRate: 5e-3, WarmupSteps: 10, Epochs: 1, MaxSteps: 150, BatchSize: 16, MicroBatchSize: 16,
+        SaveSteps: 50, CutoffLen: 256, Rank: "8", TrainOnInputs: false);
 
     static string Assets => Path.Combine(AppContext.BaseDirectory, "assets");
     public static string ModelDirectory => Path.Combine(Assets, "default-model");
     public static string TrainData => Path.Combine(Assets, "default-task", "train.jsonl");
     public static string TestData => Path.Combine(Assets, "default-task", "test.jsonl");
+    public static string Template => Path.Combine(Assets, "default-task", "template.json");
 
-    /// <summary>Four-option multiple choice answered "Answer: The answer is B.", as ScienceQA-style records.</summary>
+    /// <summary>Four-option multiple choice (letters A-D), answered "The answer is B.".</summary>
     public static Benchmark Task => Benchmarks.Get("openbookqa");
 }

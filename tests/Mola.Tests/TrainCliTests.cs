@@ -138,4 +138,22 @@ public class TrainCliTests
         Assert.Equal(0, forced.ExitCode);
         Assert.NotEqual(before, File.ReadAllBytes(Path.Combine(dir, "adapter_model.safetensors")));
     }
+
+    [Fact]
+    public void EmbeddedDefaultRunsFromTheShippedAssets()
+    {
+        // A short version of `mola train` with no model and no data: the assets are found next to the
+        // program, accuracy is measured before and after, the adapter is an inverted triangle.
+        string dir = TestUtil.TempDir();
+        var r = CliRunner.Run(["train", "--output", dir, "--max-steps", "3", "--json"], TimeSpan.FromMinutes(4));
+        Assert.True(r.ExitCode == 0, r.ToString());
+        var j = r.LastJson();
+        Assert.Equal(3, j.GetProperty("steps").GetInt64());
+        foreach (var field in new[] { "accuracy_before", "accuracy_after" })
+            Assert.InRange(j.GetProperty(field).GetDouble(), 0.0, 1.0);
+        Assert.Contains("held-out accuracy before training", r.Stderr);
+        var cfg = Mola.Adapters.AdapterConfig.Load(dir);
+        Assert.Equal(new[] { 2, 4, 6, 8 }, cfg.NumExperts);
+        Assert.Equal(3, File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Length);
+    }
 }

@@ -107,11 +107,11 @@ public static class TrainCommand
             var adapterConfig = p.GetValue(initAdapter) is string init ? AdapterConfig.Load(init) : BuildAdapterConfig(p, config, baseDir, kind, experts, topK, rank, alpha, dropout, targets, auxCoef, d);
             adapterConfig = adapterConfig.ForModel(config.NumHiddenLayers, "--init-adapter");
             adapterConfig.Validate("adapter", config.NumHiddenLayers);
-            var tmpl = PromptTemplate.Load(p.GetValue(template)!);
+            var tmpl = PromptTemplate.Load(embedded && p.GetResult(template) is null or { Implicit: true } ? DefaultRun.Template : p.GetValue(template)!);
             var records = InstructionRecord.Load(dataPath);
             var (trainRecords, valRecords) = InstructionDataset.Split(records, p.GetValue(valSize), options.Seed);
             var tok = MolaTokenizer.Load(baseDir, config.BosTokenId, config.EosTokenId);
-            var tokenize = new TokenizeOptions(Pick(cutoff, d?.CutoffLen), p.GetValue(addEos), p.GetValue(trainOnInputs));
+            var tokenize = new TokenizeOptions(Pick(cutoff, d?.CutoffLen), p.GetValue(addEos), Pick(trainOnInputs, d?.TrainOnInputs));
             var trainSet = InstructionDataset.Create(trainRecords, tmpl, tok, tokenize);
             var valSet = valRecords.Count > 0 ? InstructionDataset.Create(valRecords, tmpl, tok, tokenize) : null;
 
