@@ -128,7 +128,7 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, ILinearAdapter
         {
             // Router and experts read the same input: one product [N, E + E*r] reads it once, forward and backward.
             var both = xf.mm(torch.cat([router, lora_A], 0).t());
-            logits = both.narrow(1, 0, NumExperts);
+            logits = both.narrow(1, 0, NumExperts).contiguous();   // softmax over a strided view is ~10x slower
             h = both.narrow(1, NumExperts, ranks);
         }
         else
