@@ -62,8 +62,14 @@ public class AdapterModelTests
         torch.manual_seed(3);
         var cfg = new AdapterConfig
         {
-            Kind = AdapterKind.Mola, TargetModules = [.. TargetModules.All], Rank = [4, 4, 8],
-            NumExperts = [2, 4, 6], TopK = [1, 2, 2], LoraAlpha = 16, LoraDropout = 0.05, AuxLossCoef = 0.001,
+            Kind = AdapterKind.Mola,
+            TargetModules = [.. TargetModules.All],
+            Rank = [4, 4, 8],
+            NumExperts = [2, 4, 6],
+            TopK = [1, 2, 2],
+            LoraAlpha = 16,
+            LoraDropout = 0.05,
+            AuxLossCoef = 0.001,
         };
         var adapter = AdapterModel.Attach(model, cfg);
         adapter.eval();

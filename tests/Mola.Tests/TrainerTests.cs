@@ -17,8 +17,14 @@ public class TrainerTests
 
     static AdapterConfig Mola(double aux = 0.001, double dropout = 0.0) => new()
     {
-        Kind = AdapterKind.Mola, TargetModules = [.. TargetModules.All], Rank = [4, 4, 8],
-        NumExperts = [2, 4, 8], TopK = [1, 2, 2], LoraAlpha = 16, LoraDropout = dropout, AuxLossCoef = aux,
+        Kind = AdapterKind.Mola,
+        TargetModules = [.. TargetModules.All],
+        Rank = [4, 4, 8],
+        NumExperts = [2, 4, 8],
+        TopK = [1, 2, 2],
+        LoraAlpha = 16,
+        LoraDropout = dropout,
+        AuxLossCoef = aux,
     };
 
     static InstructionDataset Dataset(bool trainOnInputs = true, int take = 40, int cutoff = 64)
