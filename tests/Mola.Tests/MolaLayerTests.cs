@@ -28,14 +28,16 @@ public class MolaLayerTests
     }
 
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public void MatchesReferenceLayerOutputsAndGradients(bool loop)
+    [InlineData(false, false)]
+    [InlineData(false, true)]   // router merged into A, B^T made contiguous (what training on many tokens takes)
+    [InlineData(true, false)]
+    public void MatchesReferenceLayerOutputsAndGradients(bool loop, bool relayout)
     {
         var f = TestUtil.ReadAll(TestUtil.Fixture("mola-layer.safetensors"));
         const int E = 4, k = 2, r = 6;
         var (layer, baseLayer) = FromFixture(f, E, k, r, 12);
         layer.UseLoopPath = loop;
+        layer.Relayout = relayout;
         Tensor? logits = null;
         layer.RouterLogitsSink = (_, l) => logits = l.alias().DetachFromDisposeScope();
         var x = f["x"].clone().requires_grad_(true);
@@ -95,6 +97,114 @@ public class MolaLayerTests
         Assert.True(TestUtil.RelDiff(fast.gr, slow.gr) < 1e-5);
         Assert.True(TestUtil.RelDiff(fast.gA, slow.gA) < 1e-5);
         Assert.True(TestUtil.RelDiff(fast.gB, slow.gB) < 1e-5);
+    }
+
+    /// <summary>The fast path written out naively: base + scaling * sum over the chosen experts of w_e B_e A_e dropout(x),
+    /// one expert at a time with a dense gate, from the same parameters (cloned into a separate graph).</summary>
+    static Tensor Naive(Tensor x, Tensor w, Tensor router, Tensor a, Tensor b, int E, int k, int r, double scaling, Tensor? dropped = null)
+    {
+        var xf = x.reshape(-1, x.shape[^1]);
+        var probs = nn.functional.softmax(xf.matmul(router.t()), 1);
+        var (topW, topI) = probs.topk(k, dim: 1);
+        topW = topW / topW.sum(1, keepdim: true);
+        var y = xf.matmul(w.t());
+        var xd = dropped ?? xf;
+        for (int e = 0; e < E; e++)
+        {
+            var gate = (topW * topI.eq(e)).sum(1, keepdim: true);                       // w_e, or 0 when e is not chosen
+            var expert = xd.matmul(a.narrow(0, e * r, r).t()).matmul(b.narrow(1, e * r, r).t());
+            y = y + gate * expert * scaling;
+        }
+        return y.view(x.shape.SkipLast(1).Append(w.shape[0]).ToArray());
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void DropoutPathMatchesTheFormulaWithTheSameMask(bool relayout)
+    {
+        // With dropout on, the router reads x and the experts read dropout(x) (two products, whatever the relayout).
+        // The layer's only random draw is its dropout mask, so reseeding reproduces the mask for the formula.
+        const int inF = 24, outF = 20, E = 4, k = 2, r = 3, tokens = 40;
+        const double p = 0.3;
+        torch.manual_seed(11);
+        var baseLayer = new Models.Linear("base", inF, outF, ScalarType.Float32, CPU);
+        var layer = new MolaLayer(0, "v_proj", inF, outF, E, k, r, 16, p, CPU) { Relayout = relayout };
+        using (torch.no_grad())
+        {
+            baseLayer.weight.copy_(torch.randn(outF, inF));
+            layer.lora_B.copy_(torch.randn(outF, E * r) * 0.1);
+        }
+        layer.train();
+        var x = torch.randn(2, tokens / 2, inF);
+        var up = torch.randn(2, tokens / 2, outF);
+
+        var xi = x.clone().requires_grad_(true);
+        torch.manual_seed(99);
+        var y = layer.Forward(xi, baseLayer);
+        (y * up).sum().backward();
+
+        var xr = x.clone().requires_grad_(true);
+        var (rr, ar, br) = (layer.router.detach().clone().requires_grad_(true), layer.lora_A.detach().clone().requires_grad_(true), layer.lora_B.detach().clone().requires_grad_(true));
+        torch.manual_seed(99);
+        var dropped = nn.functional.dropout(xr.reshape(-1, inF), p, training: true);
+        var want = Naive(xr, baseLayer.weight, rr, ar, br, E, k, r, 16.0 / r, dropped);
+        (want * up).sum().backward();
+
+        Assert.True(TestUtil.RelDiff(y, want) < 1e-5, "y");
+        Assert.True(TestUtil.RelDiff(xi.grad!, xr.grad!) < 1e-5, "grad x");
+        Assert.True(TestUtil.RelDiff(layer.router.grad!, rr.grad!) < 1e-5, "grad router");
+        Assert.True(TestUtil.RelDiff(layer.lora_A.grad!, ar.grad!) < 1e-5, "grad A");
+        Assert.True(TestUtil.RelDiff(layer.lora_B.grad!, br.grad!) < 1e-5, "grad B");
+        Assert.True(TestUtil.MaxAbsDiff(y, Naive(x, baseLayer.weight, rr, ar, br, E, k, r, 16.0 / r)) > 1e-3, "dropout changed nothing");
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void FastPathMatchesTheNaiveFormulaOnManyTokens(bool gradEnabled)
+    {
+        // 300 tokens > E + E*r: the automatic relayout is on when a backward pass can follow, off under no_grad.
+        const int inF = 32, outF = 24, E = 6, k = 2, r = 4;
+        torch.manual_seed(5);
+        var baseLayer = new Models.Linear("base", inF, outF, ScalarType.Float32, CPU);
+        var layer = new MolaLayer(2, "o_proj", inF, outF, E, k, r, 16, 0.0, CPU);
+        using (torch.no_grad())
+        {
+            baseLayer.weight.copy_(torch.randn(outF, inF));
+            layer.lora_B.copy_(torch.randn(outF, E * r) * 0.1);
+        }
+        var x = torch.randn(3, 100, inF);
+        Tensor want;
+        using (torch.no_grad()) want = Naive(x, baseLayer.weight, layer.router, layer.lora_A, layer.lora_B, E, k, r, 16.0 / r);
+        using var mode = torch.set_grad_enabled(gradEnabled);
+        var y = layer.Forward(x, baseLayer);
+        Assert.True(TestUtil.RelDiff(y, want) < 1e-5);
+        Assert.Equal(gradEnabled, y.requires_grad);
+    }
+
+    [Fact]
+    public void HalfPrecisionBaseAddsTheFloat32AdapterInTheBaseDtype()
+    {
+        const int inF = 32, outF = 16, E = 4, k = 2, r = 4;
+        torch.manual_seed(8);
+        var baseLayer = new Models.Linear("base", inF, outF, ScalarType.BFloat16, CPU);
+        var layer = new MolaLayer(0, "q_proj", inF, outF, E, k, r, 16, 0.0, CPU);
+        using (torch.no_grad())
+        {
+            baseLayer.weight.copy_(torch.randn(outF, inF));
+            layer.lora_B.copy_(torch.randn(outF, E * r) * 0.1);
+        }
+        var x = torch.randn(2, 50, inF).to(ScalarType.BFloat16);
+        foreach (bool relayout in new[] { false, true })
+        {
+            layer.Relayout = relayout;
+            var y = layer.Forward(x, baseLayer);
+            Assert.Equal(ScalarType.BFloat16, y.dtype);
+            var delta = Naive(x.to(ScalarType.Float32), torch.zeros(outF, inF), layer.router, layer.lora_A, layer.lora_B, E, k, r, 16.0 / r);
+            var want = baseLayer.Base(x) + delta.to(ScalarType.BFloat16);
+            Assert.True(TestUtil.MaxAbsDiff(y, want) < 0.05, $"relayout {relayout}: {TestUtil.MaxAbsDiff(y, want)}");
+        }
     }
 
     [Fact]

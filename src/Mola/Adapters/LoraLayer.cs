@@ -41,11 +41,21 @@ public sealed class LoraLayer : nn.Module<Tensor, Tensor>, Models.ILinearAdapter
     {
         if (Merged) return baseLayer.Base(x);
         using var scope = NewDisposeScope();
-        var result = baseLayer.Base(x);
-        var xf = x.to(ScalarType.Float32);
+        // Flat [N, in] rows: a 3-D matmul against the thin A takes a much slower backward (bench/NOTES.md).
+        var x2 = x.reshape(-1, lora_A.shape[1]);
+        var xf = x2.to(ScalarType.Float32);
         if (DropoutP > 0 && training) xf = nn.functional.dropout(xf, DropoutP, training: true);
-        var delta = xf.matmul(lora_A.t()).matmul(lora_B.t()) * Scaling;
-        return (result + delta.to(result.dtype)).MoveToOuterDisposeScope();
+        var h = xf.mm(lora_A.t());                                           // [N, r]
+        // As in MolaLayer: B^T contiguous when training on more tokens than B^T has rows, so that its
+        // gradient comes as h^T g (the g^T h of a transposed view is an order of magnitude slower at r = 8).
+        var bT = torch.is_grad_enabled() && h.shape[0] > Rank ? lora_B.t().contiguous() : lora_B.t();
+        var y = baseLayer.Base(x2);
+        // y += scaling * h B^T in place, one product accumulating into the base output.
+        if (y.dtype == ScalarType.Float32)
+            y.addmm_(h, bT, beta: 1, alpha: (float)Scaling);
+        else
+            y.add_(h.mm(bT).mul_(Scaling).to(y.dtype));
+        return y.view(x.shape.SkipLast(1).Append(lora_B.shape[0]).ToArray()).MoveToOuterDisposeScope();
     }
 
     /// <summary>W += (alpha / r) B A, in the base weight's dtype.</summary>

@@ -83,37 +83,79 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, ILinearAdapter
 
     public override Tensor forward(Tensor x) => throw new InvalidOperationException("MolaLayer wraps a Linear: call Forward(x, baseLayer)");
 
+    /// <summary>Tests force the relayout of <see cref="FastForward"/> on (true) or off (false); null: by token count.</summary>
+    internal bool? Relayout { get; set; }
+
     public Tensor Forward(Tensor x, Models.Linear baseLayer)
     {
         using var scope = NewDisposeScope();
-        var result = baseLayer.Base(x);
-        var xf = x.reshape(-1, InFeatures).to(ScalarType.Float32);
-        var logits = xf.matmul(router.t());                                   // [N, E]
+        var x2 = x.reshape(-1, InFeatures);
+        var xf = x2.to(ScalarType.Float32);
+        var y = UseLoopPath ? LoopForward(x, xf, baseLayer) : FastForward(x2, xf, baseLayer);
+        return y.view(x.shape.SkipLast(1).Append(OutFeatures).ToArray()).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Softmax in float32, the top-k probabilities renormalised to sum 1; hands the logits to the sink.</summary>
+    (Tensor TopW, Tensor TopI) Route(Tensor logits)
+    {
         var probs = nn.functional.softmax(logits, 1);
         var (topW, topI) = probs.topk(TopK, dim: 1);
         topW = topW / topW.sum(1, keepdim: true);
         RouterLogitsSink?.Invoke(this, logits);
         Observer?.Add(Layer, Module, topI.detach(), topW.detach(), NumExperts);
-
-        var delta = UseLoopPath ? LoopExperts(xf, topW, topI) : FastExperts(xf, topW, topI);
-        var y = result + delta.view(result.shape).to(result.dtype);
-        return y.MoveToOuterDisposeScope();
+        return (topW, topI);
     }
 
     /// <summary>
     /// All experts at once: h = dropout(x) A^T [N, E*r], each expert's r columns scaled by its gate
-    /// (0 for experts not chosen), then h B^T. Exact because an unselected expert's gate is 0.
+    /// (0 for experts not chosen), then <c>y = W x</c> and <c>y += scaling * h B^T</c> as one matrix
+    /// product accumulating in place into the base output (the scale rides on the product's alpha):
+    /// no pass over the [N, out] output beyond the base layer's own, forward or backward. Exact because
+    /// an unselected expert's gate is 0. bench/NOTES.md records what each part of this design gained.
     /// Deviation from the original on purpose: one dropout mask per token is shared by its experts
     /// (the loop draws one per expert); the expectation is the same and with dropout off the two
     /// paths are equal (tested).
     /// </summary>
-    Tensor FastExperts(Tensor xf, Tensor topW, Tensor topI)
+    Tensor FastForward(Tensor x2, Tensor xf, Models.Linear baseLayer)
     {
-        long N = xf.shape[0];
-        var gate = torch.zeros(N, NumExperts, ScalarType.Float32, xf.device).scatter(1, topI, topW); // [N, E]
-        var h = Dropout(xf).matmul(lora_A.t());                                                    // [N, E*r]
-        h = (h.view(N, NumExperts, Rank) * gate.unsqueeze(-1)).view(N, (long)NumExperts * Rank);
-        return h.matmul(lora_B.t()) * Scaling;
+        long N = xf.shape[0], ranks = (long)NumExperts * Rank;
+        // Copying the small weights into the layouts the products want costs a pass over them: worth it
+        // when the tokens outnumber their rows and a backward pass follows (training), not in decoding.
+        bool relayout = Relayout ?? (torch.is_grad_enabled() && N > NumExperts + ranks);
+        bool dropout = DropoutP > 0 && training;
+        Tensor logits, h;
+        if (relayout && !dropout)
+        {
+            // Router and experts read the same input: one product [N, E + E*r] reads it once, forward and backward.
+            var both = xf.mm(torch.cat([router, lora_A], 0).t());
+            logits = both.narrow(1, 0, NumExperts).contiguous();   // softmax over a strided view is ~10x slower
+            h = both.narrow(1, NumExperts, ranks);
+        }
+        else
+        {
+            logits = xf.mm(router.t());                                                  // [N, E]
+            h = Dropout(xf).mm(lora_A.t());                                              // [N, E*r]
+        }
+        var (topW, topI) = Route(logits);
+        var gate = torch.zeros(N, NumExperts, ScalarType.Float32, xf.device).scatter(1, topI, topW);
+        h = (h.view(N, NumExperts, Rank) * gate.unsqueeze(-1)).view(N, ranks);
+        // B^T made contiguous: its gradient then comes as h^T g, several times faster than the g^T h
+        // that a transposed view of B gets from autograd.
+        var bT = relayout ? lora_B.t().contiguous() : lora_B.t();
+        var y = baseLayer.Base(x2);                                                       // [N, out]
+        // The base output is not saved by its own backward, so updating it in place is safe for autograd.
+        if (y.dtype == ScalarType.Float32)
+            y.addmm_(h, bT, beta: 1, alpha: (float)Scaling);
+        else
+            y.add_(h.mm(bT).mul_(Scaling).to(y.dtype));   // adapter in float32, added in the base dtype
+        return y;
+    }
+
+    Tensor LoopForward(Tensor x, Tensor xf, Models.Linear baseLayer)
+    {
+        var (topW, topI) = Route(xf.mm(router.t()));
+        var result = baseLayer.Base(x);
+        return result + LoopExperts(xf, topW, topI).view(result.shape).to(result.dtype);
     }
 
     /// <summary>A faithful port of the original MoLA loop: per expert, gather its routed tokens,

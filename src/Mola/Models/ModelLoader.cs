@@ -29,12 +29,13 @@ public static class TorchOptions
 
     static bool _initialised;
 
-    /// <summary>Once per process: threads for CPU work.</summary>
+    /// <summary>Once per process: threads for CPU work; freed native memory kept for reuse (see <see cref="GlibcMalloc"/>).</summary>
     public static void Initialise()
     {
         if (_initialised) return;
         _initialised = true;
         torch.set_num_threads(Environment.ProcessorCount);
+        GlibcMalloc.KeepFreedMemory();
     }
 }
 
