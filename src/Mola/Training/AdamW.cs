@@ -8,11 +8,23 @@ namespace Mola.Training;
 /// <summary>
 /// AdamW with PyTorch's update rule (decoupled weight decay, bias-corrected moments), written out so
 /// that its whole state (moments and step) can be checkpointed to safetensors and resumed exactly.
+/// <para>
+/// The parameters, their gradients and both moments each live in one flat buffer: at construction
+/// every parameter is moved into a slice of the flat parameter buffer (<c>set_</c>; the parameter
+/// objects stay the same, so modules and checkpoints see nothing) and given a slice of the flat
+/// gradient buffer as its <c>.grad</c>, into which autograd accumulates in place. Clipping and the
+/// update are then a few operations over one tensor instead of a few per parameter: for the 84
+/// parameters of the bench's 4-layer MoLA, clipping + update + zeroing went from 21 to 6 ms a step
+/// (bench/NOTES.md). Element by element the arithmetic is the per-parameter one. Gradients are never <c>null</c> here: a parameter that got no
+/// gradient in a step is updated with a zero gradient (PyTorch skips it); every adapter parameter
+/// takes part in every forward pass, so this never arises in training.
+/// </para>
 /// </summary>
 public sealed class AdamW : IDisposable
 {
     readonly Parameter[] _params;
-    readonly Tensor[] _m, _v;
+    readonly Tensor _flat, _grad, _m, _v;
+    readonly (long Offset, long Count)[] _slices;
 
     public double LearningRate { get; set; }
     public double Beta1 { get; init; } = 0.9;
@@ -26,58 +38,102 @@ public sealed class AdamW : IDisposable
     {
         _params = parameters.ToArray();
         LearningRate = learningRate;
-        _m = _params.Select(p => zeros_like(p).DetachFromDisposeScope()).ToArray();
-        _v = _params.Select(p => zeros_like(p).DetachFromDisposeScope()).ToArray();
-    }
-
-    public void ZeroGrad()
-    {
-        foreach (var p in _params) p.grad?.zero_();
-    }
-
-    public void Step()
-    {
-        Steps++;
-        double bc1 = 1 - Math.Pow(Beta1, Steps), bc2 = 1 - Math.Pow(Beta2, Steps);
+        if (_params.Length == 0) throw new MolaException("the optimizer got no parameters to train");
+        var device = _params[0].device;
+        if (_params.Any(p => p.dtype != ScalarType.Float32 || p.device_type != device.type || p.device_index != device.index))
+            throw new MolaException("the optimizer needs float32 parameters on one device (adapter weights are float32)");
+        _slices = new (long, long)[_params.Length];
+        long total = 0;
+        for (int i = 0; i < _params.Length; i++)
+        {
+            _slices[i] = (total, _params[i].numel());
+            total += _slices[i].Count;
+        }
+        _flat = empty(total, ScalarType.Float32, device).DetachFromDisposeScope();
+        _grad = zeros(total, ScalarType.Float32, device).DetachFromDisposeScope();
+        _m = zeros(total, ScalarType.Float32, device).DetachFromDisposeScope();
+        _v = zeros(total, ScalarType.Float32, device).DetachFromDisposeScope();
         using var _ = no_grad();
         using var scope = NewDisposeScope();
         for (int i = 0; i < _params.Length; i++)
         {
             var p = _params[i];
-            var g = p.grad;
-            if (g is null) continue;
-            if (WeightDecay != 0) p.mul_(1 - LearningRate * WeightDecay);
-            _m[i].mul_(Beta1).add_(g, alpha: 1 - Beta1);
-            _v[i].mul_(Beta2).addcmul_(g, g, 1 - Beta2);
-            var denom = (_v[i].sqrt() / Math.Sqrt(bc2)).add_(Eps);
-            p.addcdiv_(_m[i], denom, -LearningRate / bc1);
+            var data = Slice(_flat, i);
+            data.copy_(p);
+            p.set_(data);
+            p.grad = Slice(_grad, i);
         }
+    }
+
+    /// <summary>Parameter i's part of a flat buffer, in its shape.</summary>
+    Tensor Slice(Tensor flat, int i) => flat.narrow(0, _slices[i].Offset, _slices[i].Count).view(_params[i].shape);
+
+    /// <summary>Puts back any gradient that is no longer a view of the flat buffer (someone set <c>.grad</c>
+    /// to null or replaced it): its values are copied into the flat buffer, which it then views again.</summary>
+    void AdoptGradients()
+    {
+        using var _ = no_grad();
+        using var scope = NewDisposeScope();
+        IntPtr storage = StorageOf(_grad);
+        for (int i = 0; i < _params.Length; i++)
+        {
+            var p = _params[i];
+            var g = p.grad;
+            if (g is not null && StorageOf(g) == storage && g.storage_offset() == _slices[i].Offset && g.is_contiguous()) continue;
+            var slot = Slice(_grad, i);
+            if (g is null) slot.zero_();
+            else slot.copy_(g);
+            p.grad = slot;
+        }
+    }
+
+    static IntPtr StorageOf(Tensor t)
+    {
+        using var storage = t.storage<float>();
+        return storage.data_ptr();
+    }
+
+    public void ZeroGrad()
+    {
+        AdoptGradients();
+        _grad.zero_();
+    }
+
+    public void Step()
+    {
+        AdoptGradients();
+        Steps++;
+        double bc1 = 1 - Math.Pow(Beta1, Steps), bc2 = 1 - Math.Pow(Beta2, Steps);
+        using var _ = no_grad();
+        using var scope = NewDisposeScope();
+        if (WeightDecay != 0) _flat.mul_(1 - LearningRate * WeightDecay);
+        _m.mul_(Beta1).add_(_grad, alpha: 1 - Beta1);
+        _v.mul_(Beta2).addcmul_(_grad, _grad, 1 - Beta2);
+        var denom = (_v.sqrt() / Math.Sqrt(bc2)).add_(Eps);
+        _flat.addcdiv_(_m, denom, -LearningRate / bc1);
     }
 
     /// <summary>Scales gradients so their global L2 norm is at most <paramref name="maxNorm"/> (as
     /// <c>clip_grad_norm_</c>); returns the norm before clipping.</summary>
     public double ClipGradNorm(double maxNorm)
     {
+        AdoptGradients();
         using var _ = no_grad();
         using var scope = NewDisposeScope();
-        var grads = _params.Where(p => p.grad is not null).Select(p => p.grad!).ToList();
-        if (grads.Count == 0) return 0;
-        var total = stack(grads.Select(g => g.to(ScalarType.Float32).pow(2).sum()).ToArray()).sum().sqrt().item<float>();
+        var total = _grad.pow(2).sum().sqrt().item<float>();
         if (maxNorm > 0 && total > maxNorm)
-        {
-            double coef = maxNorm / (total + 1e-6);
-            foreach (var g in grads) g.mul_(coef);
-        }
+            _grad.mul_(maxNorm / (total + 1e-6));
         return total;
     }
 
     public void Save(string path)
     {
+        using var scope = NewDisposeScope();
         var tensors = new List<KeyValuePair<string, Tensor>>();
         for (int i = 0; i < _params.Length; i++)
         {
-            tensors.Add(new($"exp_avg.{i:D5}", _m[i]));
-            tensors.Add(new($"exp_avg_sq.{i:D5}", _v[i]));
+            tensors.Add(new($"exp_avg.{i:D5}", Slice(_m, i)));
+            tensors.Add(new($"exp_avg_sq.{i:D5}", Slice(_v, i)));
         }
         SafeTensorsFile.Save(path, tensors, new Dictionary<string, string> { ["step"] = Steps.ToString(), ["parameters"] = _params.Length.ToString() });
     }
@@ -88,21 +144,28 @@ public sealed class AdamW : IDisposable
         if (!f.Metadata.TryGetValue("parameters", out var n) || n != _params.Length.ToString())
             throw new MolaException($"{path}: optimizer state is for {n ?? "?"} parameters, the adapter has {_params.Length}");
         using var _ = no_grad();
+        using var scope = NewDisposeScope();
         for (int i = 0; i < _params.Length; i++)
         {
             using var m = f.Read($"exp_avg.{i:D5}", ScalarType.Float32, _params[i].device);
             using var v = f.Read($"exp_avg_sq.{i:D5}", ScalarType.Float32, _params[i].device);
-            if (!m.shape.SequenceEqual(_m[i].shape)) throw new MolaException($"{path}: exp_avg.{i:D5} has the wrong shape");
-            _m[i].copy_(m);
-            _v[i].copy_(v);
+            if (!m.shape.SequenceEqual(_params[i].shape) || !v.shape.SequenceEqual(_params[i].shape))
+                throw new MolaException($"{path}: exp_avg.{i:D5} or exp_avg_sq.{i:D5} has the wrong shape");
+            Slice(_m, i).copy_(m);
+            Slice(_v, i).copy_(v);
         }
         Steps = long.Parse(f.Metadata["step"]);
     }
 
+    /// <summary>Frees the gradients and moments; the parameters keep viewing the flat parameter buffer.</summary>
     public void Dispose()
     {
-        foreach (var t in _m) t.Dispose();
-        foreach (var t in _v) t.Dispose();
+        using (no_grad())
+            foreach (var p in _params) p.grad = null;
+        _grad.Dispose();
+        _m.Dispose();
+        _v.Dispose();
+        _flat.Dispose();   // the C# handle only: the parameters' views keep the storage alive
     }
 }
 
