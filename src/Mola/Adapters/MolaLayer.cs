@@ -95,12 +95,24 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, ILinearAdapter
         return y.view(x.shape.SkipLast(1).Append(OutFeatures).ToArray()).MoveToOuterDisposeScope();
     }
 
-    /// <summary>Softmax in float32, the top-k probabilities renormalised to sum 1; hands the logits to the sink.</summary>
-    (Tensor TopW, Tensor TopI) Route(Tensor logits)
+    /// <summary>Softmax in float32, the top-k probabilities renormalised to sum 1; hands the logits to the sink.
+    /// The original's order (softmax over all experts, top-k, divide by their sum) when <paramref name="asOriginal"/>;
+    /// otherwise top-k of the logits and a softmax over those k, the same weights in two operations fewer forward
+    /// and backward (p_e / sum over chosen p = exp(l_e) / sum over chosen exp(l); softmax keeps the order). Deviation
+    /// on purpose, for speed; the fast path and the loop port agree (tested).</summary>
+    (Tensor TopW, Tensor TopI) Route(Tensor logits, bool asOriginal)
     {
-        var probs = nn.functional.softmax(logits, 1);
-        var (topW, topI) = probs.topk(TopK, dim: 1);
-        topW = topW / topW.sum(1, keepdim: true);
+        Tensor topW, topI;
+        if (asOriginal)
+        {
+            (topW, topI) = nn.functional.softmax(logits, 1).topk(TopK, dim: 1);
+            topW = topW / topW.sum(1, keepdim: true);
+        }
+        else
+        {
+            var (topL, index) = logits.topk(TopK, dim: 1);
+            (topW, topI) = (nn.functional.softmax(topL, 1), index);
+        }
         RouterLogitsSink?.Invoke(this, logits);
         Observer?.Add(Layer, Module, topI.detach(), topW.detach(), NumExperts);
         return (topW, topI);
@@ -136,7 +148,7 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, ILinearAdapter
             logits = xf.mm(router.t());                                                  // [N, E]
             h = Dropout(xf).mm(lora_A.t());                                              // [N, E*r]
         }
-        var (topW, topI) = Route(logits);
+        var (topW, topI) = Route(logits, asOriginal: false);
         var gate = torch.zeros(N, NumExperts, ScalarType.Float32, xf.device).scatter(1, topI, topW);
         h = (h.view(N, NumExperts, Rank) * gate.unsqueeze(-1)).view(N, ranks);
         // B^T made contiguous: its gradient then comes as h^T g, several times faster than the g^T h
@@ -153,7 +165,7 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, ILinearAdapter
 
     Tensor LoopForward(Tensor x, Tensor xf, Models.Linear baseLayer)
     {
-        var (topW, topI) = Route(xf.mm(router.t()));
+        var (topW, topI) = Route(xf.mm(router.t()), asOriginal: true);
         var result = baseLayer.Base(x);
         return result + LoopExperts(xf, topW, topI).view(result.shape).to(result.dtype);
     }
