@@ -9,9 +9,10 @@ public static class DefaultRun
     public sealed record RunSettings(double LearningRate, int WarmupSteps, int Epochs, int MaxSteps, int BatchSize, int MicroBatchSize,
         int SaveSteps, int CutoffLen, string Rank, bool TrainOnInputs);
 
-    // Measured on the 2-core machine (shared, loaded): 150 steps take about 1.5 minutes and lift held-out
-    // accuracy from about 21% to about 90%. A higher rate than the paper's 3e-4 because the run is short.
-    public static readonly RunSettings Settings = new(LearningRate: 5e-3, WarmupSteps: 10, Epochs: 1, MaxSteps: 150, BatchSize: 16, MicroBatchSize: 16,
+    // Measured on the 2-core machine: 150 steps take under a minute and lift held-out accuracy from about 26%
+    // to 100% (seeds 1, 2, 3 and the default 42). A higher rate than the paper's 3e-4 because the run is short;
+    // 5e-3 was too high: depending on the seed (or on float rounding order) it ended anywhere from 53% to 99%.
+    public static readonly RunSettings Settings = new(LearningRate: 3e-3, WarmupSteps: 10, Epochs: 1, MaxSteps: 150, BatchSize: 16, MicroBatchSize: 16,
         SaveSteps: 50, CutoffLen: 256, Rank: "8", TrainOnInputs: false);
 
     static string Assets => Path.Combine(AppContext.BaseDirectory, "assets");
