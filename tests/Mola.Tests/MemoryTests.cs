@@ -8,14 +8,7 @@ using Xunit;
 
 namespace Mola.Tests;
 
-/// <summary>Runs alone: it reads this process's resident memory, which parallel tests would disturb.</summary>
-[CollectionDefinition(Name, DisableParallelization = true)]
-public sealed class MemoryCollection
-{
-    public const string Name = "memory (runs alone)";
-}
-
-[Collection(MemoryCollection.Name)]
+[Collection(RunsAloneCollection.Name)]   // reads this process's resident memory
 public class MemoryTests
 {
     static long ResidentBytes()

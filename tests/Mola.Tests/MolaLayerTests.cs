@@ -6,7 +6,7 @@ using static TorchSharp.torch;
 
 namespace Mola.Tests;
 
-[Collection(GlobalRngCollection.Name)]   // reseeds to reproduce a dropout mask
+[Collection(RunsAloneCollection.Name)]   // reseeds to reproduce a dropout mask
 public class MolaLayerTests
 {
     static (MolaLayer Layer, Models.Linear Base) FromFixture(Dictionary<string, Tensor> f, int E, int k, int r, double alpha)

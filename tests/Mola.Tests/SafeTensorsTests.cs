@@ -102,16 +102,9 @@ public class SafeTensorsTests
     }
 }
 
-[CollectionDefinition(Name, DisableParallelization = true)]
-public sealed class SafeTensorsSpanLimitCollection
-{
-    // Tests here change SafeTensorsFile.MaxSpanBytes, a static every reader sees: they run alone.
-    public const string Name = "SafeTensorsFile.MaxSpanBytes";
-}
-
 /// <summary>Tensors larger than one Span (2 GB, e.g. a float32 Gemma embedding) are copied a block of rows
 /// at a time; a tiny span limit sends small tensors down that path.</summary>
-[Collection(SafeTensorsSpanLimitCollection.Name)]
+[Collection(RunsAloneCollection.Name)]   // changes SafeTensorsFile.MaxSpanBytes, a static every reader sees
 public class SafeTensorsChunkedReadTests
 {
     [Fact]

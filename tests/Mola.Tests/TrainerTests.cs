@@ -10,15 +10,7 @@ using static TorchSharp.torch;
 
 namespace Mola.Tests;
 
-/// <summary>Runs alone: dropout draws from libtorch's one global generator, so a test running beside these
-/// could take numbers from the stream that a same-seed-same-run comparison relies on.</summary>
-[CollectionDefinition(Name, DisableParallelization = true)]
-public sealed class GlobalRngCollection
-{
-    public const string Name = "global RNG (runs alone)";
-}
-
-[Collection(GlobalRngCollection.Name)]
+[Collection(RunsAloneCollection.Name)]   // same-seed runs compare dropout streams of the global generator
 public class TrainerTests
 {
     static readonly string Llama = TestUtil.Fixture("llama-tiny");

@@ -15,9 +15,10 @@ namespace Mola.Training;
 /// gradient buffer as its <c>.grad</c>, into which autograd accumulates in place. Clipping and the
 /// update are then a few operations over one tensor instead of a few per parameter: for the 84
 /// parameters of the bench's 4-layer MoLA, clipping + update + zeroing went from 21 to 6 ms a step
-/// (bench/NOTES.md). Element by element the arithmetic is the per-parameter one. Gradients are never <c>null</c> here: a parameter that got no
-/// gradient in a step is updated with a zero gradient (PyTorch skips it); every adapter parameter
-/// takes part in every forward pass, so this never arises in training.
+/// (bench/NOTES.md). Element by element the arithmetic is the per-parameter one. Gradients are never
+/// <c>null</c> here: a parameter that got no gradient in a step is updated with a zero gradient
+/// (PyTorch skips it); every adapter parameter takes part in every forward pass, so this never
+/// arises in training.
 /// </para>
 /// </summary>
 public sealed class AdamW : IDisposable
