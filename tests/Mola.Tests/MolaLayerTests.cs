@@ -60,6 +60,21 @@ public class MolaLayerTests
         }
     }
 
+    /// <summary>A random base linear and a MoLA layer around it (alpha 16), B made non-zero so that it matters
+    /// (it is zero at initialisation). Draws from the global generator: seed before calling.</summary>
+    static (Models.Linear Base, MolaLayer Layer) RandomLayer(int layer, string module, int inF, int outF, int E, int k, int r,
+        double dropout, ScalarType baseDtype = ScalarType.Float32)
+    {
+        var baseLayer = new Models.Linear("base", inF, outF, baseDtype, CPU);
+        var mola = new MolaLayer(layer, module, inF, outF, E, k, r, 16, dropout, CPU);
+        using (torch.no_grad())
+        {
+            baseLayer.weight.copy_(torch.randn(outF, inF));
+            mola.lora_B.copy_(torch.randn(outF, E * r) * 0.1);
+        }
+        return (baseLayer, mola);
+    }
+
     [Theory]
     [InlineData(37, 29, 5, 2, 3, 11)]   // odd sizes
     [InlineData(16, 24, 4, 1, 8, 7)]    // top-k = 1
@@ -69,13 +84,7 @@ public class MolaLayerTests
     public void FastPathEqualsLoopPath(int inF, int outF, int E, int k, int r, int tokens)
     {
         torch.manual_seed(1234 + inF);
-        var baseLayer = new Models.Linear("base", inF, outF, ScalarType.Float32, CPU);
-        var layer = new MolaLayer(1, "up_proj", inF, outF, E, k, r, 16, 0.0, CPU);
-        using (torch.no_grad())
-        {
-            baseLayer.weight.copy_(torch.randn(outF, inF));
-            layer.lora_B.copy_(torch.randn(outF, E * r) * 0.1); // B is zero at init: make it matter
-        }
+        var (baseLayer, layer) = RandomLayer(1, "up_proj", inF, outF, E, k, r, 0.0);
         var x = torch.randn(3, tokens, inF);
         var up = torch.randn(3, tokens, outF);
 
@@ -129,13 +138,8 @@ public class MolaLayerTests
         const int inF = 24, outF = 20, E = 4, k = 2, r = 3, tokens = 40;
         const double p = 0.3;
         torch.manual_seed(11);
-        var baseLayer = new Models.Linear("base", inF, outF, ScalarType.Float32, CPU);
-        var layer = new MolaLayer(0, "v_proj", inF, outF, E, k, r, 16, p, CPU) { Relayout = relayout };
-        using (torch.no_grad())
-        {
-            baseLayer.weight.copy_(torch.randn(outF, inF));
-            layer.lora_B.copy_(torch.randn(outF, E * r) * 0.1);
-        }
+        var (baseLayer, layer) = RandomLayer(0, "v_proj", inF, outF, E, k, r, p);
+        layer.Relayout = relayout;
         layer.train();
         var x = torch.randn(2, tokens / 2, inF);
         var up = torch.randn(2, tokens / 2, outF);
@@ -168,13 +172,7 @@ public class MolaLayerTests
         // 300 tokens > E + E*r: the automatic relayout is on when a backward pass can follow, off under no_grad.
         const int inF = 32, outF = 24, E = 6, k = 2, r = 4;
         torch.manual_seed(5);
-        var baseLayer = new Models.Linear("base", inF, outF, ScalarType.Float32, CPU);
-        var layer = new MolaLayer(2, "o_proj", inF, outF, E, k, r, 16, 0.0, CPU);
-        using (torch.no_grad())
-        {
-            baseLayer.weight.copy_(torch.randn(outF, inF));
-            layer.lora_B.copy_(torch.randn(outF, E * r) * 0.1);
-        }
+        var (baseLayer, layer) = RandomLayer(2, "o_proj", inF, outF, E, k, r, 0.0);
         var x = torch.randn(3, 100, inF);
         Tensor want;
         using (torch.no_grad()) want = Naive(x, baseLayer.weight, layer.router, layer.lora_A, layer.lora_B, E, k, r, 16.0 / r);
@@ -189,13 +187,7 @@ public class MolaLayerTests
     {
         const int inF = 32, outF = 16, E = 4, k = 2, r = 4;
         torch.manual_seed(8);
-        var baseLayer = new Models.Linear("base", inF, outF, ScalarType.BFloat16, CPU);
-        var layer = new MolaLayer(0, "q_proj", inF, outF, E, k, r, 16, 0.0, CPU);
-        using (torch.no_grad())
-        {
-            baseLayer.weight.copy_(torch.randn(outF, inF));
-            layer.lora_B.copy_(torch.randn(outF, E * r) * 0.1);
-        }
+        var (baseLayer, layer) = RandomLayer(0, "q_proj", inF, outF, E, k, r, 0.0, ScalarType.BFloat16);
         var x = torch.randn(2, 50, inF).to(ScalarType.BFloat16);
         foreach (bool relayout in new[] { false, true })
         {
