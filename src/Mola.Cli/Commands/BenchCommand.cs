@@ -32,7 +32,8 @@ public static class BenchCommand
         var quick = new Option<bool>("--quick") { Description = "Small shapes, few rounds, one thread: a smoke run of a few seconds (flags given still apply)" };
         var json = Cli.JsonOption();
         var cmd = new Command("bench", "Performance of the adapters on this machine, in one run so ratios compare like with like: " +
-            "one adapted linear (forward + backward) frozen, LoRA, MoLA and the original's per-expert loop; a whole training step " +
+            "one adapted linear (forward + backward) frozen, LoRA, MoLA and the original's per-expert loop; that layer's matrix products " +
+            "one by one (their sum is the floor of the batched MoLA path); a whole training step " +
             "of a small decoder; the float32 matmul rate; generation speed with the KV cache. Random weights, no checkpoint needed.")
         { tokens, hidden, experts, topK, rank, dropout, stepLayers, stepHidden, stepTokens, vocab, allocation, rounds, stepRounds, threads, clock, quick, json };
 
@@ -72,6 +73,13 @@ public static class BenchCommand
                 matmul_gflops = r.MatmulGflops,
                 generate_tokens_per_second = r.GenerateTokensPerSecond,
                 ratios = r.PairedRatios,
+                layer_floor = new
+                {
+                    frozen_ms = r.Floor.FrozenMs,
+                    mola_extra_ms = r.Floor.MolaExtraMs,
+                    floor_ratio = r.Floor.FloorRatio,
+                    ops = r.Floor.Frozen.Concat(r.Floor.Mola).Select(op => new { name = op.Name, ms = op.Ms, flop = op.Flop, gflops = op.Gflops }),
+                },
                 shapes = new
                 {
                     layer = new { tokens = s.Tokens, hidden = s.Hidden, experts = s.Experts, top_k = s.TopK, rank = s.Rank, dropout = s.Dropout },
@@ -105,6 +113,11 @@ public static class BenchCommand
         o.Line(Row("lora", r.Layer.LoraMs, r.Layer.FrozenMs));
         o.Line(Row("mola", r.Layer.MolaMs, r.Layer.FrozenMs));
         o.Line(Row("mola_loop", r.Layer.MolaLoopMs, r.Layer.FrozenMs));
+        o.Line("the same layer's products timed one by one (median): the floor of the batched MoLA path");
+        foreach (var op in r.Floor.Frozen.Concat(r.Floor.Mola))
+            o.Line(string.Format(c, "  {0,-22} {1,8:F2} ms  {2}", op.Name, op.Ms, op.Flop > 0 ? string.Format(c, "{0,5:F0} GFLOP/s", op.Gflops) : "memory pass"));
+        o.Line(string.Format(c, "  floor: MoLA's extra {0:F1} ms on the frozen {1:F1} ms = {2:F3}x frozen (mola above it: routing, glue, autograd)",
+            r.Floor.MolaExtraMs, r.Floor.FrozenMs, r.Floor.FloorRatio));
         o.Line(string.Format(c, "training step: {0} layers, hidden {1}, intermediate {2}, {3} tokens, vocab {4}, MoLA {5} (median)",
             s.StepLayers, s.StepHidden, s.StepIntermediate, s.StepTokens, s.Vocab, string.Join(",", s.StepExperts)));
         o.Line(Row("frozen", r.Step.FrozenMs, r.Step.FrozenMs));

@@ -89,7 +89,27 @@ public sealed record StepTimes(double FrozenMs, double LoraMs, double MolaMs, do
 public sealed record BenchShapes(int Tokens, int Hidden, int Experts, int TopK, int Rank, double Dropout,
     int StepLayers, int StepHidden, int StepIntermediate, int StepTokens, int Vocab, int[] StepExperts, int Threads);
 public sealed record BenchReport(LayerTimes Layer, StepTimes Step, double MatmulGflops, double GenerateTokensPerSecond,
-    BenchShapes Shapes, Clock Clock, IReadOnlyDictionary<string, double> PairedRatios);
+    BenchShapes Shapes, Clock Clock, IReadOnlyDictionary<string, double> PairedRatios, ProductFloor Floor);
+
+/// <summary>One matrix product (or pass) of a layer timed alone: median milliseconds and the floating-point
+/// operations it does (0 for the dX add, which is a memory pass).</summary>
+public sealed record OpTime(string Name, double Ms, double Flop)
+{
+    public double Gflops => Flop / (Ms / 1000) / 1e9;
+}
+
+/// <summary>
+/// The frozen layer's two products (forward, dX) and the batched MoLA path's six extra products plus the dX
+/// accumulation, each timed alone in the layout autograd gives it: the floor of that formulation. Whatever a
+/// MoLA layer costs above <see cref="FloorRatio"/> x frozen is routing, glue and autograd, which is what an
+/// optimisation can still win; below it only a different formulation (or a fused kernel) can go.
+/// </summary>
+public sealed record ProductFloor(IReadOnlyList<OpTime> Frozen, IReadOnlyList<OpTime> Mola)
+{
+    public double FrozenMs => Frozen.Sum(o => o.Ms);
+    public double MolaExtraMs => Mola.Sum(o => o.Ms);
+    public double FloorRatio => (FrozenMs + MolaExtraMs) / FrozenMs;
+}
 
 /// <summary>
 /// What <c>mola bench</c> measures, all in one process so that every ratio compares runs under the same load:
@@ -111,6 +131,8 @@ public static class PerformanceBenchmark
         double gflops = MatmulGflops(o.Tokens, o.Hidden, Math.Max(3, o.Rounds), o.Clock);
         log($"layer: {o.Hidden} x {o.Hidden}, {o.Tokens} tokens, {o.Experts} experts, top-{o.TopK}, rank {o.Rank}...");
         var (layer, layerRatios) = Layer(o);
+        log("layer products one by one...");
+        var floor = Floor(o);
         var config = DecoderConfig(o);
         var allocation = ExpertAllocation.Parse(o.Allocation, o.StepLayers, "--allocation");
         log($"step: {o.StepLayers} layers, hidden {o.StepHidden}, {o.StepTokens} tokens, MoLA {string.Join(",", allocation)}...");
@@ -119,7 +141,7 @@ public static class PerformanceBenchmark
         var ratios = layerRatios.Concat(stepRatios).ToDictionary(kv => kv.Key, kv => kv.Value);
         var shapes = new BenchShapes(o.Tokens, o.Hidden, o.Experts, o.TopK, o.Rank, o.Dropout,
             o.StepLayers, o.StepHidden, config.IntermediateSize, o.StepTokens, o.Vocab, allocation, torch.get_num_threads());
-        return new BenchReport(layer, step, gflops, generate, shapes, o.Clock, ratios);
+        return new BenchReport(layer, step, gflops, generate, shapes, o.Clock, ratios, floor);
     }
 
     /// <summary>float32 GFLOP/s of the frozen layer's own product, [N, D] x [D, D].</summary>
@@ -177,6 +199,40 @@ public static class PerformanceBenchmark
             ["layer_mola_loop_over_frozen"] = Timing.PairedRatio(times[3], times[0]),
         };
         return (new LayerTimes(times[0].Median, times[1].Median, times[2].Median, times[3].Median), ratios);
+    }
+
+    /// <summary>The products of <see cref="Layer"/>'s frozen and MoLA variants timed one by one at the same shapes
+    /// (N tokens, D x D, c = E + E*r router and expert rows, q = E*r expert columns).</summary>
+    static ProductFloor Floor(BenchOptions o)
+    {
+        using var scope = NewDisposeScope();
+        long n = o.Tokens, d = o.Hidden, q = (long)o.Experts * o.Rank, c = o.Experts + q;
+        var x = randn(n, d);
+        var g = randn(n, d);
+        var w = randn(d, d);
+        var routerAndA = randn(c, d);   // [R; A], as the fast path multiplies it
+        var bT = randn(q, d);           // B^T, contiguous as the fast path makes it
+        var h = randn(n, q);
+        var dh = randn(n, c);
+        var y = randn(n, d);
+        var dx = randn(n, d);
+        double Flop(long m, long k, long cols) => 2.0 * m * k * cols;
+        Action Product(Func<Tensor> f) => () => { using var t = f(); };
+        var ops = new (string Name, double Flop, Action Run)[]
+        {
+            ("frozen: x W^T", Flop(n, d, d), Product(() => x.mm(w.t()))),
+            ("frozen: g W (dX)", Flop(n, d, d), Product(() => g.mm(w))),
+            ("x [R;A]^T", Flop(n, d, c), Product(() => x.mm(routerAndA.t()))),
+            ("y += h B^T", Flop(n, q, d), () => y.addmm_(h, bT)),
+            ("g B (dh)", Flop(n, d, q), Product(() => g.mm(bT.t()))),
+            ("h^T g (dB)", Flop(q, n, d), Product(() => h.t().mm(g))),
+            ("dh^T x (d[R;A])", Flop(c, n, d), Product(() => dh.t().mm(x))),
+            ("dh [R;A] (dX)", Flop(n, c, d), Product(() => dh.mm(routerAndA))),
+            ("dX + dX (accumulate)", 0, Product(() => dx + y)),
+        };
+        var times = Timing.Interleaved(ops.Select(op => (op.Name, op.Run)).ToList(), o.Warmup, o.Rounds, o.Clock);
+        var all = ops.Zip(times, (op, t) => new OpTime(op.Name, t.Median, op.Flop)).ToList();
+        return new ProductFloor(all.Take(2).ToList(), all.Skip(2).ToList());
     }
 
     /// <summary>A LLaMA-shaped decoder: heads of 128 (64 when the hidden size is small), the MLP 2.6875 x wide
