@@ -76,6 +76,13 @@ public class ExpertAllocationTests
     }
 
     [Fact]
+    public void AOneLayerModelIsOneLayerInTheMessage()
+    {
+        var e = Assert.Throws<MolaException>(() => ExpertAllocation.Parse("2468", 1, "--allocation"));
+        Assert.Contains("4 values, but the model has 1 layer (", e.Message);
+    }
+
+    [Fact]
     public void ShapedPresetsNeedALayerCountDivisibleByFour()
     {
         var e = Assert.Throws<MolaException>(() => ExpertAllocation.Parse("hourglass", 30, "--experts"));

@@ -44,7 +44,7 @@ public static class ExpertAllocation
         if (Presets.TryGetValue(lower, out var shape))
         {
             if (numLayers % shape.Length != 0)
-                throw new MolaException($"{what} {s}: the preset needs a layer count divisible by {shape.Length}, the model has {numLayers} layers (give one value per layer instead)");
+                throw new MolaException($"{what} {s}: the preset needs a layer count divisible by {shape.Length}, the model has {Layers(numLayers)} (give one value per layer instead)");
             return Expand(shape, numLayers);
         }
 
@@ -57,10 +57,12 @@ public static class ExpertAllocation
             values = [Value(s, s, what)];
 
         if (values.Length != numLayers && numLayers % values.Length != 0)
-            throw new MolaException($"{what} {s}: {values.Length} values, but the model has {numLayers} layers " +
+            throw new MolaException($"{what} {s}: {values.Length} values, but the model has {Layers(numLayers)} " +
                 $"(give one value, one per layer ({numLayers}), or a group pattern whose length divides {numLayers})");
         return Expand(values, numLayers);
     }
+
+    static string Layers(int n) => n == 1 ? "1 layer" : $"{n} layers";
 
     /// <summary>Checks that the three allocations fit together, layer by layer.</summary>
     public static void Validate(int[] experts, int[] topK, int[] rank)
