@@ -142,6 +142,43 @@ public class TrainCliTests
     }
 
     [Fact]
+    public void OverwriteWithABadOptionOrFileLeavesThePreviousRunWhole()
+    {
+        string dir = TestUtil.TempDir();
+        Assert.Equal(0, CliRunner.Run(Args(dir, "--max-steps", "2", "--save-steps", "1")).ExitCode);
+        var before = Directory.GetFiles(dir, "*", SearchOption.AllDirectories).Order().ToList();
+        byte[] adapter = File.ReadAllBytes(Path.Combine(dir, "adapter_model.safetensors"));
+
+        // An allocation that does not fit the model, then a data file that is not there: both found before anything is deleted.
+        Assert.Contains("--experts 2,4: 2 values", CliRunner.Run(Args(dir, "--overwrite", "--experts", "2,4")).SingleErrorLine());
+        string missing = Path.Combine(TestUtil.TempDir(), "missing.jsonl");
+        var args = Args(dir, "--overwrite");
+        args[Array.IndexOf(args, Data)] = missing;
+        Assert.Contains("missing.jsonl", CliRunner.Run(args).SingleErrorLine());
+
+        Assert.Equal(before, Directory.GetFiles(dir, "*", SearchOption.AllDirectories).Order().ToList());
+        Assert.Equal(adapter, File.ReadAllBytes(Path.Combine(dir, "adapter_model.safetensors")));
+    }
+
+    [Fact]
+    public void LoraRefusesExpertOptionsAndSaysSoInItsSummary()
+    {
+        string dir = TestUtil.TempDir();
+        var refused = CliRunner.Run(Args(dir, "--adapter-kind", "lora"));   // Args passes --experts and --top-k
+        Assert.Contains("--experts and --top-k apply to --adapter-kind mola only", refused.SingleErrorLine());
+
+        var args = Args(dir, "--adapter-kind", "lora", "--max-steps", "1").ToList();
+        foreach (var name in new[] { "--experts", "--top-k" })
+            args.RemoveRange(args.IndexOf(name), 2);
+        var r = CliRunner.Run([.. args]);
+        Assert.True(r.ExitCode == 0, r.ToString());
+        // llama-tiny: 3 layers, rank 4 everywhere.
+        var all = r.Stdout + r.Stderr;
+        Assert.Contains("adapter lora: rank 4x3 (value x layers);", all);
+        Assert.DoesNotContain("experts", all.Split('\n').Single(l => l.Contains("adapter lora:")));
+    }
+
+    [Fact]
     public void EmbeddedDefaultRunsFromTheShippedAssets()
     {
         // A short version of `mola train` with no model and no data: the assets are found next to the

@@ -91,7 +91,8 @@ public static class TrainCommand
             dataPath ??= DefaultRun.TrainData;
             string outDir = p.GetValue(output) ?? (embedded ? Path.Combine("runs", "default") : Path.Combine("runs", DateTime.Now.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture)));
             string? resumeArg = p.GetValue(resume);
-            PrepareOutput(outDir, resumeArg is not null, p.GetValue(overwrite) || (embedded && p.GetResult(output) is null));
+            bool replace = p.GetValue(overwrite) || (embedded && p.GetResult(output) is null);
+            var previousRun = CheckOutput(outDir, resumeArg is not null, replace);
             string? resumeDir = resumeArg is null ? null
                 : resumeArg == "latest" ? Checkpoints.Latest(outDir) ?? throw new MolaException($"{outDir}: no checkpoint to resume from")
                 : resumeArg;
@@ -119,14 +120,14 @@ public static class TrainCommand
             torch.manual_seed(options.Seed);
             var adapter = p.GetValue(initAdapter) is string initDir ? AdapterModel.Load(model, initDir) : AdapterModel.Attach(model, adapterConfig);
             o.Line($"base {baseDir} ({config.ModelType}, {config.NumHiddenLayers} layers), data {dataPath}: {trainSet.Count} train / {valSet?.Count ?? 0} validation records");
-            o.Line($"adapter {adapter.Config.Kind.Name()}: experts {ExpertAllocation.Describe(adapter.Config.NumExperts.Length > 0 ? adapter.Config.NumExperts : [1])}, " +
-                   $"top-k {string.Join(",", adapter.Config.TopK.Distinct())}, rank {string.Join(",", adapter.Config.Rank.Distinct())}, " +
-                   $"{adapter.parameters().Sum(t => t.numel()):N0} trainable parameters");
+            o.Line(AdapterSummary(adapter.Config, adapter.parameters().Sum(t => t.numel())));
 
             EvalResult? before = null;
             var testRecords = embedded ? InstructionRecord.Load(DefaultRun.TestData) : null;
             if (embedded) before = EvaluateDefault(model, tok, tmpl, testRecords!, o, "before");
 
+            // The previous run goes only now, when everything above has loaded: a bad option or file leaves it whole.
+            previousRun?.Delete();
             var trainer = new Trainer(adapter, trainSet, valSet, options, outDir);
             WriteTrainingArgs(outDir, p, options, adapter.Config, baseDir, dataPath, tokenize);
             trainer.Log = line => o.Line(line);
@@ -154,6 +155,16 @@ public static class TrainCommand
         return cmd;
     }
 
+    /// <summary>One line: kind, allocation (value x layers) and trainable parameters; LoRA has no experts or top-k.</summary>
+    static string AdapterSummary(AdapterConfig a, long trainable)
+    {
+        string rank = $"rank {ExpertAllocation.Describe(a.Rank)}";
+        string shape = a.Kind == AdapterKind.Mola
+            ? $"experts {ExpertAllocation.Describe(a.NumExperts)}; top-k {ExpertAllocation.Describe(a.TopK)}; {rank}"
+            : rank;
+        return $"adapter {a.Kind.Name()}: {shape} (value x layers); {trainable:N0} trainable parameters";
+    }
+
     static AdapterConfig BuildAdapterConfig(ParseResult p, ModelConfig config, string baseDir, Option<string> kind, Option<string> experts, Option<string> topK,
         Option<string> rank, Option<double> alpha, Option<double> dropout, Option<string> targets, Option<double> auxCoef, DefaultRun.RunSettings? d)
     {
@@ -166,6 +177,11 @@ public static class TrainCommand
             e = ExpertAllocation.Parse(p.GetValue(experts)!, layers, "--experts");
             k = ExpertAllocation.Parse(p.GetValue(topK)!, layers, "--top-k");
             ExpertAllocation.Validate(e, k, ranks);
+        }
+        else if (p.GetResult(experts) is { Implicit: false } || p.GetResult(topK) is { Implicit: false })
+        {
+            // Rejected rather than ignored, as in `mola params`: someone passing them expects them to count.
+            throw new MolaException("--experts and --top-k apply to --adapter-kind mola only (lora has one LoRA pair per module, no router)");
         }
         return new AdapterConfig
         {
@@ -181,19 +197,29 @@ public static class TrainCommand
         };
     }
 
-    /// <summary>Refuses to mix two runs in one directory unless asked to replace it or to resume.</summary>
-    static void PrepareOutput(string dir, bool resuming, bool overwrite)
+    /// <summary>A previous run's files in an output directory, to delete once the new run is ready to start.</summary>
+    sealed record PreviousRun(List<string> Files, List<string> Checkpoints)
     {
-        if (!Directory.Exists(dir)) return;
+        public void Delete()
+        {
+            foreach (var f in Files) File.Delete(f);
+            foreach (var c in Checkpoints) Directory.Delete(c, true);
+        }
+    }
+
+    /// <summary>Refuses to mix two runs in one directory unless asked to replace it or to resume. Deletes nothing:
+    /// returns the run to replace (null: none), so that the caller deletes it only after every input has loaded.</summary>
+    static PreviousRun? CheckOutput(string dir, bool resuming, bool overwrite)
+    {
+        if (!Directory.Exists(dir)) return null;
         var runFiles = new[] { "adapter_config.json", "adapter_model.safetensors", "metrics.jsonl", "training_args.json", "eval.jsonl" }
             .Select(f => Path.Combine(dir, f)).Where(File.Exists).ToList();
         var checkpoints = Checkpoints.List(dir).Select(c => c.Path).ToList();
-        if (runFiles.Count == 0 && checkpoints.Count == 0) return;
-        if (resuming) return;
+        if (runFiles.Count == 0 && checkpoints.Count == 0) return null;
+        if (resuming) return null;
         if (!overwrite)
             throw new MolaException($"{dir}: holds another run ({Path.GetFileName(runFiles.Concat(checkpoints).First())}); use --overwrite to replace it, --resume latest to continue it, or another --output");
-        foreach (var f in runFiles) File.Delete(f);
-        foreach (var c in checkpoints) Directory.Delete(c, true);
+        return new PreviousRun(runFiles, checkpoints);
     }
 
     static void WriteTrainingArgs(string dir, ParseResult p, TrainingOptions o, AdapterConfig a, string baseDir, string dataPath, TokenizeOptions t)
