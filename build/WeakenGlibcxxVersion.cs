@@ -3,7 +3,7 @@
 // Why: TorchSharp 0.107.0's native shim was linked with GCC 13 and asks for GLIBCXX_3.4.32 only
 // for `std::ios_base_library_init()`, a link-time marker with no relocation against it; Debian 12
 // (GCC 12) stops at 3.4.30 and the loader refuses the library. VER_FLG_WEAK lets it load.
-// See ../shared/docs/TORCHSHARP.md. Never touches the NuGet cache: only files under the output dir.
+// See README.md, "Building on Debian 12". Never touches the NuGet cache: only files under the output dir.
 using System;
 using System.IO;
 using System.Text;
@@ -88,7 +88,7 @@ public class WeakenGlibcxxVersion : Task
         File.WriteAllBytes(tmp, elf);
         File.Delete(path);
         File.Move(tmp, path);
-        Log.LogMessage(MessageImportance.High, "mola: marked {0}weak in {1} (system libstdc++ lacks it; see docs/TORCHSHARP.md)", patched, path);
+        Log.LogMessage(MessageImportance.High, "mola: marked {0}weak in {1} (system libstdc++ lacks it; see README.md, \"Building on Debian 12\")", patched, path);
     }
 
     static string CString(byte[] b, long at)

@@ -383,6 +383,19 @@ public class AnalysisTests
     }
 
     [Fact]
+    public void AnalyzeCommand_WithRouting_NamesEveryFileItWrote()
+    {
+        string output = Path.Combine(TestUtil.TempDir(), "out");
+        var r = CliRunner.Run("analyze", "--adapter", TestUtil.Fixture("llama-tiny-mola"), "--base-model", TestUtil.Fixture("llama-tiny"),
+            "--data", TestUtil.Fixture("train", "small.jsonl"), "--output", output);
+        Assert.True(r.ExitCode == 0, r.ToString());
+        var wrote = (r.Stdout + r.Stderr).Split('\n').Single(l => l.StartsWith("wrote "));
+        var files = Directory.GetFiles(output).Select(Path.GetFileName).ToList();
+        Assert.Contains("routing.csv", files);
+        foreach (var f in files) Assert.Contains(f!, wrote);
+    }
+
+    [Fact]
     public void AnalyzeCommand_NeitherAdapterNorCompare_ExitsWithUserError()
     {
         var root = new RootCommand { AnalyzeCommand.Create() };

@@ -53,7 +53,7 @@ public static class AnalyzeCommand
             var r = AnalysisRunner.Run(adapterDir, outputDir, routing);
             foreach (var l in r.Redundancy.Layers)
                 o.Line($"layer {l.Layer,3}  experts {l.Experts,2}  mean pairwise distance {(l.MeanPairwiseFrobenius is { } v ? v.ToString("F6") : "- (one expert)")}");
-            o.Line($"wrote redundancy.csv, analysis.json, {string.Join(", ", r.Figures)} to {outputDir}");
+            o.Line($"wrote redundancy.csv, {(r.Routing is null ? "" : "routing.csv, ")}analysis.json, {string.Join(", ", r.Figures)} to {outputDir}");
             // The --json object is analysis.json's, with the figures as paths a caller can open.
             return AnalysisRunner.ToJson(r) with { Figures = r.Figures.Select(f => Path.Combine(outputDir, f)).ToList() };
         }));
