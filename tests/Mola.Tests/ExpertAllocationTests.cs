@@ -75,6 +75,22 @@ public class ExpertAllocationTests
         Assert.Contains(why, e.Message);
     }
 
+    [Theory]
+    [InlineData("246", "2,4,6")]
+    [InlineData("88", "8,8")]
+    public void ABareExpertCountAboveTheLimitIsReadAsAMistypedPattern(string spec, string suggestion)
+    {
+        var e = Assert.Throws<MolaException>(() => ExpertAllocation.ParseExperts(spec, 32, "--experts"));
+        Assert.StartsWith($"--experts {spec}: {spec} experts in every layer?", e.Message);
+        Assert.Contains($"write {suggestion} ", e.Message);
+        Assert.Contains($"square:{spec}", e.Message);
+        // The limit itself, longer patterns, square:N and ranks are untouched.
+        Assert.Equal(64, ExpertAllocation.ParseExperts("64", 32, "--experts")[0]);
+        Assert.Equal(new[] { 2, 4, 6, 8 }, ExpertAllocation.ParseExperts("2468", 4, "--experts"));
+        Assert.Equal(128, ExpertAllocation.ParseExperts("square:128", 32, "--experts")[0]);
+        Assert.Equal(int.Parse(spec), ExpertAllocation.Parse(spec, 32, "--rank")[0]);
+    }
+
     [Fact]
     public void AOneLayerModelIsOneLayerInTheMessage()
     {

@@ -179,6 +179,19 @@ public class TrainCliTests
     }
 
     [Fact]
+    public void AWarmUpLongerThanTheRunIsWarnedAbout()
+    {
+        // 3 steps, warm-up 5: the schedule gives steps 0, 1, 2 the factors 0, 1/5, 2/5, so lr 3e-3 peaks at 1.2e-3.
+        var warned = CliRunner.Run(Args(TestUtil.TempDir(), "--max-steps", "3", "--warmup-steps", "5"));
+        Assert.True(warned.ExitCode == 0, warned.ToString());
+        Assert.Contains("warning: --warmup-steps 5 is not below the run's 3 optimizer steps, so the learning rate peaks at 0.0012 instead of 0.003",
+            warned.Stdout + warned.Stderr);
+        var quiet = CliRunner.Run(Args(TestUtil.TempDir(), "--max-steps", "3", "--warmup-steps", "2"));
+        Assert.True(quiet.ExitCode == 0, quiet.ToString());
+        Assert.DoesNotContain("warning:", quiet.Stdout + quiet.Stderr);
+    }
+
+    [Fact]
     public void EmbeddedDefaultRunsFromTheShippedAssets()
     {
         // A short version of `mola train` with no model and no data: the assets are found next to the

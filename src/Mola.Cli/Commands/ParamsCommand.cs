@@ -48,7 +48,7 @@ public static class ParamsCommand
             if (adapterKind == AdapterKind.Mola)
             {
                 string spec = p.GetValue(experts) ?? throw new MolaException("--experts is required for --adapter-kind mola (e.g. --experts 2468 or --experts square:8)");
-                var perLayerExperts = ExpertAllocation.Parse(spec, layers, "--experts");
+                var perLayerExperts = ExpertAllocation.ParseExperts(spec, layers, "--experts");
                 var perLayerTopK = ExpertAllocation.Parse(p.GetValue(topK)!, layers, "--top-k");
                 counts = ParameterCount.Mola(config, perLayerExperts, perLayerTopK, ranks, modules);
             }

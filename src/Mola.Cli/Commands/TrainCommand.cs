@@ -55,7 +55,8 @@ public static class TrainCommand
 
         var cmd = new Command("train", "Instruction-tune a MoLA (or LoRA) adapter on a frozen base model. " +
             "With no --base-model and no --data it trains the embedded default: a small LLaMA-architecture model on a " +
-            "multiple-choice task, and prints held-out accuracy before and after.")
+            "multiple-choice task, and prints held-out accuracy before and after. The defaults below are the paper's; the " +
+            "embedded default has its own (learning rate, batch, steps: assets/README.md), and an option given still wins.")
         {
             baseModel, data, output, template, kind, experts, topK, rank, alpha, dropout, targets, auxCoef, lr, warmup, epochs,
             maxSteps, batch, micro, cutoff, valSize, trainOnInputs, addEos, groupByLength, saveSteps, saveLimit, evalSteps,
@@ -129,6 +130,12 @@ public static class TrainCommand
             // The previous run goes only now, when everything above has loaded: a bad option or file leaves it whole.
             previousRun?.Delete();
             var trainer = new Trainer(adapter, trainSet, valSet, options, outDir);
+            if (options.WarmupSteps >= trainer.TotalSteps)
+            {
+                double peak = options.LearningRate * LrSchedule.Factor(trainer.TotalSteps - 1, options.WarmupSteps, trainer.TotalSteps);   // still rising at the last step
+                o.Line($"warning: --warmup-steps {options.WarmupSteps} is not below the run's {trainer.TotalSteps} optimizer steps, so the learning rate " +
+                    $"peaks at {peak:G3} instead of {options.LearningRate:G3} (fewer --warmup-steps, a smaller --batch-size or more --epochs)");
+            }
             WriteTrainingArgs(outDir, p, options, adapter.Config, baseDir, dataPath, tokenize);
             trainer.Log = line => o.Line(line);
             var reporter = new ProgressReporter(o);
@@ -174,7 +181,7 @@ public static class TrainCommand
         int[] e = [], k = [];
         if (adapterKind == AdapterKind.Mola)
         {
-            e = ExpertAllocation.Parse(p.GetValue(experts)!, layers, "--experts");
+            e = ExpertAllocation.ParseExperts(p.GetValue(experts)!, layers, "--experts");
             k = ExpertAllocation.Parse(p.GetValue(topK)!, layers, "--top-k");
             ExpertAllocation.Validate(e, k, ranks);
         }

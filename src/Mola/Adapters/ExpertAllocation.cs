@@ -62,6 +62,22 @@ public static class ExpertAllocation
         return Expand(values, numLayers);
     }
 
+    /// <summary>The largest expert count a bare number may give (the paper uses up to 8 per layer).</summary>
+    public const int MaxBareExperts = 64;
+
+    /// <summary>Experts per layer: <see cref="Parse"/>, except that a bare number above <see cref="MaxBareExperts"/>
+    /// is refused as almost surely a short digit pattern (<c>246</c> typed for 2, 4, 6 would silently give every layer
+    /// 246 experts and billions of parameters). <c>square:N</c> still gives any count on purpose.</summary>
+    public static int[] ParseExperts(string spec, int numLayers, string what)
+    {
+        var values = Parse(spec, numLayers, what);
+        string s = spec.Trim();
+        if (s.All(char.IsAsciiDigit) && s.Length < MinCompactDigits && values[0] > MaxBareExperts)
+            throw new MolaException($"{what} {s}: {values[0]} experts in every layer? For one count per group of layers write " +
+                $"{string.Join(",", s.ToCharArray())} (digits run together need at least {MinCompactDigits}, as in 2468); for {s} experts write square:{s}");
+        return values;
+    }
+
     static string Layers(int n) => n == 1 ? "1 layer" : $"{n} layers";
 
     /// <summary>Checks that the three allocations fit together, layer by layer.</summary>

@@ -78,7 +78,7 @@ public sealed record BenchOptions
         if (Dropout is < 0 or >= 1) throw new MolaException($"--dropout must be in [0, 1), got {Dropout}");
         if (StepTokens < 2) throw new MolaException($"--step-tokens must be at least 2 (the loss predicts the next token), got {StepTokens}");
         if (StepHidden % 2 != 0) throw new MolaException($"--step-hidden must be even (rotary embeddings), got {StepHidden}");
-        var experts = ExpertAllocation.Parse(Allocation, StepLayers, "--allocation");
+        var experts = ExpertAllocation.ParseExperts(Allocation, StepLayers, "--allocation");
         if (experts.Any(e => e < TopK))
             throw new MolaException($"--allocation {Allocation}: every layer needs at least --top-k ({TopK}) experts");
     }
@@ -134,7 +134,7 @@ public static class PerformanceBenchmark
         log("layer products one by one...");
         var floor = Floor(o);
         var config = DecoderConfig(o);
-        var allocation = ExpertAllocation.Parse(o.Allocation, o.StepLayers, "--allocation");
+        var allocation = ExpertAllocation.ParseExperts(o.Allocation, o.StepLayers, "--allocation");
         log($"step: {o.StepLayers} layers, hidden {o.StepHidden}, {o.StepTokens} tokens, MoLA {string.Join(",", allocation)}...");
         var (step, stepRatios, generate) = StepAndGenerate(o, config, allocation, log);
 
