@@ -33,7 +33,7 @@ public static class BenchCommand
         var json = Cli.JsonOption();
         var cmd = new Command("bench", "Performance of the adapters on this machine, in one run so ratios compare like with like: " +
             "one adapted linear (forward + backward) frozen, LoRA, MoLA and the original's per-expert loop; that layer's matrix products " +
-            "one by one (their sum is the floor of the batched MoLA path); a whole training step " +
+            "one by one (added to the frozen layer, the floor of the batched MoLA path); a whole training step " +
             "of a small decoder; the float32 matmul rate; generation speed with the KV cache. Random weights, no checkpoint needed.")
         { tokens, hidden, experts, topK, rank, dropout, stepLayers, stepHidden, stepTokens, vocab, allocation, rounds, stepRounds, threads, clock, quick, json };
 
@@ -75,8 +75,9 @@ public static class BenchCommand
                 ratios = r.PairedRatios,
                 layer_floor = new
                 {
-                    frozen_ms = r.Floor.FrozenMs,
+                    frozen_products_ms = r.Floor.FrozenProductsMs,
                     mola_extra_ms = r.Floor.MolaExtraMs,
+                    floor_ms = r.Floor.FloorMs,
                     floor_ratio = r.Floor.FloorRatio,
                     ops = r.Floor.Frozen.Concat(r.Floor.Mola).Select(op => new { name = op.Name, ms = op.Ms, flop = op.Flop, gflops = op.Gflops }),
                 },
@@ -116,8 +117,8 @@ public static class BenchCommand
         o.Line("the same layer's products timed one by one (median): the floor of the batched MoLA path");
         foreach (var op in r.Floor.Frozen.Concat(r.Floor.Mola))
             o.Line(string.Format(c, "  {0,-22} {1,8:F2} ms  {2}", op.Name, op.Ms, op.Flop > 0 ? string.Format(c, "{0,5:F0} GFLOP/s", op.Gflops) : "memory pass"));
-        o.Line(string.Format(c, "  floor: MoLA's extra {0:F1} ms on the frozen {1:F1} ms = {2:F3}x frozen (mola above it: routing, glue, autograd)",
-            r.Floor.MolaExtraMs, r.Floor.FrozenMs, r.Floor.FloorRatio));
+        o.Line(string.Format(c, "  floor: the frozen layer {0:F1} ms + MoLA's extra products {1:F1} ms = {2:F1} ms = {3:F3}x frozen; mola {4:F1} ms " +
+            "(above the floor: routing, glue, autograd)", r.Layer.FrozenMs, r.Floor.MolaExtraMs, r.Floor.FloorMs, r.Floor.FloorRatio, r.Layer.MolaMs));
         o.Line(string.Format(c, "training step: {0} layers, hidden {1}, intermediate {2}, {3} tokens, vocab {4}, MoLA {5} (median)",
             s.StepLayers, s.StepHidden, s.StepIntermediate, s.StepTokens, s.Vocab, string.Join(",", s.StepExperts)));
         o.Line(Row("frozen", r.Step.FrozenMs, r.Step.FrozenMs));
@@ -125,7 +126,7 @@ public static class BenchCommand
         o.Line(Row("mola", r.Step.MolaMs, r.Step.FrozenMs) + string.Format(c, "  {0:F0} tokens/s", r.Step.TokensPerSecond));
         o.Line(string.Format(c, "paired ratios (median over rounds of the ratio within a round): {0}",
             string.Join(", ", r.PairedRatios.Select(kv => string.Format(c, "{0} {1:F3}", kv.Key, kv.Value)))));
-        o.Line(string.Format(c, "matmul {0:F1} GFLOP/s float32, {1} threads; generation {2:F1} tokens/s (KV cache, batch 1)",
-            r.MatmulGflops, s.Threads, r.GenerateTokensPerSecond));
+        o.Line(string.Format(c, "matmul {0:F1} GFLOP/s float32, {1} thread{2}; generation {3:F1} tokens/s (KV cache, batch 1)",
+            r.MatmulGflops, s.Threads, s.Threads == 1 ? "" : "s", r.GenerateTokensPerSecond));
     }
 }
