@@ -17,7 +17,7 @@ if (parse.Errors.Count > 0)
 {
     // One line, like every other user error; --help shows the options.
     string command = string.Join(" ", parse.CommandResult.Command.Name == root.Name ? "mola" : "mola " + parse.CommandResult.Command.Name);
-    Console.Error.WriteLine($"error: {string.Join("; ", parse.Errors.Select(e => e.Message))} (see {command} --help)");
+    Console.Error.WriteLine($"error: {string.Join("; ", parse.Errors.Select(e => e.Message.TrimEnd('.')))} (see {command} --help)");
     return 1;
 }
 return parse.Invoke();

@@ -19,7 +19,7 @@ public sealed class ProgressReporter
             return work((done, text) =>
             {
                 if (done == total || done == 1 || done / every != last / every)
-                    Console.Error.WriteLine($"{title} {done}/{total}  {text}");
+                    Console.Error.WriteLine($"{title} {done}/{total} {text}");
                 last = done;
             });
         }

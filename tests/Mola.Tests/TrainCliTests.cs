@@ -52,6 +52,10 @@ public class TrainCliTests
 
         var resumed = CliRunner.Run(Args(broken, [.. run, "--resume", "latest"]), TimeSpan.FromMinutes(4));
         Assert.True(resumed.ExitCode == 0, resumed.ToString());
+        var summary = System.Text.RegularExpressions.Regex.Match(resumed.Stdout + resumed.Stderr, @"trained steps (\d+) to 24 \((\d+) after resuming at step (\d+)\)");
+        Assert.True(summary.Success, resumed.ToString());
+        int at = int.Parse(summary.Groups[3].Value);
+        Assert.Equal((at + 1, 24 - at), (int.Parse(summary.Groups[1].Value), int.Parse(summary.Groups[2].Value)));
         var a = Metrics(whole);
         var b = Metrics(broken);
         Assert.Equal(24, a.Count);

@@ -32,7 +32,7 @@ public static class EvalCommand
         var device = Cli.DeviceOption();
         var json = Cli.JsonOption();
         var cmd = new Command("eval", "Benchmark accuracy on one of the paper's six tasks (ScienceQA, CommonsenseQA, OpenBookQA, MRPC, CoLA, RTE), " +
-            "with per-class counts and, for CoLA, Matthews correlation. See docs/BENCHMARKS.md for the record format.")
+            "with per-class counts and, for the two-class tasks (MRPC, CoLA, RTE), Matthews correlation. See docs/BENCHMARKS.md for the record format.")
         { baseModel, adapter, data, task, scoring, batchSize, maxNew, template, output, dtype, device, json };
         cmd.SetAction(p => Cli.Run(p, json, o =>
         {

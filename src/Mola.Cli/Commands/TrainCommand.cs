@@ -141,10 +141,13 @@ public static class TrainCommand
             var reporter = new ProgressReporter(o);
             var result = reporter.Run("train", trainer.TotalSteps, report =>
             {
-                trainer.OnStep = m => report(m.Step, $"loss {m.Loss:F4} lr {m.Lr:E2} {m.TokensPerSecond:F0} tok/s");
+                trainer.OnStep = m => report(m.Step, $"loss {m.Loss:F4} lr {m.Lr.ToString("0.00e+00", CultureInfo.InvariantCulture)} {m.TokensPerSecond:F0} tok/s");
                 return trainer.Train(resumeDir);
             });
-            o.Line($"trained {result.Steps} steps in {result.Seconds:F1} s; final loss {result.FinalLoss:F4}" + (result.EvalLoss is double ev ? $", eval loss {ev:F4}" : "") + $"; adapter saved to {outDir}");
+            string trained = result.StartStep > 0
+                ? $"trained steps {result.StartStep + 1} to {result.Steps} ({result.Steps - result.StartStep} after resuming at step {result.StartStep})"
+                : $"trained {result.Steps} steps";
+            o.Line($"{trained} in {result.Seconds:F1} s; final loss {result.FinalLoss:F4}" + (result.EvalLoss is double ev ? $", eval loss {ev:F4}" : "") + $"; adapter saved to {outDir}");
 
             EvalResult? after = embedded ? EvaluateDefault(model, tok, tmpl, testRecords!, o, "after") : null;
             return new

@@ -10,7 +10,9 @@ using static TorchSharp.torch;
 
 namespace Mola.Training;
 
-public sealed record TrainResult(long Steps, double? FinalLoss, double? EvalLoss, double Seconds, string OutputDirectory);
+/// <param name="Steps">The step the run ended at (the total, counting steps before a resume).</param>
+/// <param name="StartStep">The step it started from: 0, or the resumed checkpoint's step.</param>
+public sealed record TrainResult(long Steps, double? FinalLoss, double? EvalLoss, double Seconds, string OutputDirectory, long StartStep = 0);
 
 /// <summary>
 /// Instruction tuning of an adapter: AdamW over the adapter's parameters only, linear warm-up and
@@ -66,6 +68,7 @@ public sealed class Trainer
         }
         else if (File.Exists(MetricsPath)) File.Delete(MetricsPath);
 
+        long startStep = state.Step;
         var clock = Stopwatch.StartNew();
         double? lastLoss = null, lastEval = null;
         var epochBatches = _sampler.MicroBatches(state.Epoch);
@@ -127,7 +130,7 @@ public sealed class Trainer
             File.AppendAllText(Path.Combine(_out, "eval.jsonl"), JsonSerializer.Serialize(new { step = state.Step, eval_loss = lastEval }) + "\n");
         }
         _adapter.Save(_out);
-        return new TrainResult(state.Step, lastLoss, lastEval, clock.Elapsed.TotalSeconds, _out);
+        return new TrainResult(state.Step, lastLoss, lastEval, clock.Elapsed.TotalSeconds, _out, startStep);
     }
 
     /// <summary>
