@@ -25,7 +25,7 @@ public static class ParamsCommand
         var targets = new Option<string>("--targets")
         {
             Description = "Modules to adapt, comma separated, or all",
-            DefaultValueFactory = _ => string.Join(",", TargetModules.All),
+            DefaultValueFactory = _ => "all",
         };
         var kind = new Option<string>("--adapter-kind") { Description = "mola (mixture of LoRA experts with a router) or lora (plain LoRA, no router)", DefaultValueFactory = _ => "mola" };
         var dtype = Cli.DTypeOption();
