@@ -87,6 +87,32 @@ public class InstructionRecordTests
     }
 
     [Theory]
+    [InlineData("{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": \"c\", \"output\": \"d\"}\n")]
+    [InlineData("[\n  {\"instruction\": \"a\", \"output\": \"b\"},\n  {\"instruction\": \"c\", \"output\": \"d\"}\n]")]
+    public void AByteOrderMarkIsRead(string text)
+    {
+        // Written with a UTF-8 BOM, as editors on Windows do.
+        string path = Path.Combine(TestUtil.TempDir(), "bom.jsonl");
+        File.WriteAllText(path, text, new System.Text.UTF8Encoding(encoderShouldEmitUTF8Identifier: true));
+        Assert.Equal([0xEF, 0xBB, 0xBF], File.ReadAllBytes(path)[..3]);
+        var records = InstructionRecord.Load(path);
+        Assert.Equal(["a", "c"], records.Select(r => r.Instruction));
+        Assert.Equal(text.StartsWith('[') ? [2, 3] : new[] { 1, 2 }, records.Select(r => r.Line));
+    }
+
+    [Theory]
+    [InlineData("{\"instruction\": \"a\", \"instruction\": \"b\", \"output\": \"c\"}", "data.jsonl:2: invalid JSON (", "instruction")]
+    [InlineData("[\n {\"output\": \"x\", \"output\": \"y\", \"instruction\": \"z\"}]", "data.jsonl:3: invalid JSON (", "output")]
+    [InlineData("{\"instruction\": \"\\ud800\", \"output\": \"c\"}", "data.jsonl:2: field \"instruction\" is not valid text", "")]
+    public void DuplicateKeysAndLoneSurrogatesAreNamedWithTheirLine(string badLine, string start, string key)
+    {
+        string text = badLine.StartsWith('[') ? "\n" + badLine : "{\"instruction\": \"ok\", \"output\": \"ok\"}\n" + badLine;
+        var e = Assert.Throws<MolaException>(() => InstructionRecord.Load(Write(text)));
+        Assert.Contains(start, e.Message);
+        Assert.Contains(key, e.Message);
+    }
+
+    [Theory]
     [InlineData("")]
     [InlineData("\n  \n")]
     [InlineData("[ ]")]

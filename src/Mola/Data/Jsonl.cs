@@ -17,9 +17,11 @@ public static class Jsonl
         // Back to the start: the whitespace skipped above counts towards line numbers.
         reader.BaseStream.Position = 0;
         reader.DiscardBufferedData();
+        // The first read consumed a UTF-8 byte-order mark (editors on Windows write one); after the rewind the
+        // reader hands it back as U+FEFF, which no JSON parser accepts.
         if (first == '[')
         {
-            foreach (var item in ReadArray(path, reader.ReadToEnd())) yield return item;
+            foreach (var item in ReadArray(path, reader.ReadToEnd().TrimStart(ByteOrderMark))) yield return item;
             yield break;
         }
         int lineNo = 0;
@@ -27,10 +29,16 @@ public static class Jsonl
         while ((line = reader.ReadLine()) is not null)
         {
             lineNo++;
+            if (lineNo == 1) line = line.TrimStart(ByteOrderMark);
             if (string.IsNullOrWhiteSpace(line)) continue;
             JsonNode? node;
-            try { node = JsonNode.Parse(line); }
+            try
+            {
+                node = JsonNode.Parse(line);
+                _ = (node as JsonObject)?.Count;   // builds the object now: a duplicate key fails here, with its line
+            }
             catch (JsonException e) { throw new MolaException($"{path}:{lineNo}: invalid JSON ({Short(e)})"); }
+            catch (ArgumentException e) { throw new MolaException($"{path}:{lineNo}: invalid JSON ({e.Message})"); }
             if (node is not JsonObject obj) throw new MolaException($"{path}:{lineNo}: expected a JSON object");
             yield return (lineNo, obj);
         }
@@ -51,7 +59,10 @@ public static class Jsonl
                 int start = (int)reader.TokenStartIndex, line = 1 + utf8.AsSpan(0, start).Count((byte)'\n');
                 if (reader.TokenType != JsonTokenType.StartObject) throw new MolaException($"{path}:{line}: expected a JSON object");
                 reader.Skip();
-                items.Add((line, JsonNode.Parse(utf8.AsSpan(start, (int)reader.BytesConsumed - start))!.AsObject()));
+                var obj = JsonNode.Parse(utf8.AsSpan(start, (int)reader.BytesConsumed - start))!.AsObject();
+                try { _ = obj.Count; }   // a duplicate key fails here, with its line
+                catch (ArgumentException e) { throw new MolaException($"{path}:{line}: invalid JSON ({e.Message})"); }
+                items.Add((line, obj));
             }
             reader.Read(); // throws on anything after the ']'
         }
@@ -80,9 +91,18 @@ public static class Jsonl
     {
         null => null,
         JsonValue v when v.GetValueKind() == JsonValueKind.Null => null,
-        JsonValue v when v.GetValueKind() == JsonValueKind.String => v.GetValue<string>(),
+        JsonValue v when v.GetValueKind() == JsonValueKind.String => StringValue(v, key, path, line),
         var other => throw new MolaException($"{path}:{line}: field \"{key}\" must be a string, not {Kind(other)}"),
     };
+
+    const char ByteOrderMark = '\uFEFF';
+
+    // A lone UTF-16 surrogate ("\ud800") parses as JSON but cannot become a .NET string.
+    static string StringValue(JsonValue v, string key, string path, int line)
+    {
+        try { return v.GetValue<string>(); }
+        catch (InvalidOperationException e) { throw new MolaException($"{path}:{line}: field \"{key}\" is not valid text ({e.Message.TrimEnd('.')})"); }
+    }
 
     static string Kind(JsonNode node) => node.GetValueKind() switch
     {
