@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using Xunit;
 
 namespace Mola.Tests;
@@ -193,6 +194,66 @@ public class TrainCliTests
         var quiet = CliRunner.Run(Args(TestUtil.TempDir(), "--max-steps", "3", "--warmup-steps", "2"));
         Assert.True(quiet.ExitCode == 0, quiet.ToString());
         Assert.DoesNotContain("warning:", quiet.Stdout + quiet.Stderr);
+    }
+
+    /// <summary>Every file under <paramref name="dir"/> with its bytes, to compare a directory before and after.</summary>
+    static Dictionary<string, string> Snapshot(string dir) =>
+        Directory.GetFiles(dir, "*", SearchOption.AllDirectories).ToDictionary(f => Path.GetRelativePath(dir, f), f => Convert.ToHexString(File.ReadAllBytes(f)));
+
+    [Theory]
+    [InlineData("--batch-size", "2", "batch_size is 2, the checkpoint's 4")]
+    [InlineData("--learning-rate", "1e-3", "learning_rate is 0.001, the checkpoint's 0.003")]
+    [InlineData("--top-k", "1", "top-k, alpha, dropout or aux-loss coefficient differs")]
+    [InlineData("--alpha", "64", "top-k, alpha, dropout or aux-loss coefficient differs")]
+    public void AResumeWithOtherSettingsIsRefusedAndChangesNothing(string option, string value, string message)
+    {
+        // A finished 4-step run with a checkpoint at step 2. With --batch-size 2 the same data makes a different
+        // schedule; before the check a resume like that 'finished' at once and replaced the adapter with step 2's.
+        string dir = TestUtil.TempDir();
+        Assert.Equal(0, CliRunner.Run(Args(dir, "--max-steps", "4", "--save-steps", "2")).ExitCode);
+        var before = Snapshot(dir);
+        var r = CliRunner.Run(Args(dir, "--max-steps", "4", "--save-steps", "2", "--resume", "latest", option, value));
+        Assert.Contains(message, r.SingleErrorLine());
+        Assert.Equal(before, Snapshot(dir));   // training_args.json and metrics.jsonl included
+    }
+
+    [Fact]
+    public void AResumeDropsAHalfWrittenLastMetricsLineAndRefusesABrokenOneInTheMiddle()
+    {
+        string dir = TestUtil.TempDir();
+        string[] run = ["--max-steps", "4", "--save-steps", "2"];
+        Assert.Equal(0, CliRunner.Run(Args(dir, run)).ExitCode);
+        string metrics = Path.Combine(dir, "metrics.jsonl");
+        var lines = File.ReadAllLines(metrics);
+        Assert.Equal(4, lines.Length);
+
+        // A run killed while appending step 5's line (as if it had gone on): the resume drops it and goes on.
+        File.AppendAllText(metrics, lines[3][..20]);
+        var resumed = CliRunner.Run(Args(dir, [.. run, "--resume", "latest"]));
+        Assert.True(resumed.ExitCode == 0, resumed.ToString());
+        // Steps 3 and 4 again, exactly (all but the timing).
+        static string NoTiming(string line) { var o = JsonNode.Parse(line)!.AsObject(); o.Remove("tokens_per_second"); return o.ToJsonString(); }
+        Assert.Equal(lines.Select(NoTiming), File.ReadAllLines(metrics).Select(NoTiming));
+
+        // A line that is not a metrics line before the end is not ours to drop: named, file untouched.
+        File.WriteAllLines(metrics, [lines[0], "{\"foo\": 1}", .. lines[1..]]);
+        var before = File.ReadAllText(metrics);
+        var refused = CliRunner.Run(Args(dir, [.. run, "--resume", "latest"]));
+        Assert.Contains("metrics.jsonl:2: not a metrics line", refused.SingleErrorLine());
+        Assert.Equal(before, File.ReadAllText(metrics));
+    }
+
+    [Fact]
+    public void ADamagedTrainerStateIsNamed()
+    {
+        string dir = TestUtil.TempDir();
+        Assert.Equal(0, CliRunner.Run(Args(dir, "--max-steps", "4", "--save-steps", "2")).ExitCode);
+        string state = Path.Combine(dir, "checkpoint-2", "trainer_state.json");
+        File.WriteAllText(state, File.ReadAllText(state)[..10]);
+        var r = CliRunner.Run(Args(dir, "--max-steps", "4", "--save-steps", "2", "--resume", "latest"));
+        Assert.Contains("trainer_state.json: invalid JSON", r.SingleErrorLine());
+        File.WriteAllText(state, "{\"step\": \"2\", \"epoch\": 0, \"micro_batch\": 4}");
+        Assert.Contains("\"step\" must be a non-negative integer", CliRunner.Run(Args(dir, "--max-steps", "4", "--save-steps", "2", "--resume", "latest")).SingleErrorLine());
     }
 
     [Fact]

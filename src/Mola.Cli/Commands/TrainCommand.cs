@@ -136,7 +136,7 @@ public static class TrainCommand
                 o.Line($"warning: --warmup-steps {options.WarmupSteps} is not below the run's {trainer.TotalSteps} optimizer steps, so the learning rate " +
                     $"peaks at {peak:G3} instead of {options.LearningRate:G3} (fewer --warmup-steps, a smaller --batch-size or more --epochs)");
             }
-            WriteTrainingArgs(outDir, p, options, adapter.Config, baseDir, dataPath, tokenize);
+            trainer.OnStart = () => WriteTrainingArgs(outDir, p, options, adapter.Config, baseDir, dataPath, tokenize);
             trainer.Log = line => o.Line(line);
             var reporter = new ProgressReporter(o);
             var result = reporter.Run("train", trainer.TotalSteps, report =>

@@ -23,7 +23,9 @@ public static class Checkpoints
 {
     public const string Prefix = "checkpoint-";
 
-    public static string Save(string outputDir, TrainerState state, AdapterModel adapter, AdamW optimizer, int keep)
+    /// <param name="run">What a resumed run must repeat to continue this one exactly (batch, data size, schedule,
+    /// seed), kept in trainer_state.json and compared by <see cref="Restore"/>.</param>
+    public static string Save(string outputDir, TrainerState state, AdapterModel adapter, AdamW optimizer, int keep, JsonObject? run = null)
     {
         string final = Path.Combine(outputDir, $"{Prefix}{state.Step}");
         string tmp = Path.Combine(outputDir, $".tmp-{Prefix}{state.Step}-{Environment.ProcessId}");
@@ -38,6 +40,7 @@ public static class Checkpoints
             ["epoch"] = state.Epoch,
             ["micro_batch"] = state.MicroBatch,
         };
+        if (run is not null) json["run"] = run.DeepClone();
         File.WriteAllText(Path.Combine(tmp, "trainer_state.json"), json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         if (Directory.Exists(final)) Directory.Delete(final, true);
         Directory.Move(tmp, final);
@@ -63,27 +66,57 @@ public static class Checkpoints
 
     public static string? Latest(string outputDir) => List(outputDir) is { Count: > 0 } l ? l[^1].Path : null;
 
-    /// <summary>Loads adapter weights, optimizer state and RNG state; returns the trainer state.</summary>
-    public static TrainerState Restore(string dir, AdapterModel adapter, AdamW optimizer)
+    /// <summary>Loads adapter weights, optimizer state and RNG state; returns the trainer state. Everything that must
+    /// match for an exact continuation is compared first, so a mismatch changes nothing.</summary>
+    /// <param name="run">This run's settings as <see cref="Save"/> takes them; null skips that comparison (as does a
+    /// checkpoint written before they were kept).</param>
+    public static TrainerState Restore(string dir, AdapterModel adapter, AdamW optimizer, JsonObject? run = null)
     {
         string statePath = Path.Combine(dir, "trainer_state.json");
         if (!File.Exists(statePath)) throw new MolaException($"{dir}: not a checkpoint (no trainer_state.json)");
         var saved = AdapterConfig.Load(dir);
-        if (!saved.NumExperts.SequenceEqual(adapter.Config.NumExperts) || !saved.Rank.SequenceEqual(adapter.Config.Rank) || !saved.TargetModules.SequenceEqual(adapter.Config.TargetModules))
+        var now = adapter.Config;
+        if (!saved.NumExperts.SequenceEqual(now.NumExperts) || !saved.Rank.SequenceEqual(now.Rank) || !saved.TargetModules.SequenceEqual(now.TargetModules))
             throw new MolaException($"{dir}: the checkpoint's adapter (experts, rank or targets) differs from this run's");
+        if (!saved.TopK.SequenceEqual(now.TopK) || saved.LoraAlpha != now.LoraAlpha || saved.LoraDropout != now.LoraDropout || saved.AuxLossCoef != now.AuxLossCoef)
+            throw new MolaException($"{dir}: the checkpoint's top-k, alpha, dropout or aux-loss coefficient differs from this run's " +
+                "(a resumed run continues the same training; drop --resume to start a new one)");
+        var o = ReadState(statePath);
+        if (run is not null && o["run"] is JsonObject savedRun)
+        {
+            foreach (var (key, value) in savedRun)
+            {
+                if (value?.ToJsonString() != run[key]?.ToJsonString())
+                    throw new MolaException($"{dir}: this run's {key} is {run[key]?.ToJsonString() ?? "unset"}, the checkpoint's {value?.ToJsonString()} " +
+                        "(a resumed run must repeat the interrupted one's batch, data, schedule and seed; drop --resume to start a new one)");
+            }
+        }
         adapter.LoadWeights(Path.Combine(dir, AdapterModel.WeightsFile));
         optimizer.Load(Path.Combine(dir, "optimizer.safetensors"));
         using (var f = SafeTensorsFile.Open(Path.Combine(dir, "rng_state.safetensors")))
         using (var rng = f.Read("cpu"))
             random.set_rng_state(rng);
-        var o = JsonNode.Parse(File.ReadAllText(statePath))!.AsObject();
         var state = new TrainerState
         {
-            Step = o["step"]!.GetValue<long>(),
-            Epoch = o["epoch"]!.GetValue<int>(),
-            MicroBatch = o["micro_batch"]!.GetValue<int>(),
+            Step = (long)o["step"]!,
+            Epoch = (int)o["epoch"]!,
+            MicroBatch = (int)o["micro_batch"]!,
         };
         if (optimizer.Steps != state.Step) throw new MolaException($"{dir}: optimizer state is at step {optimizer.Steps} but the trainer state says {state.Step}");
         return state;
+    }
+
+    /// <summary>trainer_state.json with its three counters checked, or an error naming the file.</summary>
+    static JsonObject ReadState(string path)
+    {
+        JsonObject o;
+        try { o = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new MolaException($"{path}: expected a JSON object"); }
+        catch (JsonException e) { throw new MolaException($"{path}: invalid JSON ({Mola.Data.Jsonl.Short(e)}); the checkpoint is damaged, resume from another"); }
+        foreach (var key in new[] { "step", "epoch", "micro_batch" })
+        {
+            if (o[key] is not JsonValue v || !v.TryGetValue<long>(out long n) || n < 0)
+                throw new MolaException($"{path}: \"{key}\" must be a non-negative integer; the checkpoint is damaged, resume from another");
+        }
+        return o;
     }
 }

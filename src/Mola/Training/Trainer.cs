@@ -52,6 +52,23 @@ public sealed class Trainer
 
     public string MetricsPath => Path.Combine(_out, "metrics.jsonl");
 
+    /// <summary>Called once the run is about to take its first step (after a resume has been restored): the place
+    /// to write files that describe the run, so that a resume that fails leaves them as they were.</summary>
+    public Action? OnStart { get; set; }
+
+    /// <summary>What a resumed run must repeat to continue this one exactly; kept in every checkpoint.</summary>
+    JsonObject RunSettings() => new()
+    {
+        ["batch_size"] = _o.BatchSize,
+        ["micro_batch_size"] = _o.MicroBatchSize,
+        ["train_examples"] = _train.Count,
+        ["total_steps"] = TotalSteps,
+        ["seed"] = _o.Seed,
+        ["group_by_length"] = _o.GroupByLength,
+        ["learning_rate"] = _o.LearningRate,
+        ["warmup_steps"] = _o.WarmupSteps,
+    };
+
     /// <summary>Runs to the end (or resumes from <paramref name="resumeCheckpoint"/>) and saves the adapter into the output directory.</summary>
     public TrainResult Train(string? resumeCheckpoint = null, CancellationToken cancel = default)
     {
@@ -62,13 +79,14 @@ public sealed class Trainer
         var state = new TrainerState();
         if (resumeCheckpoint is not null)
         {
-            state = Checkpoints.Restore(resumeCheckpoint, _adapter, optimizer);
+            state = Checkpoints.Restore(resumeCheckpoint, _adapter, optimizer, RunSettings());
             TruncateMetrics(state.Step);
             Log?.Invoke($"resumed from {resumeCheckpoint} at step {state.Step}");
         }
         else if (File.Exists(MetricsPath)) File.Delete(MetricsPath);
 
         long startStep = state.Step;
+        OnStart?.Invoke();
         var clock = Stopwatch.StartNew();
         double? lastLoss = null, lastEval = null;
         var epochBatches = _sampler.MicroBatches(state.Epoch);
@@ -119,7 +137,7 @@ public sealed class Trainer
             OnStep?.Invoke(metrics);
             if (save)
             {
-                string dir = Checkpoints.Save(_out, state, _adapter, optimizer, _o.SaveTotalLimit);
+                string dir = Checkpoints.Save(_out, state, _adapter, optimizer, _o.SaveTotalLimit, RunSettings());
                 Log?.Invoke($"step {state.Step}: checkpoint {dir}");
             }
         }
@@ -211,14 +229,31 @@ public sealed class Trainer
         File.AppendAllText(MetricsPath, o.ToJsonString() + "\n");
     }
 
-    /// <summary>On resume, drop the lines of steps after the checkpoint (a killed run may have logged more).</summary>
+    /// <summary>On resume, drop the lines of steps after the checkpoint (a killed run may have logged more, and may
+    /// have left its last line half written). Any other line that is not a metrics line is an error naming it: the
+    /// file is left as it is rather than cut short at that line.</summary>
     void TruncateMetrics(long step)
     {
         if (!File.Exists(MetricsPath)) return;
-        var keep = File.ReadLines(MetricsPath)
-            .Where(l => !string.IsNullOrWhiteSpace(l))
-            .TakeWhile(l => JsonNode.Parse(l)?["step"]?.GetValue<long>() <= step)
-            .ToList();
+        var lines = File.ReadAllLines(MetricsPath);
+        int last = Array.FindLastIndex(lines, l => !string.IsNullOrWhiteSpace(l));
+        var keep = new List<string>();
+        for (int i = 0; i <= last; i++)
+        {
+            if (string.IsNullOrWhiteSpace(lines[i])) continue;
+            long? lineStep = StepOf(lines[i]);
+            if (lineStep is null && i == last) break;
+            if (lineStep is null)
+                throw new MolaException($"{MetricsPath}:{i + 1}: not a metrics line (expected a JSON object with a numeric \"step\"); fix or delete it to resume");
+            if (lineStep > step) break;
+            keep.Add(lines[i]);
+        }
         File.WriteAllLines(MetricsPath, keep);
+    }
+
+    static long? StepOf(string line)
+    {
+        try { return JsonNode.Parse(line) is JsonObject o && o["step"] is JsonValue v && v.TryGetValue<long>(out var n) ? n : null; }
+        catch (JsonException) { return null; }
     }
 }
