@@ -43,6 +43,22 @@ public static class Cli
         DefaultValueFactory = _ => "cpu",
     };
 
+    /// <summary>Checks an output file before any work: not a directory, and not one of the command's inputs.</summary>
+    public static string OutputFile(string path, string option, params string[] inputs)
+    {
+        if (Directory.Exists(path)) throw new MolaException($"{option} {path}: is a directory (expected a file path)");
+        string full = Path.GetFullPath(path);
+        if (inputs.Any(i => Path.GetFullPath(i) == full)) throw new MolaException($"{option} {path}: is also an input of this command; writing it would destroy it");
+        return path;
+    }
+
+    /// <summary>Checks an output directory before any work: not an existing file.</summary>
+    public static string OutputDirectory(string path, string option)
+    {
+        if (File.Exists(path)) throw new MolaException($"{option} {path}: is a file (expected a directory)");
+        return path;
+    }
+
     /// <summary>Runs a command body: user errors become one line on stderr and exit code 1, never a stack trace.</summary>
     public static int Run(ParseResult parse, Option<bool>? json, Func<Output, object?> body)
     {

@@ -86,6 +86,23 @@ public class GenerateEvalCliTests
     }
 
     [Fact]
+    public void OutputPathsThatWouldDestroyAnInputOrCannotBeWrittenAreRefusedFirst()
+    {
+        string dir = TestUtil.TempDir();
+        string data = Path.Combine(dir, "records.json");
+        File.Copy(Path.Combine(TestUtil.ExamplesDir(), "scienceqa.json"), data);
+        string before = File.ReadAllText(data);
+        string[] eval = ["eval", "--base-model", Llama, "--data", data, "--task", "scienceqa", "--scoring", "likelihood", "--output"];
+        Assert.Contains("is also an input of this command", CliRunner.Run([.. eval, data]).SingleErrorLine());
+        Assert.Equal(before, File.ReadAllText(data));
+        Assert.Contains("is a directory (expected a file path)", CliRunner.Run([.. eval, dir]).SingleErrorLine());
+
+        Assert.Contains("is a file (expected a directory)", CliRunner.Run(["train", "--output", data, "--max-steps", "1"]).SingleErrorLine());
+        Assert.Contains("is a file (expected a directory)", CliRunner.Run(["analyze", "--adapter", Adapter, "--output", data]).SingleErrorLine());
+        Assert.Equal(before, File.ReadAllText(data));
+    }
+
+    [Fact]
     public void LikelihoodScoringPicksTheMostProbableContinuation()
     {
         // Independent check of one record: score each option's continuation with plain per-token log-softmax.

@@ -33,7 +33,7 @@ public static class AnalyzeCommand
         {
             string? adapterDir = p.GetValue(adapter);
             var compareDirs = p.GetValue(compare) ?? [];
-            string outputDir = p.GetValue(output)!;
+            string outputDir = Cli.OutputDirectory(p.GetValue(output)!, "--output");
             if ((adapterDir is null) == (compareDirs.Length == 0))
                 throw new MolaException("give either --adapter DIR or --compare DIR1 DIR2 ...");
             if (adapterDir is null)

@@ -40,6 +40,7 @@ public static class EvalCommand
             var mode = Evaluator.ParseScoring(p.GetValue(scoring)!);
             var tmpl = PromptTemplate.Load(p.GetValue(template)!);
             string dataPath = p.GetValue(data)!;
+            string? outPath = p.GetValue(output) is string op ? Cli.OutputFile(op, "--output", dataPath) : null;
             var records = InstructionRecord.Load(dataPath);
             foreach (var r in records) bench.GoldLabel(r.Answer, r.Output, $"{dataPath}:{r.Line}");   // bad gold labels fail before loading weights
             string dir = p.GetValue(baseModel)!;
@@ -49,7 +50,7 @@ public static class EvalCommand
             var result = new ProgressReporter(o).Run($"eval {bench.Name}", records.Count,
                 report => Evaluator.Run(model, tok, tmpl, bench, records, mode, p.GetValue(batchSize), p.GetValue(maxNew), n => report(n, "records")));
             var m = result.Metrics;
-            if (p.GetValue(output) is string outPath) WritePredictions(outPath, records, result);
+            if (outPath is not null) WritePredictions(outPath, records, result);
             WriteHuman(o, bench, m);
             return new
             {

@@ -91,6 +91,7 @@ public static class TrainCommand
             baseDir ??= DefaultRun.ModelDirectory;
             dataPath ??= DefaultRun.TrainData;
             string outDir = p.GetValue(output) ?? (embedded ? Path.Combine("runs", "default") : Path.Combine("runs", DateTime.Now.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture)));
+            Cli.OutputDirectory(outDir, "--output");
             string? resumeArg = p.GetValue(resume);
             bool replace = p.GetValue(overwrite) || (embedded && p.GetResult(output) is null);
             var previousRun = CheckOutput(outDir, resumeArg is not null, replace);
