@@ -138,6 +138,24 @@ public class AdapterModelTests
         Assert.Contains("layers.2.mlp.down_proj.lora_A.7.weight\" missing", e3.Message);
     }
 
+    [Theory]
+    [InlineData("nan")]
+    [InlineData("int")]
+    public void DamagedAdapterWeightsAreRefused(string damage)
+    {
+        const string name = "base_model.model.model.layers.1.self_attn.q_proj.lora_B.1.weight";
+        string dir = TestUtil.CopyFixture("llama-tiny-mola");
+        string file = Path.Combine(dir, "adapter_model.safetensors");
+        var t = TestUtil.ReadAll(file);
+        if (damage == "nan") t[name][0, 0] = float.NaN;
+        else t[name] = t[name].to(ScalarType.Int32);
+        SafeTensorsFile.Save(file, t);
+        using var llama = ModelLoader.Load(TestUtil.Fixture("llama-tiny"));
+        var e = Assert.Throws<MolaException>(() => AdapterModel.Load(llama, dir));
+        Assert.Contains($"tensor \"{name}\"", e.Message);
+        Assert.Contains(damage == "nan" ? "holds NaN or infinite values" : "is stored as I32", e.Message);
+    }
+
     [Fact]
     public void LoraMergeGivesTheSameLogitsAsTheUnmergedAdapter()
     {

@@ -25,6 +25,7 @@ public class InputErrorTests(ITestOutputHelper log)
         "tensor missing from the index", "tensor missing from its shard", "tensor missing from model.safetensors",
         "tensor of the wrong shape", "truncated file", "header length larger than the file", "header not JSON",
         "data offsets past the end", "data offsets reversed", "overlapping data offsets", "unknown dtype",
+        "no attention heads", "no positions", "bos outside the vocabulary", "integer weights",
     ];
 
     /// <summary>Breaks a copy of llama-tiny (two shards) or mistral-tiny (one file) in one way; returns the
@@ -114,6 +115,18 @@ public class InputErrorTests(ITestOutputHelper log)
             case "unknown dtype":
                 EditHeader(shard, (h, _) => h["model.norm.weight"]!["dtype"] = "F8_E4M3");
                 return (dir, [shard, "tensor \"model.norm.weight\"", "unknown dtype \"F8_E4M3\""]);
+            case "no attention heads":
+                SetConfig(config, "num_attention_heads", 0);   // it divides the hidden size: checked before that
+                return (dir, [config, "\"num_attention_heads\" must be positive, got 0"]);
+            case "no positions":
+                SetConfig(config, "max_position_embeddings", 0);
+                return (dir, [config, "\"max_position_embeddings\" must be positive, got 0"]);
+            case "bos outside the vocabulary":
+                SetConfig(config, "bos_token_id", 5000);
+                return (dir, [config, "\"bos_token_id\" 5000 is outside the vocabulary (0 to 399)"]);
+            case "integer weights":
+                RewriteTensors(shard, t => t["model.norm.weight"] = TorchSharp.torch.ones(64, TorchSharp.torch.ScalarType.Int32));
+                return (dir, [shard, "tensor \"model.norm.weight\" is stored as I32", "F32, F16, BF16 or F64"]);
             default: throw new ArgumentException(brokenModel);
         }
     }
@@ -200,6 +213,13 @@ public class InputErrorTests(ITestOutputHelper log)
     }
 
     /// <summary>Rewrites a safetensors file through the library's writer after changing its tensors.</summary>
+    static void SetConfig(string config, string key, int value)
+    {
+        var json = JsonNode.Parse(File.ReadAllText(config))!;
+        json[key] = value;
+        File.WriteAllText(config, json.ToJsonString());
+    }
+
     static void RewriteTensors(string path, Action<Dictionary<string, TorchSharp.torch.Tensor>> change)
     {
         var tensors = TestUtil.ReadAll(path);

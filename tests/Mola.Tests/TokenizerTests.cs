@@ -36,4 +36,13 @@ public class TokenizerTests
         Assert.Equal(2, ids[^1]);
         Assert.Equal("the cell", tok.Decode(ids));
     }
+
+    [Fact]
+    public void ATokenizerLargerThanTheModelsVocabularyIsRefused()
+    {
+        // The fixture tokenizer has 400 pieces (llama-tiny's vocab_size is 400).
+        Assert.Equal("the cell", MolaTokenizer.Load(TestUtil.Fixture("llama-tiny"), 1, 2, vocabSize: 400).Decode(MolaTokenizer.Load(TestUtil.Fixture("llama-tiny")).Encode("the cell")));
+        var e = Assert.Throws<MolaException>(() => MolaTokenizer.Load(TestUtil.Fixture("llama-tiny"), 1, 2, vocabSize: 300));
+        Assert.Contains("tokenizer.model: 400 pieces, but the model's vocab_size is 300", e.Message);
+    }
 }

@@ -47,7 +47,7 @@ public static class AnalyzeCommand
                 var texts = RoutingRun.ReadTexts(dataPath!, PromptTemplate.Load(p.GetValue(template)!));
                 using var model = ModelLoader.Load(baseDir, Cli.DType(p, dtype), Cli.Device(p, device));
                 var adapterModel = AdapterModel.Load(model, adapterDir);
-                var tok = MolaTokenizer.Load(baseDir, model.Config.BosTokenId, model.Config.EosTokenId);
+                var tok = MolaTokenizer.Load(baseDir, model.Config.BosTokenId, model.Config.EosTokenId, model.Config.VocabSize);
                 return new ProgressReporter(o).Run("routing", texts.Count, report => RoutingRun.Collect(adapterModel, tok, texts, n => report(n, "texts")));
             };
             var r = AnalysisRunner.Run(adapterDir, outputDir, routing);

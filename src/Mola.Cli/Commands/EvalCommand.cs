@@ -46,7 +46,7 @@ public static class EvalCommand
             string dir = p.GetValue(baseModel)!;
             using var model = ModelLoader.Load(dir, Cli.DType(p, dtype), Cli.Device(p, device));
             if (p.GetValue(adapter) is string adapterDir) AdapterModel.LoadForInference(model, adapterDir);
-            var tok = MolaTokenizer.Load(dir, model.Config.BosTokenId, model.Config.EosTokenId);
+            var tok = MolaTokenizer.Load(dir, model.Config.BosTokenId, model.Config.EosTokenId, model.Config.VocabSize);
             var result = new ProgressReporter(o).Run($"eval {bench.Name}", records.Count,
                 report => Evaluator.Run(model, tok, tmpl, bench, records, mode, p.GetValue(batchSize), p.GetValue(maxNew), n => report(n, "records")));
             var m = result.Metrics;

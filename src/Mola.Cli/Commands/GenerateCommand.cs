@@ -51,7 +51,7 @@ public static class GenerateCommand
             string dir = p.GetValue(baseModel)!;
             using var model = ModelLoader.Load(dir, Cli.DType(p, dtype), Cli.Device(p, device));
             if (p.GetValue(adapter) is string adapterDir) AdapterModel.LoadForInference(model, adapterDir);
-            var tok = MolaTokenizer.Load(dir, model.Config.BosTokenId, model.Config.EosTokenId);
+            var tok = MolaTokenizer.Load(dir, model.Config.BosTokenId, model.Config.EosTokenId, model.Config.VocabSize);
             string text = tmpl is null ? rawPrompt! : tmpl.Prompt(instr!, p.GetValue(input));
             var ids = tok.Encode(text, bos: true);
             var clock = Stopwatch.StartNew();

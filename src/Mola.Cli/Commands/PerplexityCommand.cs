@@ -26,7 +26,7 @@ public static class PerplexityCommand
             string dir = p.GetValue(baseModel)!;
             using var model = ModelLoader.Load(dir, Cli.DType(p, dtype), Cli.Device(p, device));
             if (p.GetValue(adapter) is string adapterDir) AdapterModel.LoadForInference(model, adapterDir);
-            var tok = MolaTokenizer.Load(dir, model.Config.BosTokenId, model.Config.EosTokenId);
+            var tok = MolaTokenizer.Load(dir, model.Config.BosTokenId, model.Config.EosTokenId, model.Config.VocabSize);
             var r = Perplexity.Compute(model, tok, texts, p.GetValue(batchSize));
             o.Line($"texts {r.Texts}  tokens {r.Tokens}  nll {r.Nll:F6}  perplexity {r.Perplexity:F4}");
             return new { nll = r.Nll, perplexity = r.Perplexity, tokens = r.Tokens, texts = r.Texts };

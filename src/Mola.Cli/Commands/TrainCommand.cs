@@ -113,7 +113,7 @@ public static class TrainCommand
             var tmpl = PromptTemplate.Load(embedded && p.GetResult(template) is null or { Implicit: true } ? DefaultRun.Template : p.GetValue(template)!);
             var records = InstructionRecord.Load(dataPath);
             var (trainRecords, valRecords) = InstructionDataset.Split(records, p.GetValue(valSize), options.Seed);
-            var tok = MolaTokenizer.Load(baseDir, config.BosTokenId, config.EosTokenId);
+            var tok = MolaTokenizer.Load(baseDir, config.BosTokenId, config.EosTokenId, config.VocabSize);
             var tokenize = new TokenizeOptions(Pick(cutoff, d?.CutoffLen), p.GetValue(addEos), Pick(trainOnInputs, d?.TrainOnInputs));
             var trainSet = InstructionDataset.Create(trainRecords, tmpl, tok, tokenize);
             var valSet = valRecords.Count > 0 ? InstructionDataset.Create(valRecords, tmpl, tok, tokenize) : null;

@@ -143,6 +143,11 @@ public sealed class AdapterModel : nn.Module
             if (!file.Contains(name))
                 throw new MolaException($"{path}: tensor \"{name}\" missing (expected shape {SafeTensorsFile.FormatShape(dst.shape)}); the adapter does not fit this base model or config");
             file.ReadInto(name, dst, "but this base model and config need");
+            using (var finite = torch.isfinite(dst).all())
+            {
+                if (!finite.item<bool>())
+                    throw new MolaException($"{path}: tensor \"{name}\" holds NaN or infinite values; the adapter is damaged (saved from a run that diverged?)");
+            }
         }
         var extra = file.Tensors.Keys.FirstOrDefault(k => !expected.Contains(k));
         if (extra is not null)

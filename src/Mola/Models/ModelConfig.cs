@@ -54,6 +54,7 @@ public sealed record ModelConfig
             throw new MolaException($"{source}: unsupported model_type \"{type}\" (supported: {string.Join(", ", SupportedModelTypes)})");
         int Req(string key) => Int(o, key, source) ?? throw new MolaException($"{source}: missing \"{key}\"");
         int hidden = Req("hidden_size"), heads = Req("num_attention_heads");
+        if (heads <= 0) throw new MolaException($"{source}: \"num_attention_heads\" must be positive, got {heads}");
         int kv = Int(o, "num_key_value_heads", source) ?? heads;
         int headDim = Int(o, "head_dim", source) ?? hidden / heads;
         var cfg = new ModelConfig
@@ -80,6 +81,16 @@ public sealed record ModelConfig
         };
         if (hidden <= 0 || heads <= 0 || kv <= 0 || headDim <= 0 || cfg.NumHiddenLayers <= 0 || cfg.VocabSize <= 0 || cfg.IntermediateSize <= 0)
             throw new MolaException($"{source}: sizes must be positive");
+        if (cfg.MaxPositionEmbeddings <= 0)
+            throw new MolaException($"{source}: \"max_position_embeddings\" must be positive, got {cfg.MaxPositionEmbeddings}");
+        if (cfg.SlidingWindow is int w && w <= 0)
+            throw new MolaException($"{source}: \"sliding_window\" must be positive or null, got {w}");
+        // pad_token_id is left alone: some published LLaMA configs say -1, and nothing here reads it as an index.
+        foreach (var (key, id) in new[] { ("bos_token_id", cfg.BosTokenId), ("eos_token_id", cfg.EosTokenId) })
+        {
+            if (id < 0 || id >= cfg.VocabSize)
+                throw new MolaException($"{source}: \"{key}\" {id} is outside the vocabulary (0 to {cfg.VocabSize - 1})");
+        }
         if (heads % kv != 0)
             throw new MolaException($"{source}: num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv})");
         if (headDim % 2 != 0)

@@ -167,6 +167,9 @@ public sealed class SafeTensorsFile : IDisposable
         var info = Tensors[name];
         if (!info.Shape.SequenceEqual(destination.shape))
             throw new MolaException($"{Path}: tensor \"{name}\" has shape {FormatShape(info.Shape)}, {needs} {FormatShape(destination.shape)}");
+        // Integers would convert silently into weights that mean nothing.
+        if (destination.is_floating_point() && info.DType is not ("F64" or "F32" or "F16" or "BF16"))
+            throw new MolaException($"{Path}: tensor \"{name}\" is stored as {info.DType}; weights must be F32, F16, BF16 or F64");
         using var _ = torch.no_grad();
         using var t = Read(name, destination.dtype, destination.device);
         destination.copy_(t);

@@ -20,7 +20,9 @@ public sealed class MolaTokenizer
     }
 
     /// <summary>Loads <c>tokenizer.model</c> from a model directory (or the file itself).</summary>
-    public static MolaTokenizer Load(string path, int? bosId = null, int? eosId = null)
+    /// <param name="vocabSize">The model's vocab_size: a tokenizer with more pieces would produce ids the embedding
+    /// table does not have, so it is refused here rather than failing inside libtorch.</param>
+    public static MolaTokenizer Load(string path, int? bosId = null, int? eosId = null, int? vocabSize = null)
     {
         string file = Directory.Exists(path) ? Path.Combine(path, "tokenizer.model") : path;
         if (!File.Exists(file))
@@ -35,6 +37,8 @@ public sealed class MolaTokenizer
         {
             throw new MolaException($"{file}: not a readable SentencePiece model ({e.Message})");
         }
+        if (vocabSize is int v && tok.Vocabulary.Count > v)
+            throw new MolaException($"{file}: {tok.Vocabulary.Count} pieces, but the model's vocab_size is {v} (a tokenizer from another model?)");
         return new MolaTokenizer(tok, bosId ?? tok.BeginningOfSentenceId, eosId ?? tok.EndOfSentenceId);
     }
 
