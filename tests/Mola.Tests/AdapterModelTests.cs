@@ -139,6 +139,23 @@ public class AdapterModelTests
     }
 
     [Theory]
+    [InlineData("peft_type", "5", "\"peft_type\" must be a string (got 5)")]
+    [InlineData("base_model_name_or_path", "5", "\"base_model_name_or_path\" must be a string (got 5)")]
+    [InlineData("target_modules", "[1, 2]", "\"target_modules\" must be a string (got 1)")]
+    [InlineData("r", "[4, 4, 1e12]", "\"r\" must hold integers (got 1e12)")]
+    [InlineData("num_experts", "[2, null, 8]", "\"num_experts\" must hold integers (got null)")]
+    public void MistypedAdapterConfigValuesAreNamed(string key, string json, string message)
+    {
+        string dir = TestUtil.CopyFixture("llama-tiny-mola");
+        string path = Path.Combine(dir, "adapter_config.json");
+        var o = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(path))!;
+        o[key] = System.Text.Json.Nodes.JsonNode.Parse(json);
+        File.WriteAllText(path, o.ToJsonString());
+        var e = Assert.Throws<MolaException>(() => AdapterConfig.Load(dir));
+        Assert.Equal($"{path}: {message}", e.Message);
+    }
+
+    [Theory]
     [InlineData("nan")]
     [InlineData("int")]
     public void DamagedAdapterWeightsAreRefused(string damage)

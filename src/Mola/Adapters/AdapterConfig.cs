@@ -58,7 +58,7 @@ public sealed record AdapterConfig
         JsonObject o;
         try { o = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new MolaException($"{path}: expected a JSON object"); }
         catch (JsonException e) { throw new MolaException($"{path}: invalid JSON ({e.Message})"); }
-        string type = o["peft_type"]?.GetValue<string>() ?? throw new MolaException($"{path}: missing \"peft_type\"");
+        string type = Str(o["peft_type"], "peft_type", path) ?? throw new MolaException($"{path}: missing \"peft_type\"");
         var kind = type.ToUpperInvariant() switch
         {
             "MOLA" => AdapterKind.Mola,
@@ -67,7 +67,7 @@ public sealed record AdapterConfig
         };
         var targets = o["target_modules"] switch
         {
-            JsonArray a => a.Select(x => x?.GetValue<string>() ?? "").ToArray(),
+            JsonArray a => a.Select(x => Str(x, "target_modules", path) ?? "").ToArray(),
             JsonValue v when v.GetValueKind() == JsonValueKind.String => [v.GetValue<string>()],
             _ => throw new MolaException($"{path}: missing \"target_modules\" (a list of module names)"),
         };
@@ -77,7 +77,7 @@ public sealed record AdapterConfig
         var cfg = new AdapterConfig
         {
             Kind = kind,
-            BaseModelNameOrPath = o["base_model_name_or_path"]?.GetValue<string>() ?? "",
+            BaseModelNameOrPath = Str(o["base_model_name_or_path"], "base_model_name_or_path", path) ?? "",
             TargetModules = targets,
             Rank = rank,
             LoraAlpha = Num(o, "lora_alpha", path) ?? 8,
@@ -131,8 +131,16 @@ public sealed record AdapterConfig
 
     static int IntValue(JsonNode? n, string key, string path) =>
         n is JsonValue v && v.TryGetValue<int>(out int i) ? i
-        : n is JsonValue d && d.TryGetValue<double>(out double x) && x == Math.Floor(x) ? (int)x
-        : throw new MolaException($"{path}: \"{key}\" must hold integers");
+        : n is JsonValue d && d.TryGetValue<double>(out double x) && x == Math.Floor(x) && x >= int.MinValue && x <= int.MaxValue ? (int)x
+        : throw new MolaException($"{path}: \"{key}\" must hold integers (got {n?.ToJsonString() ?? "null"})");
+
+    static string? Str(JsonNode? n, string key, string path) => n switch
+    {
+        null => null,
+        JsonValue v when v.GetValueKind() == JsonValueKind.String => v.GetValue<string>(),
+        JsonValue v when v.GetValueKind() == JsonValueKind.Null => null,
+        _ => throw new MolaException($"{path}: \"{key}\" must be a string (got {n.ToJsonString()})"),
+    };
 
     static double? Num(JsonObject o, string key, string path) => o[key] switch
     {

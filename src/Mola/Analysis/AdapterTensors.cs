@@ -116,7 +116,7 @@ internal sealed partial class AdapterTensors
         {
             numExperts = ne.ValueKind switch
             {
-                JsonValueKind.Array => ne.EnumerateArray().Select(v => v.TryGetInt32(out int n) && n >= 1 ? n
+                JsonValueKind.Array => ne.EnumerateArray().Select(v => v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int n) && n >= 1 ? n
                     : throw new MolaException($"{path}: num_experts entries must be positive integers, got {v}")).ToArray(),
                 JsonValueKind.Number => null,
                 _ => throw new MolaException($"{path}: num_experts must be an integer or a list of integers"),
