@@ -395,6 +395,22 @@ public class AnalysisTests
         foreach (var f in files) Assert.Contains(f!, wrote);
     }
 
+    [Theory]
+    [InlineData("nan")]
+    [InlineData("layer index")]
+    public void Redundancy_DamagedAdapter_IsANamedError(string damage)
+    {
+        string dir = MakeAdapter([2, 2], modules: ["q_proj"]);
+        string file = Path.Combine(dir, "adapter_model.safetensors");
+        var t = TestUtil.ReadAll(file);
+        string name = $"{Prefix(1, "q_proj")}.lora_B.1.weight";
+        if (damage == "nan") t[name][0, 0] = double.PositiveInfinity;
+        else { t[$"{Prefix(200000000, "q_proj")}.lora_A.0.weight"] = t[name].t().contiguous(); }
+        SafeTensorsFile.Save(file, t);
+        var e = Assert.Throws<MolaException>(() => Redundancy.Compute(dir));
+        Assert.Contains(damage == "nan" ? $"\"{name}\" holds NaN or infinite values" : "names layer 200000000 (no model has more than 10000 layers", e.Message);
+    }
+
     [Fact]
     public void AnalyzeCommand_NeitherAdapterNorCompare_ExitsWithUserError()
     {

@@ -25,7 +25,7 @@ public class InputErrorTests(ITestOutputHelper log)
         "tensor missing from the index", "tensor missing from its shard", "tensor missing from model.safetensors",
         "tensor of the wrong shape", "truncated file", "header length larger than the file", "header not JSON",
         "data offsets past the end", "data offsets reversed", "overlapping data offsets", "unknown dtype",
-        "no attention heads", "no positions", "bos outside the vocabulary", "integer weights",
+        "no attention heads", "no positions", "bos outside the vocabulary", "integer weights", "shape that overflows",
     ];
 
     /// <summary>Breaks a copy of llama-tiny (two shards) or mistral-tiny (one file) in one way; returns the
@@ -127,6 +127,10 @@ public class InputErrorTests(ITestOutputHelper log)
             case "integer weights":
                 RewriteTensors(shard, t => t["model.norm.weight"] = TorchSharp.torch.ones(64, TorchSharp.torch.ScalarType.Int32));
                 return (dir, [shard, "tensor \"model.norm.weight\" is stored as I32", "F32, F16, BF16 or F64"]);
+            case "shape that overflows":
+                // 4 x (2^60 + 16) float32 is 2^64 + 256 bytes: 256 once wrapped, the tensor's true size. Checked arithmetic refuses it.
+                EditHeader(shard, (h, _) => h["model.norm.weight"]!["shape"] = new JsonArray(4L, (1L << 60) + 16));
+                return (dir, [shard, "tensor \"model.norm.weight\"", "shape [4, 1152921504606846992] is too large to be stored"]);
             default: throw new ArgumentException(brokenModel);
         }
     }

@@ -36,6 +36,8 @@ internal sealed partial class AdapterTensors
 
     /// <summary>Reads <c>adapter_config.json</c> for the peft_type and the expert counts, and lists the
     /// expert tensors of <c>adapter_model.safetensors</c> grouped by layer and module.</summary>
+    const int MaxLayerIndex = 9999;
+
     public static AdapterTensors Read(string dir)
     {
         string configPath = ConfigPath(dir);
@@ -49,10 +51,14 @@ internal sealed partial class AdapterTensors
         {
             var m = LoraTensorName().Match(name);
             if (!m.Success) continue;
-            int layer = int.Parse(m.Groups[1].Value);
+            // Figures are sized by the largest index: a damaged name must not ask for a billion rows.
+            if (!int.TryParse(m.Groups[1].Value, out int layer) || layer > MaxLayerIndex)
+                throw new MolaException($"{weightsPath}: tensor \"{name}\" names layer {m.Groups[1].Value} (no model has more than {MaxLayerIndex + 1} layers; the file is damaged)");
             string module = m.Groups[3].Value;
             string prefix = $"base_model.model.model.layers.{layer}.{m.Groups[2].Value}.{module}";
-            int expert = m.Groups[5].Success ? int.Parse(m.Groups[5].Value) : 0;
+            int expert = 0;
+            if (m.Groups[5].Success && (!int.TryParse(m.Groups[5].Value, out expert) || expert > MaxLayerIndex))
+                throw new MolaException($"{weightsPath}: tensor \"{name}\" names expert {m.Groups[5].Value} (the file is damaged)");
             if (!found.TryGetValue((layer, prefix), out var entry))
                 found[(layer, prefix)] = entry = (module, new(), new());
             (m.Groups[4].Value == "A" ? entry.A : entry.B)[expert] = name;

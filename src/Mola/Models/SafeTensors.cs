@@ -120,7 +120,9 @@ public sealed class SafeTensorsFile : IDisposable
             if (end > dataLength)
                 throw new MolaException($"{where}: data offsets [{begin}, {end}] run past the end of the data ({dataLength} bytes): the file is truncated or its header is wrong");
             var t = new TensorInfo(p.Name, dtype, shape, begin, end);
-            long expected = t.NumElements * info.Size;
+            long expected;
+            try { expected = checked(shape.Aggregate(1L, (x, y) => x * y) * info.Size); }
+            catch (OverflowException) { throw new MolaException($"{where}: shape {FormatShape(shape)} is too large to be stored"); }
             if (end - begin != expected)
                 throw new MolaException($"{where}: data offsets [{begin}, {end}] hold {end - begin} bytes but {dtype} {FormatShape(shape)} needs {expected}");
             tensors[p.Name] = t;
