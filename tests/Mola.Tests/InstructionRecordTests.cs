@@ -101,6 +101,20 @@ public class InstructionRecordTests
     }
 
     [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void TextThatIsNotUtf8IsNamedWithItsLine(bool array)
+    {
+        // Line 3 holds a Latin-1 'é' (0xE9), as a file saved in the wrong encoding would.
+        var good = System.Text.Encoding.UTF8.GetBytes(array ? "[\n{\"instruction\": \"a\", \"output\": \"b\"},\n" : "{\"instruction\": \"a\", \"output\": \"b\"}\n\n");
+        var bad = System.Text.Encoding.Latin1.GetBytes("{\"instruction\": \"caf\u00e9\", \"output\": \"b\"}" + (array ? "\n]" : "\n"));
+        string path = Path.Combine(TestUtil.TempDir(), "latin1.jsonl");
+        File.WriteAllBytes(path, [.. good, .. bad]);
+        var e = Assert.Throws<MolaException>(() => InstructionRecord.Load(path));
+        Assert.Equal($"{path}:3: not valid UTF-8 text (save the file as UTF-8)", e.Message);
+    }
+
+    [Theory]
     [InlineData("{\"instruction\": \"a\", \"instruction\": \"b\", \"output\": \"c\"}", "data.jsonl:2: invalid JSON (", "instruction")]
     [InlineData("[\n {\"output\": \"x\", \"output\": \"y\", \"instruction\": \"z\"}]", "data.jsonl:3: invalid JSON (", "output")]
     [InlineData("{\"instruction\": \"\\ud800\", \"output\": \"c\"}", "data.jsonl:2: field \"instruction\" is not valid text", "")]

@@ -76,9 +76,26 @@ public class PromptTemplateTests
     public void UnknownPlaceholderNamesTheFileTheKeyAndThePlaceholder()
     {
         string path = Path.Combine(TestUtil.TempDir(), "odd.json");
-        File.WriteAllText(path, """{"prompt_input": "{instruction}", "prompt_no_input": "{instruction} {input}", "response_split": ""}""");
+        File.WriteAllText(path, """{"prompt_input": "{instruction} {input}", "prompt_no_input": "{instruction} {input}", "response_split": ""}""");
         var e = Assert.Throws<MolaException>(() => PromptTemplate.Load(path));
         Assert.StartsWith($"{path}: \"prompt_no_input\" uses {{input}}", e.Message);
+    }
+
+    [Theory]
+    [InlineData("Q: {input}\nA:", "Q: {instruction}\nA:", "\"prompt_input\" does not use {instruction}")]
+    [InlineData("Q: {instruction}\nA:", "Q: {instruction}\nA:", "\"prompt_input\" does not use {input}")]
+    [InlineData("Q: {instruction} {input}\nA:", "Q:\nA:", "\"prompt_no_input\" does not use {instruction}")]
+    public void ATemplateThatLeavesAFieldOutIsRefused(string withInput, string noInput, string message)
+    {
+        string path = Path.Combine(TestUtil.TempDir(), "partial.json");
+        File.WriteAllText(path, System.Text.Json.JsonSerializer.Serialize(new Dictionary<string, string>
+        {
+            ["prompt_input"] = withInput,
+            ["prompt_no_input"] = noInput,
+            ["response_split"] = "A:",
+        }));
+        var e = Assert.Throws<MolaException>(() => PromptTemplate.Load(path));
+        Assert.StartsWith($"{path}: {message}", e.Message);
     }
 
     [Fact]

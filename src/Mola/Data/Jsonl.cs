@@ -11,9 +11,14 @@ public static class Jsonl
     public static IEnumerable<(int Line, JsonObject Obj)> ReadObjects(string path)
     {
         if (!File.Exists(path)) throw new MolaException($"{path}: not found");
-        using var reader = new StreamReader(path);
-        int first = reader.Peek();
-        while (first >= 0 && char.IsWhiteSpace((char)first)) { reader.Read(); first = reader.Peek(); }
+        using var reader = new StreamReader(path, StrictUtf8);
+        int first;
+        try
+        {
+            first = reader.Peek();
+            while (first >= 0 && char.IsWhiteSpace((char)first)) { reader.Read(); first = reader.Peek(); }
+        }
+        catch (DecoderFallbackException) { throw NotUtf8(path); }
         // Back to the start: the whitespace skipped above counts towards line numbers.
         reader.BaseStream.Position = 0;
         reader.DiscardBufferedData();
@@ -21,12 +26,15 @@ public static class Jsonl
         // reader hands it back as U+FEFF, which no JSON parser accepts.
         if (first == '[')
         {
-            foreach (var item in ReadArray(path, reader.ReadToEnd().TrimStart(ByteOrderMark))) yield return item;
+            string text;
+            try { text = reader.ReadToEnd(); }
+            catch (DecoderFallbackException) { throw NotUtf8(path); }
+            foreach (var item in ReadArray(path, text.TrimStart(ByteOrderMark))) yield return item;
             yield break;
         }
         int lineNo = 0;
         string? line;
-        while ((line = reader.ReadLine()) is not null)
+        while ((line = ReadLine(reader, path)) is not null)
         {
             lineNo++;
             if (lineNo == 1) line = line.TrimStart(ByteOrderMark);
@@ -96,6 +104,28 @@ public static class Jsonl
     };
 
     const char ByteOrderMark = '\uFEFF';
+
+    // Invalid bytes would otherwise become U+FFFD silently, in prompts and answers alike.
+    static readonly UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
+
+    static string? ReadLine(StreamReader reader, string path)
+    {
+        try { return reader.ReadLine(); }
+        catch (DecoderFallbackException) { throw NotUtf8(path); }
+    }
+
+    // The reader decodes a block ahead of the line it returns, so the failing line is found in the bytes.
+    static MolaException NotUtf8(string path)
+    {
+        var bytes = File.ReadAllBytes(path).AsSpan();
+        int line = 1;
+        foreach (var range in bytes.Split((byte)'\n'))
+        {
+            if (!System.Text.Unicode.Utf8.IsValid(bytes[range])) break;
+            line++;
+        }
+        return new MolaException($"{path}:{line}: not valid UTF-8 text (save the file as UTF-8)");
+    }
 
     // A lone UTF-16 surrogate ("\ud800") parses as JSON but cannot become a .NET string.
     static string StringValue(JsonValue v, string key, string path, int line)

@@ -141,6 +141,12 @@ public sealed class PromptTemplate
                 literal.Append(c);
         }
         if (literal.Length > 0) pieces.Add(new Piece(literal.ToString(), null));
+        // A template that drops a field would train and evaluate on prompts without the task in them.
+        foreach (var field in fields)
+        {
+            if (!pieces.Any(p => p.Field == field))
+                throw new MolaException($"{source}: \"{key}\" does not use {{{field}}}; the prompt would leave the record's {field} out");
+        }
         return pieces;
     }
 }
