@@ -43,6 +43,12 @@ public static class Cli
         DefaultValueFactory = _ => "cpu",
     };
 
+    /// <summary>A warning line when sequences go past the positions the model was trained on (they run, as in
+    /// Hugging Face, but what comes out there is unreliable and memory grows with the square of the length).</summary>
+    public static void WarnPastPositions(Output o, string subject, int longest, ModelConfig config) =>
+        o.Line($"warning: {subject} {longest} tokens, past the model's {config.MaxPositionEmbeddings} positions " +
+            "(max_position_embeddings): results there are unreliable");
+
     /// <summary>Checks an output file before any work: not a directory, and not one of the command's inputs.</summary>
     public static string OutputFile(string path, string option, params string[] inputs)
     {

@@ -86,6 +86,22 @@ public class GenerateEvalCliTests
     }
 
     [Fact]
+    public void GoingPastTheModelsPositionsIsWarnedAbout()
+    {
+        // llama-tiny has max_position_embeddings 128.
+        var past = CliRunner.Run("generate", "--base-model", Llama, "--prompt", "the cell", "--max-new-tokens", "130");
+        Assert.True(past.ExitCode == 0, past.ToString());
+        Assert.Matches(@"warning: the prompt with --max-new-tokens comes to 13\d tokens, past the model's 128 positions", past.Stdout + past.Stderr);
+        var within = CliRunner.Run("generate", "--base-model", Llama, "--prompt", "the cell", "--max-new-tokens", "8");
+        Assert.DoesNotContain("warning:", within.Stdout + within.Stderr);
+
+        var eval = CliRunner.Run("eval", "--base-model", Llama, "--data", Path.Combine(TestUtil.ExamplesDir(), "scienceqa.json"),
+            "--task", "scienceqa", "--scoring", "generate", "--max-new-tokens", "128");
+        Assert.True(eval.ExitCode == 0, eval.ToString());
+        Assert.Contains("warning: 8 of 8 records' prompts with --max-new-tokens come to up to", eval.Stdout + eval.Stderr);
+    }
+
+    [Fact]
     public void OutputPathsThatWouldDestroyAnInputOrCannotBeWrittenAreRefusedFirst()
     {
         string dir = TestUtil.TempDir();

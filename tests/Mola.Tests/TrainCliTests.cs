@@ -184,6 +184,14 @@ public class TrainCliTests
     }
 
     [Fact]
+    public void ACutoffPastTheModelsPositionsIsWarnedAbout()
+    {
+        var r = CliRunner.Run(Args(TestUtil.TempDir(), "--max-steps", "1", "--cutoff-len", "200"));   // llama-tiny: 128 positions
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Contains("warning: --cutoff-len 200 is past the model's 128 positions (max_position_embeddings)", r.Stdout + r.Stderr);
+    }
+
+    [Fact]
     public void AWarmUpLongerThanTheRunIsWarnedAbout()
     {
         // 3 steps, warm-up 5: the schedule gives steps 0, 1, 2 the factors 0, 1/5, 2/5, so lr 3e-3 peaks at 1.2e-3.

@@ -47,6 +47,11 @@ public static class EvalCommand
             using var model = ModelLoader.Load(dir, Cli.DType(p, dtype), Cli.Device(p, device));
             if (p.GetValue(adapter) is string adapterDir) AdapterModel.LoadForInference(model, adapterDir);
             var tok = MolaTokenizer.Load(dir, model.Config.BosTokenId, model.Config.EosTokenId, model.Config.VocabSize);
+            int extra = mode == Scoring.Generate ? p.GetValue(maxNew) : 0;
+            var lengths = records.Select(r => tok.Encode(tmpl.Prompt(r.Instruction, r.Input), bos: true).Count + extra).ToList();
+            var past = lengths.Where(n => n > model.Config.MaxPositionEmbeddings).ToList();
+            if (past.Count > 0)
+                Cli.WarnPastPositions(o, $"{past.Count} of {records.Count} records' prompts{(extra > 0 ? " with --max-new-tokens" : "")} come to up to", past.Max(), model.Config);
             var result = new ProgressReporter(o).Run($"eval {bench.Name}", records.Count,
                 report => Evaluator.Run(model, tok, tmpl, bench, records, mode, p.GetValue(batchSize), p.GetValue(maxNew), n => report(n, "records")));
             var m = result.Metrics;

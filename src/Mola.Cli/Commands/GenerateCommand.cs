@@ -54,6 +54,8 @@ public static class GenerateCommand
             var tok = MolaTokenizer.Load(dir, model.Config.BosTokenId, model.Config.EosTokenId, model.Config.VocabSize);
             string text = tmpl is null ? rawPrompt! : tmpl.Prompt(instr!, p.GetValue(input));
             var ids = tok.Encode(text, bos: true);
+            if (ids.Count + options.MaxNewTokens > model.Config.MaxPositionEmbeddings)
+                Cli.WarnPastPositions(o, "the prompt with --max-new-tokens comes to", ids.Count + options.MaxNewTokens, model.Config);
             var clock = Stopwatch.StartNew();
             var generated = TextGenerator.Generate(model, [ids], options, tok.EosId)[0];
             double seconds = clock.Elapsed.TotalSeconds;

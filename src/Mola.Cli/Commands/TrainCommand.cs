@@ -115,6 +115,9 @@ public static class TrainCommand
             var (trainRecords, valRecords) = InstructionDataset.Split(records, p.GetValue(valSize), options.Seed);
             var tok = MolaTokenizer.Load(baseDir, config.BosTokenId, config.EosTokenId, config.VocabSize);
             var tokenize = new TokenizeOptions(Pick(cutoff, d?.CutoffLen), p.GetValue(addEos), Pick(trainOnInputs, d?.TrainOnInputs));
+            if (tokenize.CutoffLen > config.MaxPositionEmbeddings)
+                o.Line($"warning: --cutoff-len {tokenize.CutoffLen} is past the model's {config.MaxPositionEmbeddings} positions (max_position_embeddings): " +
+                    "longer examples train on positions the model never saw");
             var trainSet = InstructionDataset.Create(trainRecords, tmpl, tok, tokenize);
             var valSet = valRecords.Count > 0 ? InstructionDataset.Create(valRecords, tmpl, tok, tokenize) : null;
 
