@@ -26,6 +26,7 @@ public class InputErrorTests(ITestOutputHelper log)
         "tensor of the wrong shape", "truncated file", "header length larger than the file", "header not JSON",
         "data offsets past the end", "data offsets reversed", "overlapping data offsets", "unknown dtype",
         "no attention heads", "no positions", "bos outside the vocabulary", "integer weights", "shape that overflows",
+        "config with fewer layers", "config with a million layers", "config with a huge hidden size",
     ];
 
     /// <summary>Breaks a copy of llama-tiny (two shards) or mistral-tiny (one file) in one way; returns the
@@ -131,6 +132,16 @@ public class InputErrorTests(ITestOutputHelper log)
                 // 4 x (2^60 + 16) float32 is 2^64 + 256 bytes: 256 once wrapped, the tensor's true size. Checked arithmetic refuses it.
                 EditHeader(shard, (h, _) => h["model.norm.weight"]!["shape"] = new JsonArray(4L, (1L << 60) + 16));
                 return (dir, [shard, "tensor \"model.norm.weight\"", "shape [4, 1152921504606846992] is too large to be stored"]);
+            case "config with fewer layers":
+                SetConfig(config, "num_hidden_layers", 2);   // the weights have 3: layer 2 would go unused
+                return (dir, ["holds tensor \"model.layers.2.self_attn.q_proj.weight\"", config, "num_hidden_layers 2"]);
+            case "config with a million layers":
+                // Checked against the weights before a model of that size is built (it would take gigabytes first).
+                SetConfig(config, "num_hidden_layers", 1_000_000);
+                return (dir, ["tensor \"model.layers.999999.self_attn.q_proj.weight\" missing", config]);
+            case "config with a huge hidden size":
+                SetConfig(config, "hidden_size", 1 << 20);
+                return (dir, ["tensor \"model.embed_tokens.weight\" has shape [400, 64]", config, "needs [400, 1048576]"]);
             default: throw new ArgumentException(brokenModel);
         }
     }

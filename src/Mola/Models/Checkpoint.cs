@@ -91,6 +91,32 @@ public sealed class Checkpoint : IDisposable
     /// <summary>Which file holds a tensor (for error messages).</summary>
     public string FileOf(string name) => _byTensor.TryGetValue(name, out var f) ? f.Path : _weightsFile;
 
+    /// <summary>
+    /// Compares a few tensors with what <paramref name="config"/> implies before the model is built: a config that
+    /// disagrees with its weights (a wrong hidden size, vocabulary or layer count) would otherwise allocate a model
+    /// of its own size first (gigabytes for a typo) or, with too few layers, leave the checkpoint's last layers unused.
+    /// </summary>
+    public void CheckAgainst(ModelConfig config, string configPath)
+    {
+        long hidden = config.HiddenSize, qRows = (long)config.NumAttentionHeads * config.HeadDim;
+        int layers = config.NumHiddenLayers;
+        Expect("model.embed_tokens.weight", [config.VocabSize, hidden]);
+        Expect($"model.layers.{layers - 1}.self_attn.q_proj.weight", [qRows, hidden]);
+        Expect("model.layers.0.mlp.gate_proj.weight", [config.IntermediateSize, hidden]);
+        string extra = $"model.layers.{layers}.self_attn.q_proj.weight";
+        if (Contains(extra))
+            throw new MolaException($"{FileOf(extra)}: holds tensor \"{extra}\", but {configPath} says num_hidden_layers {layers}");
+
+        void Expect(string name, long[] shape)
+        {
+            if (!Contains(name))
+                throw new MolaException($"{_weightsFile}: tensor \"{name}\" missing (expected shape {SafeTensorsFile.FormatShape(shape)} from {configPath})");
+            var info = Info(name);
+            if (!info.Shape.SequenceEqual(shape))
+                throw new MolaException($"{FileOf(name)}: tensor \"{name}\" has shape {SafeTensorsFile.FormatShape(info.Shape)}, {configPath} needs {SafeTensorsFile.FormatShape(shape)}");
+        }
+    }
+
     /// <summary>Copies every parameter of <paramref name="module"/> from the tensor of the same name,
     /// one at a time, checking shapes; the module's dtype and device are kept.</summary>
     public void LoadInto(nn.Module module)

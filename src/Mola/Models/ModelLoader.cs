@@ -50,6 +50,7 @@ public static class ModelLoader
         TorchOptions.Initialise();
         var config = ModelConfig.Load(directory);
         using var ckpt = Checkpoint.Open(directory);
+        ckpt.CheckAgainst(config, Path.Combine(directory, "config.json"));
         var model = new CausalLM(config, dtype, device ?? CPU);
         try
         {
