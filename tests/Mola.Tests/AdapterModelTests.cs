@@ -156,6 +156,25 @@ public class AdapterModelTests
     }
 
     [Theory]
+    [InlineData("r", "tensor \"base_model.model.model.layers.2.self_attn.q_proj.lora_A.0.weight\" has shape [8, 64], but", "says r 200000 for layer 2")]
+    [InlineData("num_experts", "tensor \"base_model.model.model.layers.2.self_attn.q_proj.lora_A.19999.weight\" missing, but", "says num_experts 20000 for layer 2")]
+    public void AConfigThatOverstatesItsWeightsIsRefusedBeforeBuilding(string key, string start, string end)
+    {
+        // Either typo would first allocate gigabytes of adapter parameters if it were checked only when loading them.
+        string dir = TestUtil.CopyFixture("llama-tiny-mola");
+        string path = Path.Combine(dir, "adapter_config.json");
+        var o = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(path))!;
+        var values = o[key]!.AsArray();
+        values[2] = key == "r" ? 200000 : 20000;
+        File.WriteAllText(path, o.ToJsonString());
+        using var llama = ModelLoader.Load(TestUtil.Fixture("llama-tiny"));
+        var e = Assert.Throws<MolaException>(() => AdapterModel.Load(llama, dir));
+        Assert.Contains(start, e.Message);
+        Assert.EndsWith(end, e.Message);
+        Assert.Null(llama.model.layers[0].self_attn.q_proj.Adapter);
+    }
+
+    [Theory]
     [InlineData("nan")]
     [InlineData("int")]
     public void DamagedAdapterWeightsAreRefused(string damage)

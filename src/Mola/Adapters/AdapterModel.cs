@@ -87,6 +87,7 @@ public sealed class AdapterModel : nn.Module
         if (!Directory.Exists(directory)) throw new MolaException($"{directory}: adapter directory not found");
         var config = AdapterConfig.Load(directory);
         string cfgPath = Path.Combine(directory, "adapter_config.json");
+        CheckSizesBeforeBuilding(config.ForModel(model.Config.NumHiddenLayers, cfgPath), cfgPath, Path.Combine(directory, WeightsFile));
         var adapter = Attach(model, config, cfgPath);
         try
         {
@@ -98,6 +99,25 @@ public sealed class AdapterModel : nn.Module
             throw;
         }
         return adapter;
+    }
+
+    /// <summary>Each layer's rank and expert count in the config against its first target module's tensors, before
+    /// any parameter is allocated: a config typo (r 200000) would otherwise build gigabytes before the shape check.</summary>
+    static void CheckSizesBeforeBuilding(AdapterConfig config, string cfgPath, string weightsPath)
+    {
+        if (config.TargetModules.Length == 0 || !File.Exists(weightsPath)) return;   // Attach and LoadWeights say what is wrong
+        using var file = SafeTensorsFile.Open(weightsPath);
+        for (int l = 0; l < config.Rank.Length; l++)
+        {
+            string p = AdapterConfig.Prefix(l, config.TargetModules[0]);
+            bool mola = config.Kind == AdapterKind.Mola;
+            string a = mola ? $"{p}.lora_A.0.weight" : $"{p}.lora_A.weight";
+            if (!file.Tensors.TryGetValue(a, out var info)) continue;   // LoadWeights names what is missing
+            if (info.Shape.Length != 2 || info.Shape[0] != config.Rank[l])
+                throw new MolaException($"{weightsPath}: tensor \"{a}\" has shape {SafeTensorsFile.FormatShape(info.Shape)}, but {cfgPath} says r {config.Rank[l]} for layer {l}");
+            if (mola && l < config.NumExperts.Length && file.Tensors.ContainsKey($"{p}.lora_A.{config.NumExperts[l] - 1}.weight") is false)
+                throw new MolaException($"{weightsPath}: tensor \"{p}.lora_A.{config.NumExperts[l] - 1}.weight\" missing, but {cfgPath} says num_experts {config.NumExperts[l]} for layer {l}");
+        }
     }
 
     /// <summary>Loads an adapter for inference: dropout off, plain LoRA merged into the base weights.</summary>
