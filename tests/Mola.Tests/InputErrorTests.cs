@@ -26,7 +26,7 @@ public class InputErrorTests(ITestOutputHelper log)
         "tensor of the wrong shape", "truncated file", "header length larger than the file", "header not JSON",
         "data offsets past the end", "data offsets reversed", "overlapping data offsets", "unknown dtype",
         "no attention heads", "no positions", "bos outside the vocabulary", "integer weights", "shape that overflows",
-        "config with fewer layers", "config with a million layers", "config with a huge hidden size",
+        "config with fewer layers", "config with a million layers", "config with a huge hidden size", "tie_word_embeddings not a boolean",
     ];
 
     /// <summary>Breaks a copy of llama-tiny (two shards) or mistral-tiny (one file) in one way; returns the
@@ -142,6 +142,11 @@ public class InputErrorTests(ITestOutputHelper log)
             case "config with a huge hidden size":
                 SetConfig(config, "hidden_size", 1 << 20);
                 return (dir, ["tensor \"model.embed_tokens.weight\" has shape [400, 64]", config, "needs [400, 1048576]"]);
+            case "tie_word_embeddings not a boolean":
+                var tied = JsonNode.Parse(File.ReadAllText(config))!;
+                tied["tie_word_embeddings"] = "yes";   // read as false before: the head silently untied
+                File.WriteAllText(config, tied.ToJsonString());
+                return (dir, [config, "\"tie_word_embeddings\" must be true or false"]);
             default: throw new ArgumentException(brokenModel);
         }
     }

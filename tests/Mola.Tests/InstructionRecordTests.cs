@@ -100,6 +100,15 @@ public class InstructionRecordTests
         Assert.Equal(text.StartsWith('[') ? [2, 3] : new[] { 1, 2 }, records.Select(r => r.Line));
     }
 
+    [Fact]
+    public void APrettyPrintedObjectSaysWhatTheFileMustLookLike()
+    {
+        string path = Write("{\n  \"instruction\": \"a\",\n  \"output\": \"b\"\n}\n");
+        var e = Assert.Throws<MolaException>(() => InstructionRecord.Load(path));
+        Assert.StartsWith($"{path}:1: invalid JSON (", e.Message);
+        Assert.EndsWith("; expected one JSON object per line (JSONL) or a JSON array of objects", e.Message);
+    }
+
     [Theory]
     [InlineData(false)]
     [InlineData(true)]

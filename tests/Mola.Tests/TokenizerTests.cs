@@ -38,6 +38,16 @@ public class TokenizerTests
     }
 
     [Fact]
+    public void ATruncatedTokenizerIsNamed()
+    {
+        string dir = TestUtil.CopyFixture("llama-tiny");
+        string file = Path.Combine(dir, "tokenizer.model");
+        File.WriteAllBytes(file, File.ReadAllBytes(file)[..100]);
+        var e = Assert.Throws<MolaException>(() => MolaTokenizer.Load(dir));
+        Assert.Equal($"{file}: not a readable SentencePiece model (damaged, truncated or another format)", e.Message);
+    }
+
+    [Fact]
     public void ATokenizerLargerThanTheModelsVocabularyIsRefused()
     {
         // The fixture tokenizer has 400 pieces (llama-tiny's vocab_size is 400).

@@ -45,7 +45,7 @@ public static class Jsonl
                 node = JsonNode.Parse(line);
                 _ = (node as JsonObject)?.Count;   // builds the object now: a duplicate key fails here, with its line
             }
-            catch (JsonException e) { throw new MolaException($"{path}:{lineNo}: invalid JSON ({Short(e)})"); }
+            catch (JsonException e) { throw new MolaException($"{path}:{lineNo}: invalid JSON ({Short(e)}){(lineNo == 1 ? FormatHint : "")}"); }
             catch (ArgumentException e) { throw new MolaException($"{path}:{lineNo}: invalid JSON ({e.Message})"); }
             if (node is not JsonObject obj) throw new MolaException($"{path}:{lineNo}: expected a JSON object");
             yield return (lineNo, obj);
@@ -104,6 +104,9 @@ public static class Jsonl
     };
 
     const char ByteOrderMark = '\uFEFF';
+
+    // A pretty-printed object (not in an array) fails on its first line: say what the file must look like.
+    const string FormatHint = "; expected one JSON object per line (JSONL) or a JSON array of objects";
 
     // Invalid bytes would otherwise become U+FFFD silently, in prompts and answers alike.
     static readonly UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);

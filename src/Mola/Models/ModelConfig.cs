@@ -71,7 +71,7 @@ public sealed record ModelConfig
             RopeTheta = Dbl(o, "rope_theta", source) ?? 10000.0,
             MaxPositionEmbeddings = Int(o, "max_position_embeddings", source) ?? 4096,
             // Gemma ties its head to the embeddings whether or not the config says so.
-            TieWordEmbeddings = type == "gemma" || (o["tie_word_embeddings"] is JsonValue t && t.GetValueKind() == JsonValueKind.True),
+            TieWordEmbeddings = type == "gemma" || Bool(o, "tie_word_embeddings", source) == true,
             HiddenAct = Str(o, "hidden_activation", source) ?? Str(o, "hidden_act", source) ?? (type == "gemma" ? "gelu_pytorch_tanh" : "silu"),
             SlidingWindow = type == "mistral" ? Int(o, "sliding_window", source) : null,
             BosTokenId = Int(o, "bos_token_id", source) ?? 1,
@@ -99,6 +99,14 @@ public sealed record ModelConfig
             throw new MolaException($"{source}: unsupported activation \"{cfg.HiddenAct}\" (supported: silu, gelu_pytorch_tanh, gelu)");
         return cfg;
     }
+
+    static bool? Bool(JsonObject o, string key, string source) => o[key] switch
+    {
+        null => null,
+        JsonValue v when v.GetValueKind() == JsonValueKind.Null => null,
+        JsonValue v when v.GetValueKind() is JsonValueKind.True or JsonValueKind.False => v.GetValue<bool>(),
+        _ => throw new MolaException($"{source}: \"{key}\" must be true or false"),
+    };
 
     static string? Str(JsonObject o, string key, string source) => o[key] switch
     {

@@ -35,7 +35,8 @@ public sealed class MolaTokenizer
         }
         catch (Exception e) when (e is not MolaException)
         {
-            throw new MolaException($"{file}: not a readable SentencePiece model ({e.Message})");
+            // The reader's own messages (a null reference on a truncated file) say nothing useful to a user.
+            throw new MolaException($"{file}: not a readable SentencePiece model (damaged, truncated or another format)");
         }
         if (vocabSize is int v && tok.Vocabulary.Count > v)
             throw new MolaException($"{file}: {tok.Vocabulary.Count} pieces, but the model's vocab_size is {v} (a tokenizer from another model?)");
