@@ -395,6 +395,22 @@ public class AnalysisTests
         foreach (var f in files) Assert.Contains(f!, wrote);
     }
 
+    [Fact]
+    public void Redundancy_ExpertsNotNumberedFromZeroUp_NamesTheNumbersFound()
+    {
+        string dir = MakeAdapter([3, 3], modules: ["q_proj"]);
+        string file = Path.Combine(dir, "adapter_model.safetensors");
+        var t = TestUtil.ReadAll(file);
+        foreach (var ab in new[] { "A", "B" })
+        {
+            t[$"{Prefix(0, "q_proj")}.lora_{ab}.5.weight"] = t[$"{Prefix(0, "q_proj")}.lora_{ab}.2.weight"];
+            t.Remove($"{Prefix(0, "q_proj")}.lora_{ab}.2.weight");
+        }
+        SafeTensorsFile.Save(file, t);
+        var e = Assert.Throws<MolaException>(() => Redundancy.Compute(dir));
+        Assert.Contains($"\"{Prefix(0, "q_proj")}.lora_A.2.weight\" is missing (3 experts found for this module, numbered 0, 1, 5)", e.Message);
+    }
+
     [Theory]
     [InlineData("nan")]
     [InlineData("layer index")]

@@ -75,8 +75,8 @@ internal sealed partial class AdapterTensors
             int experts = Math.Max(a.Count, b.Count);
             for (int e = 0; e < experts; e++)
             {
-                if (!a.ContainsKey(e)) throw new MolaException($"{weightsPath}: \"{prefix}.lora_A.{e}.weight\" is missing ({experts} experts found for this module)");
-                if (!b.ContainsKey(e)) throw new MolaException($"{weightsPath}: \"{prefix}.lora_B.{e}.weight\" is missing ({experts} experts found for this module)");
+                if (!a.ContainsKey(e)) throw new MolaException($"{weightsPath}: \"{prefix}.lora_A.{e}.weight\" is missing ({experts} experts found for this module, numbered {string.Join(", ", a.Keys)})");
+                if (!b.ContainsKey(e)) throw new MolaException($"{weightsPath}: \"{prefix}.lora_B.{e}.weight\" is missing ({experts} experts found for this module, numbered {string.Join(", ", b.Keys)})");
             }
             if (numExperts is not null && numExperts[layer] != experts)
                 throw new MolaException($"{weightsPath}: layer {layer} {module} has {experts} experts but {configPath} says num_experts[{layer}] = {numExperts[layer]}");
