@@ -115,9 +115,17 @@ public sealed class AdapterModel : nn.Module
             if (!file.Tensors.TryGetValue(a, out var info)) continue;   // LoadWeights names what is missing
             if (info.Shape.Length != 2 || info.Shape[0] != config.Rank[l])
                 throw new MolaException($"{weightsPath}: tensor \"{a}\" has shape {SafeTensorsFile.FormatShape(info.Shape)}, but {cfgPath} says r {config.Rank[l]} for layer {l}");
-            if (mola && l < config.NumExperts.Length && file.Tensors.ContainsKey($"{p}.lora_A.{config.NumExperts[l] - 1}.weight") is false)
+            if (mola && l < config.NumExperts.Length && !file.Tensors.ContainsKey($"{p}.lora_A.{config.NumExperts[l] - 1}.weight"))
                 throw new MolaException($"{weightsPath}: tensor \"{p}.lora_A.{config.NumExperts[l] - 1}.weight\" missing, but {cfgPath} says num_experts {config.NumExperts[l]} for layer {l}");
         }
+    }
+
+    /// <summary>Refuses an adapter tensor with NaN or infinite values (a damaged file, or one saved from a run that diverged).</summary>
+    public static void RequireFinite(Tensor t, string path, string name)
+    {
+        using var finite = torch.isfinite(t).all();
+        if (!finite.item<bool>())
+            throw new MolaException($"{path}: tensor \"{name}\" holds NaN or infinite values; the adapter is damaged (saved from a run that diverged?)");
     }
 
     /// <summary>Loads an adapter for inference: dropout off, plain LoRA merged into the base weights.</summary>
@@ -163,11 +171,7 @@ public sealed class AdapterModel : nn.Module
             if (!file.Contains(name))
                 throw new MolaException($"{path}: tensor \"{name}\" missing (expected shape {SafeTensorsFile.FormatShape(dst.shape)}); the adapter does not fit this base model or config");
             file.ReadInto(name, dst, "but this base model and config need");
-            using (var finite = torch.isfinite(dst).all())
-            {
-                if (!finite.item<bool>())
-                    throw new MolaException($"{path}: tensor \"{name}\" holds NaN or infinite values; the adapter is damaged (saved from a run that diverged?)");
-            }
+            RequireFinite(dst, path, name);
         }
         var extra = file.Tensors.Keys.FirstOrDefault(k => !expected.Contains(k));
         if (extra is not null)

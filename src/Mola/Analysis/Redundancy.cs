@@ -1,3 +1,4 @@
+using Mola.Adapters;
 using Mola.Models;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -42,10 +43,7 @@ public static class Redundancy
                 var b = m.B.Select(n => file.Read(n, ScalarType.Float64)).ToList();
                 CheckShapes(weightsPath, m, a, b);
                 foreach (var (name, t) in m.A.Concat(m.B).Zip(a.Concat(b)))
-                {
-                    if (!t.isfinite().all().item<bool>())
-                        throw new MolaException($"{weightsPath}: tensor \"{name}\" holds NaN or infinite values; the adapter is damaged (saved from a run that diverged?)");
-                }
+                    AdapterModel.RequireFinite(t, weightsPath, name);
                 mean = MeanPairwiseDistance(a, b);
             }
             modules.Add(new ModuleRedundancy(m.Layer, m.Name, m.A.Count, mean));
