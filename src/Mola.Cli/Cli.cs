@@ -82,10 +82,21 @@ public static class Cli
         }
         catch (Exception e) when (Environment.GetEnvironmentVariable("MOLA_DEBUG") is null)
         {
-            var inner = e is TypeInitializationException { InnerException: { } ie } ? ie : e;
-            Console.Error.WriteLine($"error: {inner.GetType().Name}: {inner.Message} (set MOLA_DEBUG=1 for the stack trace)");
+            Console.Error.WriteLine($"error: {Unexpected(e)}");
             return 2;
         }
+    }
+
+    /// <summary>One line for an error the code did not foresee: the first line of the innermost useful message.
+    /// libtorch's errors carry the C++ trace after their first line ("Exception raised from ...", "frame #0: ..."),
+    /// which says nothing to a user; the full exception only with MOLA_DEBUG=1.</summary>
+    public static string Unexpected(Exception e)
+    {
+        while (e is TypeInitializationException or AggregateException or System.Reflection.TargetInvocationException && e.InnerException is { } inner) e = inner;
+        string first = e.Message.Split('\n', 2)[0].Trim();
+        if (first.Length == 0) first = "an unexpected failure";
+        string source = e is System.Runtime.InteropServices.ExternalException ? "libtorch: " : "";
+        return $"{source}{first.TrimEnd('.')} (an unexpected failure; set MOLA_DEBUG=1 for the full trace)";
     }
 
     public static ScalarType DType(ParseResult p, Option<string> o) => TorchOptions.ParseDType(p.GetValue(o)!);
