@@ -27,6 +27,11 @@ public class InputErrorTests(ITestOutputHelper log)
         "data offsets past the end", "data offsets reversed", "overlapping data offsets", "unknown dtype",
         "no attention heads", "no positions", "bos outside the vocabulary", "integer weights", "shape that overflows",
         "config with fewer layers", "config with a million layers", "config with a huge hidden size", "tie_word_embeddings not a boolean",
+        // Findings 4-6 of the fault run: each was an unnamed InvalidOperationException, or loaded.
+        "header not UTF-8", "header with a lone surrogate", "data_offsets of strings", "data_offsets an object", "shape of strings",
+        "dtype a number", "duplicate tensor name", "bytes after the last tensor", "gap between tensors",
+        "duplicate key in config.json", "duplicate key in the index", "rope_theta zero", "rope_theta negative",
+        "rms_norm_eps negative", "rope_theta infinite", "config value an object",
     ];
 
     /// <summary>Breaks a copy of llama-tiny (two shards) or mistral-tiny (one file) in one way; returns the
@@ -55,7 +60,7 @@ public class InputErrorTests(ITestOutputHelper log)
                 return (dir, [index + ":3: invalid JSON"]);
             case "index without weight_map":
                 File.WriteAllText(index, "[]");
-                return (dir, [index, "missing \"weight_map\" object"]);
+                return (dir, [index, "expected a JSON object", "\"weight_map\""]);
             case "unsupported model_type":
                 File.WriteAllText(config, File.ReadAllText(config).Replace("\"llama\"", "\"gpt2\""));
                 return (dir, [config, "unsupported model_type \"gpt2\"", "llama"]);
@@ -92,7 +97,7 @@ public class InputErrorTests(ITestOutputHelper log)
             case "header not JSON":
                 var (header, data) = ReadRaw(shard);
                 WriteRaw(shard, Encoding.UTF8.GetBytes(new string('x', header.Length)), data);
-                return (dir, [shard, "header is not valid JSON"]);
+                return (dir, [shard + ":1: invalid JSON"]);
             case "data offsets past the end":
                 EditHeader(shard, (h, dataLength) => Shift(h["model.norm.weight"]!, dataLength));
                 return (dir, [shard, "tensor \"model.norm.weight\"", "past the end of the data"]);
@@ -146,7 +151,71 @@ public class InputErrorTests(ITestOutputHelper log)
                 var tied = JsonNode.Parse(File.ReadAllText(config))!;
                 tied["tie_word_embeddings"] = "yes";   // read as false before: the head silently untied
                 File.WriteAllText(config, tied.ToJsonString());
-                return (dir, [config, "\"tie_word_embeddings\" must be true or false"]);
+                return (dir, [config, "key \"tie_word_embeddings\": expected true or false, got \"yes\""]);
+            case "header not UTF-8":
+                // 0xFF never occurs in UTF-8: put one inside a tensor name.
+                var (h8, d8) = ReadRaw(shard);
+                int at = Encoding.UTF8.GetString(h8).IndexOf("post_attention", StringComparison.Ordinal);
+                h8[at] = 0xFF;
+                WriteRaw(shard, h8, d8);
+                return (dir, [shard + ":1: not valid UTF-8 text"]);
+            case "header with a lone surrogate":
+                EditHeaderText(shard, h => h.Replace("post_attention", "\\ud800post_attention"));
+                return (dir, [shard, "not valid text", "surrogate"]);
+            case "data_offsets of strings":
+                EditHeader(shard, (h, _) => h["model.norm.weight"]!["data_offsets"] = new JsonArray("0", "256"));
+                return (dir, [shard, "tensor \"model.norm.weight\": key \"data_offsets\": expected [begin, end] of non-negative integers, got [\"0\",\"256\"]"]);
+            case "data_offsets an object":
+                EditHeader(shard, (h, _) => h["model.norm.weight"]!["data_offsets"] = new JsonObject { ["begin"] = 0 });
+                return (dir, [shard, "tensor \"model.norm.weight\": key \"data_offsets\": expected [begin, end]", "got {\"begin\":0}"]);
+            case "shape of strings":
+                EditHeader(shard, (h, _) => h["model.norm.weight"]!["shape"] = new JsonArray("64"));
+                return (dir, [shard, "tensor \"model.norm.weight\": key \"shape\": expected a list of non-negative integers, got [\"64\"]"]);
+            case "dtype a number":
+                EditHeader(shard, (h, _) => h["model.norm.weight"]!["dtype"] = 4);
+                return (dir, [shard, "tensor \"model.norm.weight\": key \"dtype\": expected a string, got 4"]);
+            case "duplicate tensor name":
+                // The same name twice, both entries valid: which one wins was the parser's accident.
+                EditHeaderText(shard, h => h.Replace("\"model.layers.1.self_attn.k_proj.weight\"", "\"model.layers.1.self_attn.o_proj.weight\""));
+                return (dir, [shard, "duplicate key \"model.layers.1.self_attn.o_proj.weight\""]);
+            case "bytes after the last tensor":
+                var (ht, dt) = ReadRaw(shard);
+                WriteRaw(shard, ht, [.. dt, 1, 2, 3, 4, 5, 6, 7, 8]);
+                return (dir, [shard, "8 bytes after the last tensor", $"end at data offset {dt.Length} of {dt.Length + 8}"]);
+            case "gap between tensors":
+                // 8 more bytes of data, and the last tensor moved past them: 8 bytes that belong to no tensor.
+                var (hg, dg) = ReadRaw(shard);
+                WriteRaw(shard, hg, [.. dg, 0, 0, 0, 0, 0, 0, 0, 0]);
+                string lastName = "";
+                EditHeader(shard, (h, _) =>
+                {
+                    var last = h.Where(kv => kv.Key != "__metadata__").MaxBy(kv => (long)kv.Value!["data_offsets"]![1]!);
+                    lastName = last.Key;
+                    Shift(last.Value!, 8);
+                });
+                return (dir, [shard, "8 bytes at data offset", $"before \"{lastName}\"", "without gaps"]);
+            case "duplicate key in config.json":
+                File.WriteAllText(config, File.ReadAllText(config).Replace("\"hidden_size\": 64,", "\"hidden_size\": 64, \"hidden_size\": 128,"));
+                return (dir, [config, "duplicate key \"hidden_size\""]);
+            case "duplicate key in the index":
+                File.WriteAllText(index, File.ReadAllText(index).Replace("\"model.norm.weight\":", "\"model.norm.weight\": \"x.safetensors\", \"model.norm.weight\":"));
+                return (dir, [index, "duplicate key \"model.norm.weight\""]);
+            case "rope_theta zero":
+                SetConfig(config, "rope_theta", 0);
+                return (dir, [config, "key \"rope_theta\": expected a positive number", "got 0"]);
+            case "rope_theta negative":
+                SetConfig(config, "rope_theta", -10000);
+                return (dir, [config, "key \"rope_theta\": expected a positive number", "got -10000"]);
+            case "rms_norm_eps negative":
+                SetConfig(config, "rms_norm_eps", -1);
+                return (dir, [config, "key \"rms_norm_eps\": expected a number of 0 or more", "got -1"]);
+            case "rope_theta infinite":
+                // 1e400 is valid JSON and parses as infinity.
+                File.WriteAllText(config, File.ReadAllText(config).Replace("\"rope_theta\": 10000.0", "\"rope_theta\": 1e400"));
+                return (dir, [config, "key \"rope_theta\": expected a finite number, got 1e400"]);
+            case "config value an object":
+                File.WriteAllText(config, File.ReadAllText(config).Replace("\"rms_norm_eps\": 1e-06", "\"rms_norm_eps\": {\"v\": 1}"));
+                return (dir, [config, "key \"rms_norm_eps\": expected a finite number, got {\"v\":1}"]);
             default: throw new ArgumentException(brokenModel);
         }
     }
@@ -233,7 +302,7 @@ public class InputErrorTests(ITestOutputHelper log)
     }
 
     /// <summary>Rewrites a safetensors file through the library's writer after changing its tensors.</summary>
-    static void SetConfig(string config, string key, int value)
+    static void SetConfig(string config, string key, double value)
     {
         var json = JsonNode.Parse(File.ReadAllText(config))!;
         json[key] = value;
@@ -256,6 +325,15 @@ public class InputErrorTests(ITestOutputHelper log)
         var json = JsonNode.Parse(header)!.AsObject();
         edit(json, data.Length);
         WriteRaw(path, Encoding.UTF8.GetBytes(json.ToJsonString()), data);
+    }
+
+    /// <summary>Edits the header as text (for what a JSON object cannot hold: duplicate names, bad escapes).</summary>
+    static void EditHeaderText(string path, Func<string, string> edit)
+    {
+        var (header, data) = ReadRaw(path);
+        string before = Encoding.UTF8.GetString(header), after = edit(before);
+        Assert.NotEqual(before, after);
+        WriteRaw(path, Encoding.UTF8.GetBytes(after), data);
     }
 
     // The format: an 8-byte little-endian header length, the JSON header, then the data.

@@ -45,7 +45,7 @@ public static class Jsonl
                 node = JsonNode.Parse(line);
                 _ = (node as JsonObject)?.Count;   // builds the object now: a duplicate key fails here, with its line
             }
-            catch (JsonException e) { throw new MolaException($"{path}:{lineNo}: invalid JSON ({Short(e)}){(lineNo == 1 ? FormatHint : "")}"); }
+            catch (JsonException e) { throw new MolaException($"{path}:{lineNo}: invalid JSON ({JsonFile.Short(e)}){(lineNo == 1 ? FormatHint : "")}"); }
             catch (ArgumentException e) { throw new MolaException($"{path}:{lineNo}: invalid JSON ({e.Message})"); }
             if (node is not JsonObject obj) throw new MolaException($"{path}:{lineNo}: expected a JSON object");
             yield return (lineNo, obj);
@@ -74,21 +74,8 @@ public static class Jsonl
             }
             reader.Read(); // throws on anything after the ']'
         }
-        catch (JsonException e) { throw InvalidJson(path, e); }
+        catch (JsonException e) { throw JsonFile.InvalidJson(path, e); }
         return items;
-    }
-
-    /// <summary>The error for a whole JSON file that does not parse, at the 1-based line the parser stopped on.</summary>
-    internal static MolaException InvalidJson(string path, JsonException e) =>
-        new($"{path}:{(e.LineNumber ?? 0) + 1}: invalid JSON ({Short(e)})");
-
-    // The parser's message without its position suffix ("Path: $ | LineNumber: 0 | BytePositionInLine: 9."):
-    // it counts lines from 0 within what it was given, which would contradict the line number we report.
-    internal static string Short(JsonException e)
-    {
-        string m = e.Message;
-        int cut = new[] { " Path:", " LineNumber:" }.Select(s => m.IndexOf(s, StringComparison.Ordinal)).Where(i => i > 0).DefaultIfEmpty(m.Length).Min();
-        return m[..cut].TrimEnd('.', ' ');
     }
 
     /// <summary>A required string field of a record, or a clear error (missing, or not a string).</summary>

@@ -60,17 +60,9 @@ public sealed class PromptTemplate
     public static PromptTemplate FromFile(string path)
     {
         if (!File.Exists(path)) throw new MolaException($"{path}: prompt template not found");
-        JsonNode? root;
-        try { root = JsonNode.Parse(File.ReadAllText(path)); }
-        catch (JsonException e) { throw new MolaException($"{path}:{(e.LineNumber ?? 0) + 1}: invalid JSON ({e.Message.Split(" Path:")[0]})"); }
-        if (root is not JsonObject o) throw new MolaException($"{path}: {Shape}");
-        string Key(string key, bool required = true) => o[key] switch
-        {
-            JsonValue v when v.GetValueKind() == JsonValueKind.String => v.GetValue<string>(),
-            null when !required => "",
-            null => throw new MolaException($"{path}: missing key \"{key}\" ({Shape})"),
-            _ => throw new MolaException($"{path}: \"{key}\" must be a string ({Shape})"),
-        };
+        var o = JsonFile.ReadObject(path, Shape);
+        string Key(string key, bool required = true) =>
+            JsonFile.String(o, key, path) ?? (required ? throw new MolaException($"{path}: missing key \"{key}\" ({Shape})") : "");
         return new PromptTemplate(path, Key("description", required: false), Key("prompt_input"), Key("prompt_no_input"), Key("response_split"));
     }
 

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -51,16 +52,11 @@ public sealed class Checkpoint : IDisposable
 
     void OpenShards(string index)
     {
-        Dictionary<string, string> map;
-        try
-        {
-            using var doc = JsonDocument.Parse(File.ReadAllText(index));
-            if (doc.RootElement.ValueKind != JsonValueKind.Object || !doc.RootElement.TryGetProperty("weight_map", out var wm) || wm.ValueKind != JsonValueKind.Object)
-                throw new MolaException($"{index}: missing \"weight_map\" object");
-            map = wm.EnumerateObject().ToDictionary(p => p.Name, p => p.Value.ValueKind == JsonValueKind.String ? p.Value.GetString()!
-                : throw new MolaException($"{index}: weight_map entry \"{p.Name}\" must name a file"));
-        }
-        catch (JsonException e) { throw Data.Jsonl.InvalidJson(index, e); }
+        var root = JsonFile.ReadObject(index, "an index with a \"weight_map\" object from tensor names to shard files");
+        if (root["weight_map"] is not JsonObject wm)
+            throw new MolaException($"{index}: missing \"weight_map\" object");
+        var map = wm.ToDictionary(p => p.Key, p => p.Value is JsonValue v && v.GetValueKind() == JsonValueKind.String ? v.GetValue<string>()
+            : throw JsonFile.Expected(index, $"weight_map.{p.Key}", "the name of a shard file", p.Value));
         var shards = new Dictionary<string, SafeTensorsFile>();
         foreach (var (name, file) in map)
         {

@@ -1,6 +1,7 @@
 using System.IO.MemoryMappedFiles;
 using System.Text;
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -83,55 +84,67 @@ public sealed class SafeTensorsFile : IDisposable
         return new SafeTensorsFile(path, dataStart, tensors, metadata, map, view);
     }
 
+    /// <summary>The header's tensors and metadata, validated as the format's reference implementation (the
+    /// <c>safetensors</c> crate) does: strict UTF-8 JSON without duplicate names; every tensor a known dtype, a shape
+    /// and <c>[begin, end]</c> whose length fits them; sorted by offset, the tensors tile the data exactly, from 0
+    /// to the end of the file (no gap, no overlap, nothing after the last one).</summary>
     static (Dictionary<string, TensorInfo>, Dictionary<string, string>) ParseHeader(string path, byte[] header, long dataLength)
     {
-        JsonDocument doc;
-        try { doc = JsonDocument.Parse(header); }
-        catch (JsonException e) { throw new MolaException($"{path}: header is not valid JSON ({Data.Jsonl.Short(e)})"); }
-        using var _ = doc;
-        if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new MolaException($"{path}: header must be a JSON object");
+        var root = JsonFile.ParseObject(header, path, "tensor names mapping to dtype, shape and data_offsets");
         var tensors = new Dictionary<string, TensorInfo>();
         var metadata = new Dictionary<string, string>();
-        foreach (var p in doc.RootElement.EnumerateObject())
+        foreach (var (name, value) in root)
         {
-            if (p.Name == "__metadata__")
+            if (name == "__metadata__")
             {
-                if (p.Value.ValueKind != JsonValueKind.Object) throw new MolaException($"{path}: __metadata__ must be an object of strings");
-                foreach (var m in p.Value.EnumerateObject())
-                    metadata[m.Name] = m.Value.ValueKind == JsonValueKind.String ? m.Value.GetString()! : throw new MolaException($"{path}: __metadata__ value \"{m.Name}\" must be a string");
+                if (value is null) continue;
+                if (value is not JsonObject meta) throw JsonFile.Expected(path, "__metadata__", "an object of strings", value);
+                foreach (var (key, _) in meta)
+                    metadata[key] = JsonFile.String(meta, key, $"{path}: __metadata__") ?? throw JsonFile.Expected($"{path}: __metadata__", key, "a string", null);
                 continue;
             }
-            string where = $"{path}: tensor \"{p.Name}\"";
-            if (p.Value.ValueKind != JsonValueKind.Object) throw new MolaException($"{where}: entry must be an object");
-            if (!p.Value.TryGetProperty("dtype", out var dt) || dt.ValueKind != JsonValueKind.String)
-                throw new MolaException($"{where}: missing \"dtype\"");
-            string dtype = dt.GetString()!;
+            string where = $"{path}: tensor \"{name}\"";
+            if (value is not JsonObject entry) throw JsonFile.Expected(path, name, "a tensor entry {dtype, shape, data_offsets}", value);
+            string dtype = JsonFile.String(entry, "dtype", where) ?? throw new MolaException($"{where}: missing \"dtype\"");
             if (!DTypes.TryGetValue(dtype, out var info))
                 throw new MolaException($"{where}: unknown dtype \"{dtype}\" (supported: {string.Join(", ", DTypes.Keys)})");
-            if (!p.Value.TryGetProperty("shape", out var sh) || sh.ValueKind != JsonValueKind.Array)
-                throw new MolaException($"{where}: missing \"shape\"");
-            var shape = sh.EnumerateArray().Select(d => d.ValueKind == JsonValueKind.Number && d.TryGetInt64(out long v) && v >= 0 ? v
-                : throw new MolaException($"{where}: shape entries must be non-negative integers")).ToArray();
-            if (!p.Value.TryGetProperty("data_offsets", out var off) || off.ValueKind != JsonValueKind.Array || off.GetArrayLength() != 2)
-                throw new MolaException($"{where}: \"data_offsets\" must be [begin, end]");
-            long begin = off[0].TryGetInt64(out long b0) ? b0 : -1, end = off[1].TryGetInt64(out long e0) ? e0 : -1;
-            if (begin < 0 || end < begin)
-                throw new MolaException($"{where}: data offsets [{off[0]}, {off[1]}] are not a valid range");
+            var shape = Longs(entry, "shape", where, null);
+            var offsets = Longs(entry, "data_offsets", where, 2);
+            long begin = offsets[0], end = offsets[1];
+            if (end < begin)
+                throw new MolaException($"{where}: data offsets [{begin}, {end}] are not a valid range");
             if (end > dataLength)
                 throw new MolaException($"{where}: data offsets [{begin}, {end}] run past the end of the data ({dataLength} bytes): the file is truncated or its header is wrong");
-            var t = new TensorInfo(p.Name, dtype, shape, begin, end);
             long expected;
             try { expected = checked(shape.Aggregate(1L, (x, y) => x * y) * info.Size); }
             catch (OverflowException) { throw new MolaException($"{where}: shape {FormatShape(shape)} is too large to be stored"); }
             if (end - begin != expected)
                 throw new MolaException($"{where}: data offsets [{begin}, {end}] hold {end - begin} bytes but {dtype} {FormatShape(shape)} needs {expected}");
-            tensors[p.Name] = t;
+            tensors[name] = new TensorInfo(name, dtype, shape, begin, end);
         }
-        var sorted = tensors.Values.Where(t => t.End > t.Begin).OrderBy(t => t.Begin).ToList();
+        var sorted = tensors.Values.OrderBy(t => t.Begin).ThenBy(t => t.End).ToList();
         for (int i = 1; i < sorted.Count; i++)
             if (sorted[i].Begin < sorted[i - 1].End)
                 throw new MolaException($"{path}: tensors \"{sorted[i - 1].Name}\" [{sorted[i - 1].Begin}, {sorted[i - 1].End}] and \"{sorted[i].Name}\" [{sorted[i].Begin}, {sorted[i].End}] have overlapping data offsets");
+        long at = 0;
+        foreach (var t in sorted)
+        {
+            if (t.Begin > at)
+                throw new MolaException($"{path}: {t.Begin - at} bytes at data offset {at} belong to no tensor (before \"{t.Name}\" [{t.Begin}, {t.End}]); the format stores tensors without gaps");
+            at = t.End;
+        }
+        if (at != dataLength)
+            throw new MolaException($"{path}: {dataLength - at} bytes after the last tensor (the tensors end at data offset {at} of {dataLength}); the format forbids trailing data");
         return (tensors, metadata);
+    }
+
+    /// <summary>A list of non-negative integers (of <paramref name="count"/> entries when given).</summary>
+    static long[] Longs(JsonObject entry, string key, string where, int? count)
+    {
+        string expected = count == 2 ? "[begin, end] of non-negative integers" : "a list of non-negative integers";
+        if (entry[key] is not JsonArray a || (count is int c && a.Count != c))
+            throw entry[key] is null && !entry.ContainsKey(key) ? new MolaException($"{where}: missing \"{key}\" ({expected})") : JsonFile.Expected(where, key, expected, entry[key]);
+        return a.Select(x => x is JsonValue v && v.TryGetValue<long>(out long n) && n >= 0 ? n : throw JsonFile.Expected(where, key, expected, a)).ToArray();
     }
 
     public static string FormatShape(IEnumerable<long> shape) => "[" + string.Join(", ", shape) + "]";
