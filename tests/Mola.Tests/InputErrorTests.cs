@@ -31,7 +31,7 @@ public class InputErrorTests(ITestOutputHelper log)
         "header not UTF-8", "header with a lone surrogate", "data_offsets of strings", "data_offsets an object", "shape of strings",
         "dtype a number", "duplicate tensor name", "bytes after the last tensor", "gap between tensors",
         "duplicate key in config.json", "duplicate key in the index", "rope_theta zero", "rope_theta negative",
-        "rms_norm_eps negative", "rope_theta infinite", "config value an object",
+        "rms_norm_eps negative", "rope_theta infinite", "config value an object", "NaN in a base weight", "infinity in a base weight",
     ];
 
     /// <summary>Breaks a copy of llama-tiny (two shards) or mistral-tiny (one file) in one way; returns the
@@ -216,6 +216,11 @@ public class InputErrorTests(ITestOutputHelper log)
             case "config value an object":
                 File.WriteAllText(config, File.ReadAllText(config).Replace("\"rms_norm_eps\": 1e-06", "\"rms_norm_eps\": {\"v\": 1}"));
                 return (dir, [config, "key \"rms_norm_eps\": expected a finite number, got {\"v\":1}"]);
+            case "NaN in a base weight":
+            case "infinity in a base weight":
+                float bad = brokenModel.StartsWith("NaN") ? float.NaN : float.NegativeInfinity;
+                RewriteTensors(shard, t => t["model.layers.1.self_attn.k_proj.weight"][5, 7] = TorchSharp.torch.tensor(bad));
+                return (dir, [shard, "tensor \"model.layers.1.self_attn.k_proj.weight\" holds NaN or infinite values"]);
             default: throw new ArgumentException(brokenModel);
         }
     }

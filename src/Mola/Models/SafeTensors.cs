@@ -176,8 +176,10 @@ public sealed class SafeTensorsFile : IDisposable
     }
 
     /// <summary>Copies tensor <paramref name="name"/> into <paramref name="destination"/> (converted to its dtype
-    /// and device) after checking the shape; <paramref name="needs"/> ends the shape error ("expected", "this model needs").</summary>
-    public void ReadInto(string name, Tensor destination, string needs = "expected")
+    /// and device) after checking the shape, then refuses NaN or infinite weights (<paramref name="checkFinite"/>
+    /// off only to measure what the check costs); <paramref name="needs"/> ends the shape error ("expected", "this
+    /// model needs").</summary>
+    public void ReadInto(string name, Tensor destination, string needs = "expected", bool checkFinite = true)
     {
         var info = Tensors[name];
         if (!info.Shape.SequenceEqual(destination.shape))
@@ -186,8 +188,69 @@ public sealed class SafeTensorsFile : IDisposable
         if (destination.is_floating_point() && info.DType is not ("F64" or "F32" or "F16" or "BF16"))
             throw new MolaException($"{Path}: tensor \"{name}\" is stored as {info.DType}; weights must be F32, F16, BF16 or F64");
         using var _ = torch.no_grad();
+        if (checkFinite) RequireFinite(name);
         using var t = Read(name, destination.dtype, destination.device);
         destination.copy_(t);
+        // Only float16 holds less range than what it is read from: BF16 or F32 weights above 65504 become infinite.
+        if (checkFinite && destination.dtype == ScalarType.Float16 && info.DType != "F16") RequireFinite(destination, Path, name);
+    }
+
+    /// <summary>Refuses a tensor with NaN or infinite values (a damaged file, one saved from a run that diverged,
+    /// or values past what the dtype holds).</summary>
+    public static void RequireFinite(Tensor t, string path, string name)
+    {
+        using var finite = torch.isfinite(t).all();
+        if (!finite.item<bool>()) throw NotFinite(path, name);
+    }
+
+    static MolaException NotFinite(string path, string name) =>
+        new($"{path}: tensor \"{name}\" holds NaN or infinite values (a damaged file, a run that diverged, or values past what the dtype holds)");
+
+    /// <summary>Refuses a stored floating-point tensor with NaN or infinite values, by a scan of its mapped bytes
+    /// (a value is NaN or infinite exactly when its exponent bits are all ones): one vectorised pass at memory speed,
+    /// with no tensor allocated (bench/NOTES.md has the cost).</summary>
+    public void RequireFinite(string name)
+    {
+        var info = Tensors[name];
+        long n = info.End - info.Begin;
+        if (n == 0) return;
+        unsafe
+        {
+            byte* ptr = null;
+            _view!.SafeMemoryMappedViewHandle.AcquirePointer(ref ptr);
+            try
+            {
+                byte* p = ptr + _view.PointerOffset + _dataStart + info.Begin;
+                bool finite = info.DType switch
+                {
+                    "BF16" => AllFinite<ushort>(p, n, 0x7F80),
+                    "F16" => AllFinite<ushort>(p, n, 0x7C00),
+                    "F32" => AllFinite<uint>(p, n, 0x7F80_0000),
+                    "F64" => AllFinite<ulong>(p, n, 0x7FF0_0000_0000_0000),
+                    _ => true,
+                };
+                if (!finite) throw NotFinite(Path, name);
+            }
+            finally { _view.SafeMemoryMappedViewHandle.ReleasePointer(); }
+        }
+    }
+
+    static unsafe bool AllFinite<T>(byte* start, long bytes, T exponent) where T : unmanaged, System.Numerics.IBinaryInteger<T>
+    {
+        var mask = new System.Numerics.Vector<T>(exponent);
+        long count = bytes / sizeof(T);
+        for (long done = 0; done < count;)
+        {
+            int block = (int)Math.Min(count - done, 1 << 28);   // a Span holds at most 2^31 - 1 elements
+            var values = new ReadOnlySpan<T>((T*)start + done, block);
+            int i = 0;
+            for (; i <= block - System.Numerics.Vector<T>.Count; i += System.Numerics.Vector<T>.Count)
+                if (System.Numerics.Vector.EqualsAny(new System.Numerics.Vector<T>(values[i..]) & mask, mask)) return false;
+            for (; i < block; i++)
+                if ((values[i] & exponent) == exponent) return false;
+            done += block;
+        }
+        return true;
     }
 
     // A Span holds at most 2^31 bytes: larger tensors (a float32 Gemma embedding is 3 GB) are filled
