@@ -66,7 +66,7 @@ public static class TextGenerator
                 var last = logits.select(1, logits.shape[1] - 1).to(ScalarType.Float32);     // [B, V]
                 // Damaged weights or an overflow (float16) would otherwise decode as garbage text and exit 0.
                 if (!torch.isfinite(last).all().item<bool>())
-                    throw new MolaException($"the model's logits are NaN or infinite at generated token {step + 1} (an overflow in --dtype, or damaged weights); nothing was generated past it");
+                    throw CausalLM.NotFinite($"the logits for generated token {step + 1} are");
                 var next = options.Greedy ? last.argmax(-1) : Sample(last, options, generator);
                 var nextIds = next.cpu().data<long>().ToArray();
                 for (int b = 0; b < B; b++)
