@@ -32,6 +32,7 @@ public class InputErrorTests(ITestOutputHelper log)
         "dtype a number", "duplicate tensor name", "bytes after the last tensor", "gap between tensors",
         "duplicate key in config.json", "duplicate key in the index", "rope_theta zero", "rope_theta negative",
         "rms_norm_eps negative", "rope_theta infinite", "config value an object", "NaN in a base weight", "infinity in a base weight",
+        "gemma config on llama weights", "tied config on an untied checkpoint",
     ];
 
     /// <summary>Breaks a copy of llama-tiny (two shards) or mistral-tiny (one file) in one way; returns the
@@ -221,6 +222,14 @@ public class InputErrorTests(ITestOutputHelper log)
                 float bad = brokenModel.StartsWith("NaN") ? float.NaN : float.NegativeInfinity;
                 RewriteTensors(shard, t => t["model.layers.1.self_attn.k_proj.weight"][5, 7] = TorchSharp.torch.tensor(bad));
                 return (dir, [shard, "tensor \"model.layers.1.self_attn.k_proj.weight\" holds NaN or infinite values"]);
+            case "gemma config on llama weights":
+                // Same tensor names and shapes, but Gemma ties its head: the checkpoint's own lm_head would go unused.
+                File.WriteAllText(config, File.ReadAllText(config).Replace("\"llama\"", "\"gemma\""));
+                return (dir, [Path.Combine(dir, "model-00001-of-00002.safetensors"), "holds \"lm_head.weight\", a head unlike \"model.embed_tokens.weight\"",
+                    config, "model_type gemma ties the head to the embeddings", "another model_type"]);
+            case "tied config on an untied checkpoint":
+                File.WriteAllText(config, File.ReadAllText(config).Replace("\"tie_word_embeddings\": false", "\"tie_word_embeddings\": true"));
+                return (dir, ["holds \"lm_head.weight\", a head unlike", config, "says tie_word_embeddings is true"]);
             default: throw new ArgumentException(brokenModel);
         }
     }
@@ -249,6 +258,34 @@ public class InputErrorTests(ITestOutputHelper log)
         string single = TestUtil.CopyFixture("mistral-tiny");
         RewriteTensors(Path.Combine(single, "model.safetensors"), _ => { });
         using (ModelLoader.Load(single)) { }
+    }
+
+    [Fact]
+    public void TensorsTheModelDoesNotUseAreOneWarningLine()
+    {
+        // Old LLaMA checkpoints carry rotary_emb.inv_freq buffers; a tied checkpoint may store its head as a copy of
+        // the embeddings. Both load (as in Transformers), and the CLI names them in one warning line.
+        string dir = TestUtil.CopyFixture("llama-tiny");
+        string config = Path.Combine(dir, "config.json"), index = Path.Combine(dir, Index);
+        RewriteTensors(Path.Combine(dir, "model-00001-of-00002.safetensors"), t => t["lm_head.weight"] = t["model.embed_tokens.weight"].clone());
+        RewriteTensors(Path.Combine(dir, Shard2), t => t["model.layers.0.self_attn.rotary_emb.inv_freq"] = TorchSharp.torch.ones(8));
+        var json = JsonNode.Parse(File.ReadAllText(index))!;
+        json["weight_map"]!["model.layers.0.self_attn.rotary_emb.inv_freq"] = Shard2;
+        File.WriteAllText(index, json.ToJsonString());
+        File.WriteAllText(config, File.ReadAllText(config).Replace("\"tie_word_embeddings\": false", "\"tie_word_embeddings\": true"));
+        var warnings = new List<string>();
+        using (ModelLoader.Load(dir, warn: warnings.Add)) { }
+        Assert.Equal([$"warning: {dir}: 2 tensors of the checkpoint not used by model_type llama (lm_head.weight, model.layers.0.self_attn.rotary_emb.inv_freq)"], warnings);
+
+        var run = CliRunner.Run("perplexity", "--base-model", dir, "--data", GoodData(), "--json");
+        Assert.True(run.ExitCode == 0, run.ToString());
+        Assert.Contains(warnings[0], run.Stderr.Split('\n'));
+
+        // The fixtures have nothing unused.
+        warnings.Clear();
+        foreach (var fixture in new[] { "llama-tiny", "mistral-tiny", "gemma-tiny" })
+            using (ModelLoader.Load(TestUtil.Fixture(fixture), warn: warnings.Add)) { }
+        Assert.Empty(warnings);
     }
 
     public static TheoryData<string, int, string> BrokenData => new()

@@ -54,7 +54,7 @@ public static class GenerateCommand
             options.Validate();
             var tmpl = instr is null ? null : PromptTemplate.Load(p.GetValue(template)!);
             string dir = p.GetValue(baseModel)!;
-            using var model = ModelLoader.Load(dir, Cli.DType(p, dtype), Cli.Device(p, device));
+            using var model = ModelLoader.Load(dir, Cli.DType(p, dtype), Cli.Device(p, device), o.Line);
             if (p.GetValue(adapter) is string adapterDir) AdapterModel.LoadForInference(model, adapterDir);
             var tok = MolaTokenizer.Load(dir, model.Config.BosTokenId, model.Config.EosTokenId, model.Config.VocabSize);
             string text = tmpl is null ? rawPrompt! : tmpl.Prompt(instr!, p.GetValue(input));

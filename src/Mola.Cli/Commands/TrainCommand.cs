@@ -121,7 +121,7 @@ public static class TrainCommand
             var trainSet = InstructionDataset.Create(trainRecords, tmpl, tok, tokenize);
             var valSet = valRecords.Count > 0 ? InstructionDataset.Create(valRecords, tmpl, tok, tokenize) : null;
 
-            using var model = ModelLoader.Load(baseDir, Cli.DType(p, dtype), Cli.Device(p, device));
+            using var model = ModelLoader.Load(baseDir, Cli.DType(p, dtype), Cli.Device(p, device), o.Line);
             torch.manual_seed(options.Seed);
             var adapter = p.GetValue(initAdapter) is string initDir ? AdapterModel.Load(model, initDir) : AdapterModel.Attach(model, adapterConfig);
             o.Line($"base {baseDir} ({config.ModelType}, {config.NumHiddenLayers} layers), data {dataPath}: {trainSet.Count} train / {valSet?.Count ?? 0} validation records");
