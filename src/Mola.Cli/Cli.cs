@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Text.Encodings.Web;
 using System.Text.Json;
 using Mola;
+using Mola.Cli.Commands;
 using Mola.Models;
 using static TorchSharp.torch;
 
@@ -17,6 +18,39 @@ public static class Cli
         DictionaryKeyPolicy = null,
         Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
     };
+
+    /// <summary>The whole command line: parses <paramref name="args"/> through every command and runs the one named
+    /// (in-process, so the fuzz tests drive the real option tree).</summary>
+    public static int Execute(string[] args)
+    {
+        var root = new RootCommand("mola: fine-tune LLaMA, Mistral and Gemma checkpoints with MoLA (MoE-LoRA with layer-wise expert allocation)");
+        root.Subcommands.Add(TrainCommand.Create());
+        root.Subcommands.Add(GenerateCommand.Create());
+        root.Subcommands.Add(EvalCommand.Create());
+        root.Subcommands.Add(PerplexityCommand.Create());
+        root.Subcommands.Add(ParamsCommand.Create());
+        root.Subcommands.Add(AnalyzeCommand.Create());
+        root.Subcommands.Add(BenchCommand.Create());
+
+        var parse = root.Parse(args);
+        if (parse.Errors.Count > 0)
+        {
+            // One line, like every other user error; --help shows the options.
+            string command = parse.CommandResult.Command.Name == root.Name ? "mola" : "mola " + parse.CommandResult.Command.Name;
+            Console.Error.WriteLine($"error: {string.Join("; ", parse.Errors.Select(e => OneLine(e.Message).TrimEnd('.')))} (see {command} --help)");
+            return 1;
+        }
+        return parse.Invoke();
+    }
+
+    // System.CommandLine names the .NET type it could not parse ("as expected type 'System.Nullable`1[System.Double]'").
+    static string OneLine(string s) => string.Join(' ', s.Split(['\r', '\n'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        .Replace("as expected type 'System.Nullable`1[System.Double]'", "as a number")
+        .Replace("as expected type 'System.Double'", "as a number")
+        .Replace("as expected type 'System.Nullable`1[System.Int32]'", "as an integer")
+        .Replace("as expected type 'System.Int32'", "as an integer")
+        .Replace("as expected type 'System.Int64'", "as an integer")
+        .Replace("as expected type 'System.Boolean'", "as true or false");
 
     public static Option<bool> JsonOption() => new("--json") { Description = "Print one JSON object as the last line of stdout; human output goes to stderr" };
 

@@ -56,7 +56,8 @@ public static class JsonFile
     {
         string m = e.Message;
         int cut = new[] { " Path:", " LineNumber:" }.Select(s => m.IndexOf(s, StringComparison.Ordinal)).Where(i => i > 0).DefaultIfEmpty(m.Length).Min();
-        return m[..cut].TrimEnd('.', ' ');
+        // The parser quotes the text it choked on, which may span lines: an error stays one line.
+        return string.Join(' ', m[..cut].Split(['\r', '\n', '\t'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)).TrimEnd('.', ' ');
     }
 
     /// <summary>A lone UTF-16 surrogate escape ("\ud800") is valid JSON but cannot become a .NET string.</summary>
@@ -76,11 +77,13 @@ public static class JsonFile
         return json.Length <= 40 ? json : json[..37] + "...";
     }
 
-    public static string? String(JsonObject o, string key, string source) => o[key] switch
+    public static string? String(JsonObject o, string key, string source) => o[key] is null ? null : StringOf(o[key], key, source);
+
+    /// <summary>A string value (of a list entry, say), or the error naming <paramref name="key"/> and <paramref name="expected"/>.</summary>
+    public static string StringOf(JsonNode? n, string key, string source, string expected = "a string") => n switch
     {
-        null => null,
         JsonValue v when v.GetValueKind() == JsonValueKind.String => StringValue(v, key, source),
-        var other => throw Expected(source, key, "a string", other),
+        _ => throw Expected(source, key, expected, n),
     };
 
     public static bool? Bool(JsonObject o, string key, string source) => o[key] switch

@@ -261,6 +261,24 @@ public class InputErrorTests(ITestOutputHelper log)
     }
 
     [Fact]
+    public void AHuggingFaceCacheSnapshotOfSymbolicLinksLoads()
+    {
+        // The Hub's cache holds snapshots/<revision>/<file> as links to blobs/<hash>; the fuzz run found that the
+        // reader took the link's own length (that of the path it holds) for the file's.
+        string blobs = TestUtil.TempDir(), snapshot = TestUtil.TempDir();
+        foreach (var file in Directory.GetFiles(TestUtil.Fixture("llama-tiny")))
+        {
+            string blob = Path.Combine(blobs, Guid.NewGuid().ToString("N"));
+            File.Copy(file, blob);
+            File.CreateSymbolicLink(Path.Combine(snapshot, Path.GetFileName(file)), blob);
+        }
+        using var linked = ModelLoader.Load(snapshot);
+        using var direct = ModelLoader.Load(TestUtil.Fixture("llama-tiny"));
+        foreach (var ((name, a), (_, b)) in linked.named_parameters().Zip(direct.named_parameters()))
+            Assert.True(TestUtil.BitEqual(a, b), name);
+    }
+
+    [Fact]
     public void TensorsTheModelDoesNotUseAreOneWarningLine()
     {
         // Old LLaMA checkpoints carry rotary_emb.inv_freq buffers; a tied checkpoint may store its head as a copy of

@@ -67,8 +67,7 @@ public sealed record AdapterConfig
         };
         var targets = o["target_modules"] switch
         {
-            JsonArray a => a.Select(x => x is JsonValue v && v.GetValueKind() == JsonValueKind.String ? v.GetValue<string>()
-                : throw JsonFile.Expected(path, "target_modules", "a list of module names", x)).ToArray(),
+            JsonArray a => a.Select(x => JsonFile.StringOf(x, "target_modules", path, "a list of module names")).ToArray(),
             JsonValue v when v.GetValueKind() == JsonValueKind.String => [v.GetValue<string>()],
             _ => throw new MolaException($"{path}: missing \"target_modules\" (a list of module names)"),
         };

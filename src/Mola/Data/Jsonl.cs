@@ -47,6 +47,7 @@ public static class Jsonl
             }
             catch (JsonException e) { throw new MolaException($"{path}:{lineNo}: invalid JSON ({JsonFile.Short(e)}){(lineNo == 1 ? FormatHint : "")}"); }
             catch (ArgumentException e) { throw new MolaException($"{path}:{lineNo}: invalid JSON ({e.Message})"); }
+            catch (InvalidOperationException e) { throw JsonFile.NotText($"{path}:{lineNo}", e); }
             if (node is not JsonObject obj) throw new MolaException($"{path}:{lineNo}: expected a JSON object");
             yield return (lineNo, obj);
         }
@@ -70,6 +71,7 @@ public static class Jsonl
                 var obj = JsonNode.Parse(utf8.AsSpan(start, (int)reader.BytesConsumed - start))!.AsObject();
                 try { _ = obj.Count; }   // a duplicate key fails here, with its line
                 catch (ArgumentException e) { throw new MolaException($"{path}:{line}: invalid JSON ({e.Message})"); }
+                catch (InvalidOperationException e) { throw JsonFile.NotText($"{path}:{line}", e); }
                 items.Add((line, obj));
             }
             reader.Read(); // throws on anything after the ']'

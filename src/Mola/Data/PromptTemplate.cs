@@ -123,7 +123,7 @@ public sealed class PromptTemplate
                     throw new MolaException($"{source}: \"{key}\" has an unclosed '{{' at character {i} (write '{{{{' for a literal brace)");
                 string field = template[(i + 1)..close];
                 if (!fields.Contains(field))
-                    throw new MolaException($"{source}: \"{key}\" uses {{{field}}}; it may use only {string.Join(" and ", fields.Select(f => "{" + f + "}"))}");
+                    throw new MolaException($"{source}: \"{key}\" uses {{{field.ReplaceLineEndings("\\n")}}}; it may use only {string.Join(" and ", fields.Select(f => "{" + f + "}"))}");
                 if (literal.Length > 0) pieces.Add(new Piece(literal.ToString(), null));
                 literal.Clear();
                 pieces.Add(new Piece("", field));

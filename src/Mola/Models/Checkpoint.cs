@@ -55,8 +55,7 @@ public sealed class Checkpoint : IDisposable
         var root = JsonFile.ReadObject(index, "an index with a \"weight_map\" object from tensor names to shard files");
         if (root["weight_map"] is not JsonObject wm)
             throw new MolaException($"{index}: missing \"weight_map\" object");
-        var map = wm.ToDictionary(p => p.Key, p => p.Value is JsonValue v && v.GetValueKind() == JsonValueKind.String ? v.GetValue<string>()
-            : throw JsonFile.Expected(index, $"weight_map.{p.Key}", "the name of a shard file", p.Value));
+        var map = wm.ToDictionary(p => p.Key, p => JsonFile.StringOf(p.Value, $"weight_map.{p.Key}", index, "the name of a shard file"));
         var shards = new Dictionary<string, SafeTensorsFile>();
         foreach (var (name, file) in map)
         {
