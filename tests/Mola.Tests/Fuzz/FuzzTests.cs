@@ -77,14 +77,29 @@ static class FuzzBudget
 /// or one MolaException line naming the file; an exception of another type, a multi-line message or a hang fails
 /// with the seed and the input (replay: the case is a pure function of its seed).
 /// </summary>
-public class FuzzTests(ITestOutputHelper log)
+public sealed class FuzzTests(ITestOutputHelper log) : IDisposable
 {
     static readonly string Llama = TestUtil.Fixture("llama-tiny");
 
-    /// <summary>A small file of the format's every feature: metadata, three dtypes, a scalar, an empty tensor.</summary>
-    static byte[] SafeTensorsSeed()
+    // A long run writes tens of thousands of files: each test removes its own.
+    readonly List<string> _scratch = [];
+
+    string Scratch()
     {
-        string path = Path.Combine(TestUtil.TempDir(), "seed.safetensors");
+        string dir = TestUtil.TempDir();
+        _scratch.Add(dir);
+        return dir;
+    }
+
+    public void Dispose()
+    {
+        foreach (var dir in _scratch) Directory.Delete(dir, recursive: true);
+    }
+
+    /// <summary>A small file of the format's every feature: metadata, three dtypes, a scalar, an empty tensor.</summary>
+    byte[] SafeTensorsSeed()
+    {
+        string path = Path.Combine(Scratch(), "seed.safetensors");
         using (var scope = NewDisposeScope())
             SafeTensorsFile.Save(path, new Dictionary<string, Tensor>
             {
@@ -102,7 +117,7 @@ public class FuzzTests(ITestOutputHelper log)
     {
         byte[] seed = SafeTensorsSeed();
         int headerEnd = 8 + (int)BitConverter.ToUInt64(seed);
-        string dir = TestUtil.TempDir();
+        string dir = Scratch();
         FuzzBudget.Run(log, "safetensors", FuzzBudget.Cases(300), s =>
         {
             var m = new Mutator(s);
@@ -136,7 +151,7 @@ public class FuzzTests(ITestOutputHelper log)
     public void ModelConfigReader()
     {
         byte[] seed = File.ReadAllBytes(Path.Combine(Llama, "config.json"));
-        string dir = TestUtil.TempDir();
+        string dir = Scratch();
         FuzzBudget.Run(log, "config.json", FuzzBudget.Cases(150), s =>
         {
             byte[] text = new Mutator(s).MutateJson(seed);
@@ -150,7 +165,7 @@ public class FuzzTests(ITestOutputHelper log)
     public void AdapterConfigReaders()
     {
         byte[] seed = File.ReadAllBytes(TestUtil.Fixture("llama-tiny-mola", "adapter_config.json"));
-        string root = TestUtil.TempDir();
+        string root = Scratch();
         FuzzBudget.Run(log, "adapter_config.json", FuzzBudget.Cases(150), s =>
         {
             byte[] text = new Mutator(s).MutateJson(seed);
@@ -171,7 +186,7 @@ public class FuzzTests(ITestOutputHelper log)
     {
         byte[] seed = File.ReadAllBytes(Path.Combine(Llama, "model.safetensors.index.json"));
         var config = ModelConfig.Load(Llama);
-        string root = TestUtil.TempDir();
+        string root = Scratch();
         FuzzBudget.Run(log, "model.safetensors.index.json", FuzzBudget.Cases(100), s =>
         {
             byte[] text = new Mutator(s).MutateJson(seed);
@@ -199,7 +214,7 @@ public class FuzzTests(ITestOutputHelper log)
             ["prompt_no_input"] = alpaca.PromptNoInput,
             ["response_split"] = alpaca.ResponseSplit,
         }.ToJsonString());
-        string dir = TestUtil.TempDir();
+        string dir = Scratch();
         FuzzBudget.Run(log, "template", FuzzBudget.Cases(100), s =>
         {
             var m = new Mutator(s);
@@ -223,7 +238,7 @@ public class FuzzTests(ITestOutputHelper log)
         byte[] jsonl = Encoding.UTF8.GetBytes(string.Join("\n", File.ReadLines(TestUtil.Fixture("train", "small.jsonl")).Take(3)) + "\n");
         byte[] array = File.ReadAllBytes(Path.Combine(TestUtil.ExamplesDir(), "rte.json"));
         byte[] texts = File.ReadAllBytes(Path.Combine(TestUtil.ExamplesDir(), "perplexity.jsonl"));
-        string dir = TestUtil.TempDir();
+        string dir = Scratch();
         FuzzBudget.Run(log, "data (JSON/JSONL records)", FuzzBudget.Cases(200), s =>
         {
             var m = new Mutator(s);
