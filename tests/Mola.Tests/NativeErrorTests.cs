@@ -97,3 +97,18 @@ public class NativeErrorTests
         Assert.DoesNotContain("   at ", r.Stderr);
     }
 }
+
+/// <summary>Empty output paths (finding 4: they failed with an unnamed exception).</summary>
+public class PromptAndPathTests
+{
+    [Theory]
+    [InlineData("eval")]
+    [InlineData("analyze")]
+    public void AnEmptyOutputPathIsNamed(string command)
+    {
+        string[] args = command == "eval"
+            ? ["eval", "--base-model", TestUtil.Fixture("llama-tiny"), "--data", Path.Combine(TestUtil.ExamplesDir(), "rte.json"), "--task", "rte", "--output", ""]
+            : ["analyze", "--adapter", TestUtil.Fixture("llama-tiny-mola"), "--output", ""];
+        Assert.Equal("--output: expected a path, got \"\"", CliRunner.Run(args).SingleErrorLine());
+    }
+}
