@@ -118,7 +118,8 @@ public static class Cli
         }
         catch (MolaException e)
         {
-            Console.Error.WriteLine($"error: {e.Message}");
+            // One line whatever a message quotes (a file's text, a parser's excerpt).
+            Console.Error.WriteLine($"error: {e.Message.ReplaceLineEndings(" ")}");
             return 1;
         }
         catch (Exception e) when (Environment.GetEnvironmentVariable("MOLA_DEBUG") is null)
