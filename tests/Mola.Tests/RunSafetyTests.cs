@@ -221,6 +221,50 @@ public class RunSafetyTests
         Assert.Equal(before, Snapshot(dir));
     }
 
+    /// <summary>A directory holding the named files, each containing its own name.</summary>
+    static string DirWith(string dir, params string[] files)
+    {
+        Directory.CreateDirectory(dir);
+        foreach (var f in files)
+        {
+            Directory.CreateDirectory(Path.GetDirectoryName(Path.Combine(dir, f))!);
+            File.WriteAllText(Path.Combine(dir, f), f);
+        }
+        return dir;
+    }
+
+    static string[] Files(string dir) =>
+        [.. Directory.GetFiles(dir, "*", SearchOption.AllDirectories).Select(f => Path.GetRelativePath(dir, f) + "=" + File.ReadAllText(f)).Order()];
+
+    [Fact]
+    public void TidyFinishesWhatAKilledOverwriteLeftHalfDone()
+    {
+        // Killed while moving the old run aside: it goes back.
+        string gathering = DirWith(TestUtil.TempDir(), "metrics.jsonl", ".previous-run-gathering/adapter_model.safetensors", ".previous-run-gathering/checkpoint-2/trainer_state.json");
+        RunDirectory.Tidy(gathering, resuming: false);
+        Assert.Equal(["adapter_model.safetensors=.previous-run-gathering/adapter_model.safetensors", "checkpoint-2/trainer_state.json=.previous-run-gathering/checkpoint-2/trainer_state.json",
+            "metrics.jsonl=metrics.jsonl"], Files(gathering));
+
+        // Killed while restoring (the new run's files already gone, part of the old one back): the rest comes back.
+        string restoring = DirWith(TestUtil.TempDir(), "adapter_model.safetensors", ".previous-run/.restoring", ".previous-run/metrics.jsonl");
+        RunDirectory.Tidy(restoring, resuming: true);
+        Assert.Equal(["adapter_model.safetensors=adapter_model.safetensors", "metrics.jsonl=.previous-run/metrics.jsonl"], Files(restoring));
+
+        // Killed after the new run finished, before the old one was deleted: the old one goes.
+        string finished = DirWith(TestUtil.TempDir(), "adapter_model.safetensors", "adapter_config.json", ".previous-run/adapter_model.safetensors");
+        RunDirectory.Tidy(finished, resuming: false);
+        Assert.Equal(["adapter_config.json=adapter_config.json", "adapter_model.safetensors=adapter_model.safetensors"], Files(finished));
+
+        // Killed during the new run: a resume continues it and the old run stays aside; anything else restores the old run.
+        string[] unfinished = ["checkpoint-3/trainer_state.json", "metrics.jsonl", ".previous-run/adapter_model.safetensors", ".previous-run/metrics.jsonl"];
+        string resumed = DirWith(TestUtil.TempDir(), unfinished);
+        RunDirectory.Tidy(resumed, resuming: true);
+        Assert.Equal(unfinished.Select(f => f + "=" + f).Order(), Files(resumed));
+        string restarted = DirWith(TestUtil.TempDir(), unfinished);
+        RunDirectory.Tidy(restarted, resuming: false);
+        Assert.Equal(["adapter_model.safetensors=.previous-run/adapter_model.safetensors", "metrics.jsonl=.previous-run/metrics.jsonl"], Files(restarted));
+    }
+
     static void CopyDirectory(string from, string to)
     {
         Directory.CreateDirectory(to);
