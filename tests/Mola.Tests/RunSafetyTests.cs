@@ -21,6 +21,14 @@ public class RunSafetyTests
         return dir;
     }
 
+    /// <summary>Whether this process ignores signal <paramref name="number"/> (Linux: the SigIgn mask in /proc/self/status).</summary>
+    static bool Ignored(int number)
+    {
+        if (!File.Exists("/proc/self/status")) return false;
+        string? mask = File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith("SigIgn:", StringComparison.Ordinal))?["SigIgn:".Length..].Trim();
+        return mask is not null && (Convert.ToUInt64(mask, 16) & (1UL << (number - 1))) != 0;
+    }
+
     static int MetricsLines(string dir)
     {
         try { return File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Length; }
@@ -126,11 +134,14 @@ public class RunSafetyTests
         Assert.True(resumed.ExitCode == 0, resumed.ToString());
     }
 
-    [Theory]
+    [SkippableTheory]
     [InlineData("INT", 130)]
     [InlineData("TERM", 143)]
     public void ASignalSavesTheStepAndTheResumedRunEqualsAnUninterruptedOne(string signal, int exitCode)
     {
+        // A shell without job control starts background commands with SIGINT ignored, and children inherit that (as they
+        // should: the CLI keeps an ignored signal ignored).
+        Skip.If(signal == "INT" && Ignored(2), "SIGINT is ignored by this test process (started in the background by a shell?), so the CLI it starts ignores it too");
         // dropout on, so the RNG state saved at the interruption matters too
         string whole = TestUtil.TempDir(), broken = TestUtil.TempDir();
         string[] run = ["--max-steps", "40", "--save-steps", "8", "--dropout", "0.1"];

@@ -321,7 +321,7 @@ public static class TrainCommand
             ["seed"] = o.Seed,
             ["command_line"] = string.Join(" ", p.Tokens.Select(tk => tk.Value)),
         };
-        File.WriteAllText(Path.Combine(dir, "training_args.json"), args.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+        RunDirectory.WriteFile(Path.Combine(dir, "training_args.json"), args.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
     }
 
     static EvalResult EvaluateDefault(CausalLM model, MolaTokenizer tok, PromptTemplate tmpl, List<InstructionRecord> test, Output o, string when)

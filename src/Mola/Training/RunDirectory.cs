@@ -96,6 +96,17 @@ public static class RunDirectory
         return done;
     }
 
+    /// <summary>Writes (or appends to) a file of the run; a full disk or a file system gone read-only is an error naming it.</summary>
+    public static void WriteFile(string path, string text, bool append = false)
+    {
+        try
+        {
+            if (append) File.AppendAllText(path, text);
+            else File.WriteAllText(path, text);
+        }
+        catch (IOException e) { throw new MolaException($"{path}: could not write ({RunLock.Reason(e)})"); }
+    }
+
     static void Move(string from, string to)
     {
         if (Directory.Exists(from)) Directory.Move(from, to);

@@ -161,7 +161,7 @@ public sealed class Trainer
         {
             lastEval = Evaluate();
             Log?.Invoke($"eval loss {lastEval:F6}");
-            File.AppendAllText(Path.Combine(_out, "eval.jsonl"), JsonSerializer.Serialize(new { step = state.Step, eval_loss = lastEval }) + "\n");
+            RunDirectory.WriteFile(Path.Combine(_out, "eval.jsonl"), JsonSerializer.Serialize(new { step = state.Step, eval_loss = lastEval }) + "\n", append: true);
         }
         SaveAdapter();
         return new TrainResult(state.Step, lastLoss, lastEval, clock.Elapsed.TotalSeconds, _out, startStep);
@@ -255,8 +255,7 @@ public sealed class Trainer
             ["tokens_per_second"] = Math.Round(m.TokensPerSecond, 1),
         };
         if (m.EvalLoss is double e) o["eval_loss"] = e;
-        try { File.AppendAllText(MetricsPath, o.ToJsonString() + "\n"); }
-        catch (IOException io) { throw new MolaException($"{MetricsPath}: could not log step {m.Step} ({RunLock.Reason(io)})"); }
+        RunDirectory.WriteFile(MetricsPath, o.ToJsonString() + "\n", append: true);
     }
 
     /// <summary>On resume, drop the lines of steps after the checkpoint (a killed run may have logged more, and may
