@@ -184,7 +184,7 @@ public static class TrainCommand
                     interrupted = true;
                     if (result.Checkpoint is null && movedAside) RunDirectory.Restore(outDir);   // nothing of this run to continue
                     Console.Error.WriteLine(result.Checkpoint is not null
-                        ? $"interrupted at step {result.Steps}; continue with --resume latest"
+                        ? $"interrupted at step {result.Steps}; continue with --resume latest" + (movedAside ? " (a run without it brings back the run this one replaces)" : "")
                         : $"interrupted at step {result.Steps}, before anything was saved; nothing to continue");
                     return null;
                 }
