@@ -61,6 +61,7 @@ public static class Cli
     /// <summary>Checks an output directory before any work: not an existing file.</summary>
     public static string OutputDirectory(string path, string option)
     {
+        if (string.IsNullOrWhiteSpace(path)) throw new MolaException($"{option}: empty (expected a directory path)");
         if (File.Exists(path)) throw new MolaException($"{option} {path}: is a file (expected a directory)");
         return path;
     }

@@ -11,7 +11,7 @@ public class TrainCliTests
     static readonly string Data = TestUtil.Fixture("train", "small.jsonl");
 
     /// <summary>A small run's command line; <paramref name="extra"/> adds options or replaces the defaults' values.</summary>
-    static string[] Args(string output, params string[] extra)
+    internal static string[] Args(string output, params string[] extra)
     {
         var options = new List<(string Name, string? Value)>
         {
@@ -28,7 +28,7 @@ public class TrainCliTests
         return ["train", .. options.SelectMany(o => o.Value is null ? new[] { o.Name } : new[] { o.Name, o.Value })];
     }
 
-    static List<JsonElement> Metrics(string dir) =>
+    internal static List<JsonElement> Metrics(string dir) =>
         File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonDocument.Parse(l).RootElement).ToList();
 
     [Fact]
@@ -57,15 +57,21 @@ public class TrainCliTests
         Assert.True(summary.Success, resumed.ToString());
         int at = int.Parse(summary.Groups[3].Value);
         Assert.Equal((at + 1, 24 - at), (int.Parse(summary.Groups[1].Value), int.Parse(summary.Groups[2].Value)));
+        AssertSameRun(whole, broken, 24);
+        Assert.Equal(full.LastJson().GetProperty("eval_loss").GetDouble(), resumed.LastJson().GetProperty("eval_loss").GetDouble());
+    }
+
+    /// <summary>Two finished runs have the same metrics (all but the timing) and bit-equal adapters.</summary>
+    internal static void AssertSameRun(string whole, string resumed, int steps)
+    {
         var a = Metrics(whole);
-        var b = Metrics(broken);
-        Assert.Equal(24, a.Count);
+        var b = Metrics(resumed);
+        Assert.Equal(steps, a.Count);
         Assert.Equal(a.Select(m => m.GetProperty("step").GetInt64()), b.Select(m => m.GetProperty("step").GetInt64()));
         foreach (var field in new[] { "loss", "ce_loss", "aux_loss", "lr", "grad_norm" })
             Assert.Equal(a.Select(m => m.GetProperty(field).GetDouble()), b.Select(m => m.GetProperty(field).GetDouble()));
-        Assert.Equal(full.LastJson().GetProperty("eval_loss").GetDouble(), resumed.LastJson().GetProperty("eval_loss").GetDouble());
         var wa = TestUtil.ReadAll(Path.Combine(whole, "adapter_model.safetensors"));
-        var wb = TestUtil.ReadAll(Path.Combine(broken, "adapter_model.safetensors"));
+        var wb = TestUtil.ReadAll(Path.Combine(resumed, "adapter_model.safetensors"));
         Assert.All(wa, kv => Assert.True(TestUtil.BitEqual(kv.Value, wb[kv.Key]), kv.Key));
     }
 
@@ -205,7 +211,7 @@ public class TrainCliTests
     }
 
     /// <summary>Every file under <paramref name="dir"/> with its bytes, to compare a directory before and after.</summary>
-    static Dictionary<string, string> Snapshot(string dir) =>
+    internal static Dictionary<string, string> Snapshot(string dir) =>
         Directory.GetFiles(dir, "*", SearchOption.AllDirectories).ToDictionary(f => Path.GetRelativePath(dir, f), f => Convert.ToHexString(File.ReadAllBytes(f)));
 
     [Theory]

@@ -25,7 +25,7 @@ public sealed record TrainingOptions
 
     public void Validate()
     {
-        if (LearningRate <= 0) throw new MolaException($"--learning-rate must be positive, got {LearningRate}");
+        if (!(LearningRate > 0) || double.IsInfinity(LearningRate)) throw new MolaException($"--learning-rate must be a positive finite number, got {LearningRate}");
         if (WarmupSteps < 0) throw new MolaException($"--warmup-steps must be 0 or more, got {WarmupSteps}");
         if (Epochs < 1 && MaxSteps <= 0) throw new MolaException($"--epochs must be at least 1, got {Epochs}");
         if (MaxSteps < 0) throw new MolaException($"--max-steps must be 0 (off) or more, got {MaxSteps}");
