@@ -155,7 +155,7 @@ public class TrainCliTests
         byte[] adapter = File.ReadAllBytes(Path.Combine(dir, "adapter_model.safetensors"));
 
         // An allocation that does not fit the model, then a data file that is not there: both found before anything is deleted.
-        Assert.Contains("--experts 2,4: 2 values", CliRunner.Run(Args(dir, "--overwrite", "--experts", "2,4")).SingleErrorLine());
+        Assert.Contains("--experts 2,4,6,8: 4 values", CliRunner.Run(Args(dir, "--overwrite", "--experts", "2,4,6,8")).SingleErrorLine());
         string missing = Path.Combine(TestUtil.TempDir(), "missing.jsonl");
         var args = Args(dir, "--overwrite");
         args[Array.IndexOf(args, Data)] = missing;

@@ -14,7 +14,7 @@ namespace Mola.Cli.Commands;
 
 public static class TrainCommand
 {
-    const string SpecHelp = "one value (8), one value per layer (2,2,4,4,...), or a group pattern whose length divides the layer count (2,4,6,8 or 2468)";
+    const string SpecHelp = "one value (8), one value per layer (2,2,4,4,...), or a group pattern of fewer values, one per group of near-equal contiguous layers (2,4,6,8 or 2468)";
 
     public static Command Create()
     {
@@ -24,7 +24,7 @@ public static class TrainCommand
         var output = new Option<string?>("--output") { Description = "Output directory (adapter, metrics.jsonl, checkpoints). Default: runs/<time>, or runs/default for the embedded default" };
         var template = new Option<string>("--template") { Description = "Prompt template: alpaca, or a JSON file with prompt_input, prompt_no_input, response_split", DefaultValueFactory = _ => "alpaca" };
         var kind = new Option<string>("--adapter-kind") { Description = "mola (mixture of LoRA experts) or lora (plain LoRA, the paper's baseline)", DefaultValueFactory = _ => "mola" };
-        var experts = new Option<string>("--experts") { Description = $"Experts per layer: {SpecHelp}; or square:N, inverted-triangle (2468, the paper's best), triangle (8642), hourglass (8228)", DefaultValueFactory = _ => "inverted-triangle" };
+        var experts = new Option<string>("--experts") { Description = $"Experts per layer: {SpecHelp}; or square:N, inverted-triangle (2468, the paper's best), triangle (8642), hourglass (8228), diamond (2882)", DefaultValueFactory = _ => "inverted-triangle" };
         var topK = new Option<string>("--top-k") { Description = $"Experts per token, per layer: {SpecHelp}", DefaultValueFactory = _ => "2" };
         var rank = new Option<string>("--rank") { Description = $"LoRA rank per layer: {SpecHelp}", DefaultValueFactory = _ => "8" };
         var alpha = new Option<double>("--alpha") { Description = "LoRA alpha (experts are scaled by alpha / rank)", DefaultValueFactory = _ => 16 };
