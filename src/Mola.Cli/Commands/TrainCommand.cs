@@ -47,6 +47,11 @@ public static class TrainCommand
         var evalSteps = new Option<int>("--eval-steps") { Description = "Validation loss every this many steps (0: at each checkpoint and at the end)", DefaultValueFactory = _ => 0 };
         var resume = new Option<string?>("--resume") { Description = "Continue an interrupted run: a checkpoint directory, or latest (the newest in --output)" };
         var initAdapter = new Option<string?>("--init-adapter") { Description = "Start from a trained adapter (continuous learning); its experts, top-k, rank and targets are used" };
+        var checkpointing = new Option<bool>("--gradient-checkpointing")
+        {
+            Description = "Keep only each decoder layer's input and recompute the layer in the backward pass: much less activation memory " +
+                "(larger micro-batches or sequences fit) for about one more forward pass per step; the gradients are the same",
+        };
         var seed = new Option<int>("--seed") { Description = "Seed of initialisation, shuffling, split and dropout: the same seed gives the same run", DefaultValueFactory = _ => 42 };
         var dtype = Cli.DTypeOption();
         var device = Cli.DeviceOption();
@@ -60,7 +65,7 @@ public static class TrainCommand
         {
             baseModel, data, output, template, kind, experts, topK, rank, alpha, dropout, targets, auxCoef, lr, warmup, epochs,
             maxSteps, batch, micro, cutoff, valSize, trainOnInputs, addEos, groupByLength, saveSteps, saveLimit, evalSteps,
-            resume, initAdapter, seed, dtype, device, overwrite, json,
+            resume, initAdapter, checkpointing, seed, dtype, device, overwrite, json,
         };
 
         cmd.SetAction(p => Cli.Run(p, json, o =>
@@ -86,6 +91,7 @@ public static class TrainCommand
                 SaveSteps = Pick(saveSteps, d?.SaveSteps),
                 SaveTotalLimit = p.GetValue(saveLimit),
                 EvalSteps = p.GetValue(evalSteps),
+                GradientCheckpointing = p.GetValue(checkpointing),
             };
             options.Validate();   // before anything is loaded
             baseDir ??= DefaultRun.ModelDirectory;
@@ -262,6 +268,7 @@ public static class TrainCommand
             ["add_eos"] = t.AddEos,
             ["train_on_inputs"] = t.TrainOnInputs,
             ["group_by_length"] = o.GroupByLength,
+            ["gradient_checkpointing"] = o.GradientCheckpointing,
             ["save_steps"] = o.SaveSteps,
             ["save_total_limit"] = o.SaveTotalLimit,
             ["seed"] = o.Seed,
