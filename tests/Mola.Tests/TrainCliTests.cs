@@ -32,6 +32,23 @@ public class TrainCliTests
         File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonDocument.Parse(l).RootElement).ToList();
 
     [Fact]
+    public void GradientCheckpointingIsRecordedAndTrainsTheSameRun()
+    {
+        string plain = TestUtil.TempDir(), ckpt = TestUtil.TempDir();
+        string[] run = ["--max-steps", "3", "--save-steps", "0", "--dropout", "0.1"];
+        Assert.Equal(0, CliRunner.Run(Args(plain, run)).ExitCode);
+        Assert.Equal(0, CliRunner.Run(Args(ckpt, [.. run, "--gradient-checkpointing"])).ExitCode);
+        var args = JsonNode.Parse(File.ReadAllText(Path.Combine(ckpt, "training_args.json")))!;
+        Assert.True((bool)args["gradient_checkpointing"]!);
+        Assert.False((bool)JsonNode.Parse(File.ReadAllText(Path.Combine(plain, "training_args.json")))!["gradient_checkpointing"]!);
+        var a = Metrics(plain);
+        var b = Metrics(ckpt);
+        Assert.Equal(3, b.Count);
+        for (int s = 0; s < 3; s++)
+            Assert.Equal(a[s].GetProperty("loss").GetDouble(), b[s].GetProperty("loss").GetDouble(), 5);
+    }
+
+    [Fact]
     public void KilledAndResumedRunHasTheLossCurveOfAnUninterruptedOne()
     {
         // dropout on, so the restored RNG state matters too
@@ -161,7 +178,7 @@ public class TrainCliTests
         byte[] adapter = File.ReadAllBytes(Path.Combine(dir, "adapter_model.safetensors"));
 
         // An allocation that does not fit the model, then a data file that is not there: both found before anything is deleted.
-        Assert.Contains("--experts 2,4: 2 values", CliRunner.Run(Args(dir, "--overwrite", "--experts", "2,4")).SingleErrorLine());
+        Assert.Contains("--experts 2,4,6,8: 4 values", CliRunner.Run(Args(dir, "--overwrite", "--experts", "2,4,6,8")).SingleErrorLine());
         string missing = Path.Combine(TestUtil.TempDir(), "missing.jsonl");
         var args = Args(dir, "--overwrite");
         args[Array.IndexOf(args, Data)] = missing;

@@ -15,7 +15,7 @@ namespace Mola.Cli.Commands;
 
 public static class TrainCommand
 {
-    const string SpecHelp = "one value (8), one value per layer (2,2,4,4,...), or a group pattern whose length divides the layer count (2,4,6,8 or 2468)";
+    const string SpecHelp = "one value (8), one value per layer (2,2,4,4,...), or a group pattern of fewer values, one per group of near-equal contiguous layers (2,4,6,8 or 2468)";
 
     public static Command Create()
     {
@@ -29,7 +29,7 @@ public static class TrainCommand
         };
         var template = new Option<string>("--template") { Description = "Prompt template: alpaca, or a JSON file with prompt_input, prompt_no_input, response_split", DefaultValueFactory = _ => "alpaca" };
         var kind = new Option<string>("--adapter-kind") { Description = "mola (mixture of LoRA experts) or lora (plain LoRA, the paper's baseline)", DefaultValueFactory = _ => "mola" };
-        var experts = new Option<string>("--experts") { Description = $"Experts per layer: {SpecHelp}; or square:N, inverted-triangle (2468, the paper's best), triangle (8642), hourglass (8228)", DefaultValueFactory = _ => "inverted-triangle" };
+        var experts = new Option<string>("--experts") { Description = $"Experts per layer: {SpecHelp}; or square:N, inverted-triangle (2468, the paper's best), triangle (8642), hourglass (8228), diamond (2882)", DefaultValueFactory = _ => "inverted-triangle" };
         var topK = new Option<string>("--top-k") { Description = $"Experts per token, per layer: {SpecHelp}", DefaultValueFactory = _ => "2" };
         var rank = new Option<string>("--rank") { Description = $"LoRA rank per layer: {SpecHelp}", DefaultValueFactory = _ => "8" };
         var alpha = new Option<double>("--alpha") { Description = "LoRA alpha (experts are scaled by alpha / rank)", DefaultValueFactory = _ => 16 };
@@ -52,6 +52,11 @@ public static class TrainCommand
         var evalSteps = new Option<int>("--eval-steps") { Description = "Validation loss every this many steps (0: at each checkpoint and at the end)", DefaultValueFactory = _ => 0 };
         var resume = new Option<string?>("--resume") { Description = "Continue an interrupted run: a checkpoint directory, or latest (the newest in --output). Ctrl-C or SIGTERM saves the current step for it" };
         var initAdapter = new Option<string?>("--init-adapter") { Description = "Start from a trained adapter (continuous learning); its experts, top-k, rank and targets are used" };
+        var checkpointing = new Option<bool>("--gradient-checkpointing")
+        {
+            Description = "Keep only each decoder layer's input and recompute the layer in the backward pass: much less activation memory " +
+                "(larger micro-batches or sequences fit) for about one more forward pass per step; the gradients are the same",
+        };
         var seed = new Option<int>("--seed") { Description = "Seed of initialisation, shuffling, split and dropout: the same seed gives the same run", DefaultValueFactory = _ => 42 };
         var dtype = Cli.DTypeOption();
         var device = Cli.DeviceOption();
@@ -65,7 +70,7 @@ public static class TrainCommand
         {
             baseModel, data, output, template, kind, experts, topK, rank, alpha, dropout, targets, auxCoef, lr, warmup, epochs,
             maxSteps, batch, micro, cutoff, valSize, trainOnInputs, addEos, groupByLength, saveSteps, saveLimit, evalSteps,
-            resume, initAdapter, seed, dtype, device, overwrite, json,
+            resume, initAdapter, checkpointing, seed, dtype, device, overwrite, json,
         };
 
         bool interrupted = false;   // the run stopped on a signal: the command exits 130 or 143
@@ -100,6 +105,7 @@ public static class TrainCommand
                 SaveSteps = Pick(saveSteps, d?.SaveSteps),
                 SaveTotalLimit = p.GetValue(saveLimit),
                 EvalSteps = p.GetValue(evalSteps),
+                GradientCheckpointing = p.GetValue(checkpointing),
             };
             // Every option first, then every input file, then the output directory: nothing is touched before all have passed.
             options.Validate();
@@ -316,6 +322,7 @@ public static class TrainCommand
             ["add_eos"] = t.AddEos,
             ["train_on_inputs"] = t.TrainOnInputs,
             ["group_by_length"] = o.GroupByLength,
+            ["gradient_checkpointing"] = o.GradientCheckpointing,
             ["save_steps"] = o.SaveSteps,
             ["save_total_limit"] = o.SaveTotalLimit,
             ["seed"] = o.Seed,

@@ -197,15 +197,23 @@ public sealed class Trainer
         {
             using var scope = NewDisposeScope();
             using var batch = InstructionDataset.Collate(mb, device);
-            using var output = _adapter.Forward(batch.InputIds, batch.AttentionMask, batch.Labels);
             double share = (double)mb.Sum(PredictedTokens) / predicted;
-            var auxPart = output.AuxLoss! * (_adapter.Config.AuxLossCoef / micro.Count);
+            double auxWeight = _adapter.Config.AuxLossCoef / micro.Count;
+            Tensor ceLoss, auxLoss;
+            if (_o.GradientCheckpointing)
+                (ceLoss, auxLoss) = _adapter.CheckpointedBackward(batch.InputIds, batch.AttentionMask, batch.Labels, share, auxWeight);
+            else
+            {
+                var output = _adapter.Forward(batch.InputIds, batch.AttentionMask, batch.Labels);   // disposed with the scope
+                (ceLoss, auxLoss) = (output.CeLoss!, output.AuxLoss!);
+            }
+            var auxPart = auxLoss * auxWeight;
             // A micro-batch whose labels are all -100 has a NaN mean CE; it carries no CE weight.
-            var total = share > 0 ? output.CeLoss! * share + auxPart : auxPart;
-            if (total.requires_grad) total.backward();
+            var total = share > 0 ? ceLoss * share + auxPart : auxPart;
+            if (total.requires_grad) total.backward();   // checkpointing has done its backward already
             loss += total.item<float>();
-            if (share > 0) ce += output.CeLoss!.item<float>() * share;
-            aux += output.AuxLoss!.item<float>() / micro.Count;
+            if (share > 0) ce += ceLoss.item<float>() * share;
+            aux += auxLoss.item<float>() / micro.Count;
             tokens += batch.AttentionMask.sum().item<long>();
         }
         return (loss, ce, aux, tokens);

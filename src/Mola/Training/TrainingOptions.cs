@@ -22,6 +22,9 @@ public sealed record TrainingOptions
     public int SaveTotalLimit { get; init; } = 3;
     /// <summary>Evaluate on the validation split every this many steps (0: at checkpoints and at the end).</summary>
     public int EvalSteps { get; init; }
+    /// <summary>Keep only each decoder layer's input and recompute the layer in the backward pass: less activation
+    /// memory for one more forward pass; the same gradients (<see cref="Adapters.AdapterModel.CheckpointedBackward"/>).</summary>
+    public bool GradientCheckpointing { get; init; }
 
     public void Validate()
     {
