@@ -163,6 +163,23 @@ public class SentencePieceParityTests
     }
 
     [Fact]
+    public void ADirectoryWithNeitherFileSaysWhatItNeeds()
+    {
+        string dir = TestUtil.TempDir();
+        var e = Assert.Throws<MolaException>(() => MolaTokenizer.Load(dir));
+        Assert.Equal($"{Path.Combine(dir, "tokenizer.model")}: not found (the base model directory needs a SentencePiece tokenizer.model or a tokenizer.json)", e.Message);
+    }
+
+    [Fact]
+    public void IdsBeyondTheVocabularyDecodeToNothing()
+    {
+        // A model's embedding table may be larger than its tokenizer; generation can sample such an id.
+        var tok = MolaTokenizer.Load(TestUtil.Fixture("spm", "llama16k.model"));
+        var ids = Cases.Value.First(c => c.Text == "x----y").Ids["llama16k"];
+        Assert.Equal("x----y", tok.Decode([.. ids, 16000, 40000]));
+    }
+
+    [Fact]
     public void ANormalizerOtherThanIdentityIsRefused()
     {
         string file = TestUtil.Fixture("spm", "nfkc.model");
