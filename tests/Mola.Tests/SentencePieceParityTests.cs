@@ -82,6 +82,7 @@ public class SentencePieceParityTests
     [Theory]
     [InlineData("llama16k")]          // Llama-2's options: no whitespace clean-up, dummy prefix, whitespace-only pieces
     [InlineData("llama16k-noprefix")] // the same pieces without the dummy prefix
+    [InlineData("llama16k-nobytes")]  // ... without byte fallback: a run of unknown characters is one <unk>
     [InlineData("plain8k")]           // extra whitespace removed, user-defined and control pieces, some pieces unused
     public void EncodesLikeSentencePiece(string model)
     {
@@ -92,6 +93,7 @@ public class SentencePieceParityTests
     [Theory]
     [InlineData("llama16k")]
     [InlineData("llama16k-noprefix")]
+    [InlineData("llama16k-nobytes")]
     [InlineData("plain8k")]
     public void DecodesLikeSentencePiece(string model)
     {

@@ -9,7 +9,8 @@ It also writes tokenizer.json files laid out like Hugging Face's LlamaConverter 
 are gzipped to keep the repository small.
 
 Run from the repository root: /usr/bin/python3 tools/tokenizer-fixtures/make_fixtures.py
-(with --bench-text FILE it writes a few MB of mixed text for `mola bench --tokenizer` instead)
+(--keep-models: no training, the committed trained models are kept and the rest is made from them;
+--bench-text FILE: only a few MB of mixed text for `mola bench --tokenizer`)
 The training corpus is made here (Python's standard library sources plus generated mixed-script
 text) and not kept; the trained models are committed.
 """
@@ -199,9 +200,7 @@ def llama_converter_json(model, prepend):
     return doc
 
 
-def main():
-    os.makedirs(OUT, exist_ok=True)
-    lines = corpus_lines()
+def train_models(lines):
     with tempfile.TemporaryDirectory() as tmp:
         corpus = os.path.join(tmp, "corpus.txt")
         with open(corpus, "w", encoding="utf-8") as f:
@@ -217,10 +216,7 @@ def main():
         nfkc = train(corpus, os.path.join(tmp, "nfkc"), 1000, input_sentence_size=20000, character_coverage=0.98)
         unigram = train(corpus, os.path.join(tmp, "unigram"), 1000, model_type="unigram", input_sentence_size=20000,
                         character_coverage=0.98, normalization_rule_name="identity")
-        m = load_proto(llama)
-        save_proto(m, os.path.join(OUT, "llama16k.model"))
-        m.normalizer_spec.add_dummy_prefix = False
-        save_proto(m, os.path.join(OUT, "llama16k-noprefix.model"))
+        save_proto(load_proto(llama), os.path.join(OUT, "llama16k.model"))
         m = load_proto(plain)
         # A few pieces marked unused: SentencePiece still merges into them, then splits them again.
         unused = [i for i, p in enumerate(m.pieces) if p.type == 1 and len(p.piece) >= 3][5:400:9]
@@ -231,13 +227,36 @@ def main():
         save_proto(load_proto(nfkc), os.path.join(OUT, "nfkc.model"))
         save_proto(load_proto(unigram), os.path.join(OUT, "unigram.model"))
 
+
+def derive_models():
+    """Variants of the trained 16k model that need no training of their own."""
+    m = load_proto(os.path.join(OUT, "llama16k.model"))
+    m.normalizer_spec.add_dummy_prefix = False
+    save_proto(m, os.path.join(OUT, "llama16k-noprefix.model"))
+    # Without byte fallback: unknown characters become <unk>, a run of them one <unk>. The byte pieces stay
+    # (so the other ids stay) as control pieces, which text never matches.
+    m = load_proto(os.path.join(OUT, "llama16k.model"))
+    m.trainer_spec.byte_fallback = False
+    for p in m.pieces:
+        if p.type == mp.ModelProto.SentencePiece.BYTE:
+            p.type = mp.ModelProto.SentencePiece.CONTROL
+    save_proto(m, os.path.join(OUT, "llama16k-nobytes.model"))
+
+
+def main(train_too):
+    os.makedirs(OUT, exist_ok=True)
+    lines = corpus_lines()
+    if train_too:
+        train_models(lines)
+    derive_models()
+
     llama_model = load_proto(os.path.join(OUT, "llama16k.model"))
     for kind in ("legacy", "metaspace"):
         with gzip.open(os.path.join(OUT, f"llama16k-{kind}.tokenizer.json.gz"), "wt", 9, encoding="utf-8") as f:
             json.dump(llama_converter_json(llama_model, kind), f, ensure_ascii=False, separators=(",", ":"))
 
     texts = special() + runs() + whitespace() + scripts_and_emoji() + byte_fallback() + random_text(lines)
-    names = ["llama16k", "llama16k-noprefix", "plain8k"]
+    names = ["llama16k", "llama16k-noprefix", "llama16k-nobytes", "plain8k"]
     procs = {n: spm.SentencePieceProcessor(model_file=os.path.join(OUT, n + ".model")) for n in names}
     cases = []
     for t in texts:
@@ -269,4 +288,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--bench-text":
         bench_text(sys.argv[2])
     else:
-        main()
+        main(train_too="--keep-models" not in sys.argv)
