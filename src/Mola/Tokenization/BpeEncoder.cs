@@ -14,7 +14,7 @@ sealed class BpeEncoder
     const char Space = '\u2581';
     // Words longer than this are rare and cost more to hash than to cache.
     const int MaxCachedLength = 64;
-    const int MaxCacheEntries = 200_000;
+    const int MaxCacheEntries = 100_000;
 
     readonly Vocabulary _v;
     readonly Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>> _pieces;   // what a merge may form
