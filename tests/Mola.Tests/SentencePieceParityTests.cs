@@ -182,6 +182,23 @@ public class SentencePieceParityTests
     }
 
     [Fact]
+    public void AModelCutAnywhereIsRefusedInOneLine()
+    {
+        byte[] whole = File.ReadAllBytes(TestUtil.Fixture("spm", "plain8k.model"));
+        string file = Path.Combine(TestUtil.TempDir(), "tokenizer.model");
+        var rng = new Random(3);
+        // The pieces come first, the trainer and normaliser specs last: cuts everywhere, and many near the end.
+        var cuts = Enumerable.Range(0, 40).Select(_ => rng.Next(1, whole.Length))
+            .Concat(Enumerable.Range(1, 60).Select(k => whole.Length - k));
+        foreach (int cut in cuts)
+        {
+            File.WriteAllBytes(file, whole[..cut]);
+            var e = Assert.Throws<MolaException>(() => MolaTokenizer.Load(file));
+            Assert.Equal($"{file}: not a readable SentencePiece model (damaged, truncated or another format)", e.Message);
+        }
+    }
+
+    [Fact]
     public void ANormalizerOtherThanIdentityIsRefused()
     {
         string file = TestUtil.Fixture("spm", "nfkc.model");

@@ -25,14 +25,23 @@ static class SentencePieceModelFile
 
     public static Vocabulary Read(string file)
     {
+        byte[] data;
+        try
+        {
+            data = File.ReadAllBytes(file);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new MolaException($"{file}: cannot be read ({e.Message})");
+        }
         Spec spec;
         try
         {
-            spec = Parse(File.ReadAllBytes(file));
+            spec = Parse(data);
         }
-        catch (Exception e) when (e is not MolaException and not IOException and not UnauthorizedAccessException)
+        catch (Exception e) when (e is IndexOutOfRangeException or ArgumentOutOfRangeException or FormatException or OverflowException)
         {
-            spec = new Spec();
+            spec = new Spec(); // reported below as not readable
         }
         // A cut-off file parses up to the cut; without both specs (written after the pieces) it is not whole.
         if (!spec.HasTrainer || !spec.HasNormalizer || spec.Pieces.Count == 0)

@@ -21,6 +21,10 @@ static class TokenizerJsonFile
         {
             throw new MolaException($"{file}: not valid JSON ({e.Message})");
         }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new MolaException($"{file}: cannot be read ({e.Message})");
+        }
         using (doc)
         {
             var root = doc.RootElement;
