@@ -56,7 +56,7 @@ public static class Cli
 
     public static Option<string> BaseModelOption(bool required = true) => new("--base-model")
     {
-        Description = "Base model directory in Hugging Face layout (config.json, model.safetensors or shards, tokenizer.model)",
+        Description = "Base model directory in Hugging Face layout (config.json, model.safetensors or shards, tokenizer.model or tokenizer.json)",
         Required = required,
     };
 
@@ -86,7 +86,7 @@ public static class Cli
     /// <summary>Checks an output file before any work: not a directory, and not one of the command's inputs.</summary>
     public static string OutputFile(string path, string option, params string[] inputs)
     {
-        RequirePath(path, option);
+        if (string.IsNullOrWhiteSpace(path)) throw new MolaException($"{option}: empty (expected a file path)");
         if (Directory.Exists(path)) throw new MolaException($"{option} {path}: is a directory (expected a file path)");
         string full = Path.GetFullPath(path);
         if (inputs.Any(i => Path.GetFullPath(i) == full)) throw new MolaException($"{option} {path}: is also an input of this command; writing it would destroy it");
@@ -96,14 +96,9 @@ public static class Cli
     /// <summary>Checks an output directory before any work: not an existing file.</summary>
     public static string OutputDirectory(string path, string option)
     {
-        RequirePath(path, option);
+        if (string.IsNullOrWhiteSpace(path)) throw new MolaException($"{option}: empty (expected a directory path)");
         if (File.Exists(path)) throw new MolaException($"{option} {path}: is a file (expected a directory)");
         return path;
-    }
-
-    static void RequirePath(string path, string option)
-    {
-        if (string.IsNullOrWhiteSpace(path)) throw new MolaException($"{option}: expected a path, got \"{path}\"");
     }
 
     /// <summary>Runs a command body: user errors become one line on stderr and exit code 1, never a stack trace.</summary>

@@ -8,7 +8,7 @@ namespace Mola.Tests;
 
 public class AdapterModelTests
 {
-    static Tensor GradOf(AdapterModel adapter, string name)
+    internal static Tensor GradOf(AdapterModel adapter, string name)
     {
         foreach (var (l, m, _, module) in adapter.Modules)
         {

@@ -36,6 +36,18 @@ sealed record CliResult(int ExitCode, string Stdout, string Stderr, string Comma
         return lines[0]["error: ".Length..];
     }
 
+    /// <summary>Like <see cref="SingleErrorLine"/> for a run that failed after it started (its progress lines are on
+    /// stderr too): exit code 1, one <c>error: </c> line and it is the last, no stack trace.</summary>
+    public string LastErrorLine()
+    {
+        Assert.True(ExitCode == 1, $"expected exit code 1 (a user error) from {this}");
+        var lines = Lines(Stderr).ToList();
+        Assert.True(lines.Count(l => l.StartsWith("error: ", StringComparison.Ordinal)) == 1 && lines[^1].StartsWith("error: ", StringComparison.Ordinal),
+            $"expected one 'error: ' line, the last on stderr, from {this}");
+        Assert.DoesNotContain("   at ", Stderr);
+        return lines[^1]["error: ".Length..];
+    }
+
     static IEnumerable<string> Lines(string s) => s.Split('\n').Select(l => l.TrimEnd('\r')).Where(l => l.Length > 0);
 
     public override string ToString() => $"`{CommandLine}` (exit {ExitCode})\n--- stdout:\n{Stdout}\n--- stderr:\n{Stderr}";
@@ -49,7 +61,27 @@ static class CliRunner
 
     public static CliResult Run(params string[] args) => Run(args, TimeSpan.FromSeconds(60));
 
-    public static CliResult Run(IReadOnlyList<string> args, TimeSpan timeout, string? workingDirectory = null)
+    public static CliResult Run(IReadOnlyList<string> args, TimeSpan timeout, string? workingDirectory = null) =>
+        Run(args, timeout, workingDirectory, null);
+
+    /// <summary>Runs the CLI and sends it <paramref name="signal"/> (e.g. "INT", "TERM", as <c>kill -s</c> names them) once
+    /// <paramref name="ready"/> says so (polled every 10 ms), then waits for it to end.</summary>
+    public static CliResult RunAndSignal(IReadOnlyList<string> args, Func<bool> ready, string signal, TimeSpan timeout) =>
+        Run(args, timeout, null, p =>
+        {
+            var clock = Stopwatch.StartNew();
+            while (!ready() && !p.HasExited && clock.Elapsed < timeout) Thread.Sleep(10);
+            if (!p.HasExited) Signal(p.Id, signal);
+        });
+
+    /// <summary>Sends a POSIX signal with the system's <c>kill</c>.</summary>
+    public static void Signal(int pid, string signal)
+    {
+        using var kill = Process.Start("kill", ["-s", signal, pid.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+        kill.WaitForExit();
+    }
+
+    static CliResult Run(IReadOnlyList<string> args, TimeSpan timeout, string? workingDirectory, Action<Process>? whileRunning)
     {
         var psi = new ProcessStartInfo(DotnetHost())
         {
@@ -68,6 +100,7 @@ static class CliRunner
         // Read both pipes concurrently so a full pipe buffer can never block the child.
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();
+        whileRunning?.Invoke(p);
         if (!p.WaitForExit(timeout))
         {
             p.Kill(entireProcessTree: true);

@@ -44,6 +44,7 @@ public class ExpertAllocationTests
         Assert.Equal(Groups(32, 2, 4, 6, 8), ExpertAllocation.Parse("inverted-triangle", 32, "--experts"));
         Assert.Equal(Groups(32, 8, 6, 4, 2), ExpertAllocation.Parse("triangle", 32, "--experts"));
         Assert.Equal(Groups(32, 8, 2, 2, 8), ExpertAllocation.Parse("Hourglass", 32, "--experts"));
+        Assert.Equal(Groups(32, 2, 8, 8, 2), ExpertAllocation.Parse("diamond", 32, "--experts"));
         Assert.Equal(Groups(28, 2, 4, 6, 8), ExpertAllocation.Parse("inverted-triangle", 28, "--experts"));
         Assert.Equal(Enumerable.Repeat(5, 32), ExpertAllocation.Parse("square:5", 32, "--experts"));
         Assert.Equal(Enumerable.Repeat(5, 3), ExpertAllocation.Parse("square:5", 3, "--experts"));   // uniform fits any layer count
@@ -62,12 +63,11 @@ public class ExpertAllocationTests
     [InlineData("2,-4,6,8", "\"-4\" is not a positive integer")]
     [InlineData("2,,6,8", "empty value")]
     [InlineData("2,4,6,", "empty value")]
-    [InlineData("2,4,6", "3 values, but the model has 32 layers")]
-    [InlineData("24682", "5 values, but the model has 32 layers")]
+    [InlineData("2,4,6,8,2,4,6,8,2,4,6,8,2,4,6,8,2,4,6,8,2,4,6,8,2,4,6,8,2,4,6,8,2", "33 values, but the model has 32 layers")]
     [InlineData("square", "needs its value")]
     [InlineData("square:0", "0 is not allowed")]
     [InlineData("square:x", "\"x\" is not a positive integer")]
-    [InlineData("diamond", "presets: square:N, inverted-triangle, triangle, hourglass")]
+    [InlineData("pyramid", "presets: square:N, inverted-triangle, triangle, hourglass, diamond")]
     public void BadSpecsSayWhy(string spec, string why)
     {
         var e = Assert.Throws<MolaException>(() => ExpertAllocation.Parse(spec, 32, "--experts"));
@@ -98,20 +98,58 @@ public class ExpertAllocationTests
         Assert.Contains("4 values, but the model has 1 layer (", e.Message);
     }
 
-    [Fact]
-    public void ShapedPresetsNeedALayerCountDivisibleByFour()
+    // Layer counts of real models that four groups do not divide: TinyLlama-1.1B (22), Gemma-2B (18),
+    // Llama-2-13B (40 does divide), Gemma-7B (28, the paper's 7/7/7/7), and odd leftovers.
+    [Theory]
+    [InlineData(22, new[] { 6, 5, 5, 6 })]
+    [InlineData(18, new[] { 5, 4, 4, 5 })]
+    [InlineData(28, new[] { 7, 7, 7, 7 })]
+    [InlineData(40, new[] { 10, 10, 10, 10 })]
+    [InlineData(21, new[] { 6, 5, 5, 5 })]
+    [InlineData(23, new[] { 6, 6, 5, 6 })]
+    [InlineData(4, new[] { 1, 1, 1, 1 })]
+    public void FourGroupsSplitAnyLayerCountNearEquallyOutermostFirst(int layers, int[] sizes)
     {
-        var e = Assert.Throws<MolaException>(() => ExpertAllocation.Parse("hourglass", 30, "--experts"));
-        Assert.Contains("divisible by 4", e.Message);
-        Assert.Contains("30 layers", e.Message);
+        Assert.Equal(sizes, ExpertAllocation.GroupSizes(layers, 4));
+        int[] want = [.. Enumerable.Repeat(2, sizes[0]), .. Enumerable.Repeat(4, sizes[1]), .. Enumerable.Repeat(6, sizes[2]), .. Enumerable.Repeat(8, sizes[3])];
+        Assert.Equal(want, ExpertAllocation.Parse("inverted-triangle", layers, "--experts"));
+        Assert.Equal(want, ExpertAllocation.Parse("2468", layers, "--experts"));
+        Assert.Equal(want, ExpertAllocation.Parse("2,4,6,8", layers, "--experts"));
     }
 
     [Fact]
-    public void ALengthThatNeitherEqualsNorDividesNamesBothNumbers()
+    public void AnEvenLeftoverKeepsMirrorShapesAtTheSameBudget()
     {
-        var e = Assert.Throws<MolaException>(() => ExpertAllocation.Parse("2,4,6,8", 6, "--rank"));
+        // 22 layers: 2468 and 8642 both give 2*6 + 4*5 + 6*5 + 8*6 = 110 experts per module, 8228 and 2882 differ.
+        Assert.Equal(110, ExpertAllocation.Parse("inverted-triangle", 22, "--experts").Sum());
+        Assert.Equal(110, ExpertAllocation.Parse("triangle", 22, "--experts").Sum());
+        Assert.Equal(8 * 6 + 2 * 5 + 2 * 5 + 8 * 6, ExpertAllocation.Parse("hourglass", 22, "--experts").Sum());
+        Assert.Equal(2 * 6 + 8 * 5 + 8 * 5 + 2 * 6, ExpertAllocation.Parse("diamond", 22, "--experts").Sum());
+    }
+
+    [Fact]
+    public void OtherGroupCountsSplitTheSameWay()
+    {
+        Assert.Equal([3, 2, 3], ExpertAllocation.GroupSizes(8, 3));
+        Assert.Equal([2, 2, 1, 2, 2], ExpertAllocation.GroupSizes(9, 5));
+        Assert.Equal([1, 1, 1, 2, 2, 3, 3], ExpertAllocation.Parse("1,2,3", 7, "--rank"));
+        Assert.Equal([1, 1, 2, 3, 3], ExpertAllocation.Parse("1,2,3", 5, "--rank"));
+    }
+
+    [Fact]
+    public void AShapedPresetNeedsAsManyLayersAsGroups()
+    {
+        var e = Assert.Throws<MolaException>(() => ExpertAllocation.Parse("hourglass", 3, "--experts"));
+        Assert.Contains("4 groups of layers", e.Message);
+        Assert.Contains("3 layers", e.Message);
+    }
+
+    [Fact]
+    public void MoreValuesThanLayersNamesBothNumbers()
+    {
+        var e = Assert.Throws<MolaException>(() => ExpertAllocation.Parse("2,4,6,8,2,4,6,8", 6, "--rank"));
         Assert.StartsWith("--rank", e.Message);
-        Assert.Contains("4 values", e.Message);
+        Assert.Contains("8 values", e.Message);
         Assert.Contains("6 layers", e.Message);
     }
 

@@ -109,6 +109,6 @@ public class PromptAndPathTests
         string[] args = command == "eval"
             ? ["eval", "--base-model", TestUtil.Fixture("llama-tiny"), "--data", Path.Combine(TestUtil.ExamplesDir(), "rte.json"), "--task", "rte", "--output", ""]
             : ["analyze", "--adapter", TestUtil.Fixture("llama-tiny-mola"), "--output", ""];
-        Assert.Equal("--output: expected a path, got \"\"", CliRunner.Run(args).SingleErrorLine());
+        Assert.Equal(command == "eval" ? "--output: empty (expected a file path)" : "--output: empty (expected a directory path)", CliRunner.Run(args).SingleErrorLine());
     }
 }

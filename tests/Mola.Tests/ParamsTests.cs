@@ -35,6 +35,8 @@ public class ParamsTests
     [InlineData("8228")]
     [InlineData("inverted-triangle")]
     [InlineData("8642")]
+    [InlineData("2882")]
+    [InlineData("diamond")]
     public void ShapedAllocationsOn7BGiveThePapersCount(string experts)
     {
         var p = Mola7B(experts);
@@ -181,7 +183,7 @@ public class ParamsTests
     }
 
     [Theory]
-    [InlineData("--experts", "2,4,6")]    // 3 values on 32 layers
+    [InlineData("--experts", "2,4,6,8,2,4,6,8,2,4,6,8,2,4,6,8,2,4,6,8,2,4,6,8,2,4,6,8,2,4,6,8,2")]    // 33 values on 32 layers
     [InlineData("--experts", "2,0,4,8")]
     [InlineData("--top-k", "4")]          // top-k 4 > 2 experts in the first layers
     public void CliRejectsABadSpecWithOneErrorLine(string option, string value)

@@ -11,7 +11,7 @@ public class TrainCliTests
     static readonly string Data = TestUtil.Fixture("train", "small.jsonl");
 
     /// <summary>A small run's command line; <paramref name="extra"/> adds options or replaces the defaults' values.</summary>
-    static string[] Args(string output, params string[] extra)
+    internal static string[] Args(string output, params string[] extra)
     {
         var options = new List<(string Name, string? Value)>
         {
@@ -28,8 +28,25 @@ public class TrainCliTests
         return ["train", .. options.SelectMany(o => o.Value is null ? new[] { o.Name } : new[] { o.Name, o.Value })];
     }
 
-    static List<JsonElement> Metrics(string dir) =>
+    internal static List<JsonElement> Metrics(string dir) =>
         File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonDocument.Parse(l).RootElement).ToList();
+
+    [Fact]
+    public void GradientCheckpointingIsRecordedAndTrainsTheSameRun()
+    {
+        string plain = TestUtil.TempDir(), ckpt = TestUtil.TempDir();
+        string[] run = ["--max-steps", "3", "--save-steps", "0", "--dropout", "0.1"];
+        Assert.Equal(0, CliRunner.Run(Args(plain, run)).ExitCode);
+        Assert.Equal(0, CliRunner.Run(Args(ckpt, [.. run, "--gradient-checkpointing"])).ExitCode);
+        var args = JsonNode.Parse(File.ReadAllText(Path.Combine(ckpt, "training_args.json")))!;
+        Assert.True((bool)args["gradient_checkpointing"]!);
+        Assert.False((bool)JsonNode.Parse(File.ReadAllText(Path.Combine(plain, "training_args.json")))!["gradient_checkpointing"]!);
+        var a = Metrics(plain);
+        var b = Metrics(ckpt);
+        Assert.Equal(3, b.Count);
+        for (int s = 0; s < 3; s++)
+            Assert.Equal(a[s].GetProperty("loss").GetDouble(), b[s].GetProperty("loss").GetDouble(), 5);
+    }
 
     [Fact]
     public void KilledAndResumedRunHasTheLossCurveOfAnUninterruptedOne()
@@ -57,15 +74,21 @@ public class TrainCliTests
         Assert.True(summary.Success, resumed.ToString());
         int at = int.Parse(summary.Groups[3].Value);
         Assert.Equal((at + 1, 24 - at), (int.Parse(summary.Groups[1].Value), int.Parse(summary.Groups[2].Value)));
+        AssertSameRun(whole, broken, 24);
+        Assert.Equal(full.LastJson().GetProperty("eval_loss").GetDouble(), resumed.LastJson().GetProperty("eval_loss").GetDouble());
+    }
+
+    /// <summary>Two finished runs have the same metrics (all but the timing) and bit-equal adapters.</summary>
+    internal static void AssertSameRun(string whole, string resumed, int steps)
+    {
         var a = Metrics(whole);
-        var b = Metrics(broken);
-        Assert.Equal(24, a.Count);
+        var b = Metrics(resumed);
+        Assert.Equal(steps, a.Count);
         Assert.Equal(a.Select(m => m.GetProperty("step").GetInt64()), b.Select(m => m.GetProperty("step").GetInt64()));
         foreach (var field in new[] { "loss", "ce_loss", "aux_loss", "lr", "grad_norm" })
             Assert.Equal(a.Select(m => m.GetProperty(field).GetDouble()), b.Select(m => m.GetProperty(field).GetDouble()));
-        Assert.Equal(full.LastJson().GetProperty("eval_loss").GetDouble(), resumed.LastJson().GetProperty("eval_loss").GetDouble());
         var wa = TestUtil.ReadAll(Path.Combine(whole, "adapter_model.safetensors"));
-        var wb = TestUtil.ReadAll(Path.Combine(broken, "adapter_model.safetensors"));
+        var wb = TestUtil.ReadAll(Path.Combine(resumed, "adapter_model.safetensors"));
         Assert.All(wa, kv => Assert.True(TestUtil.BitEqual(kv.Value, wb[kv.Key]), kv.Key));
     }
 
@@ -155,7 +178,7 @@ public class TrainCliTests
         byte[] adapter = File.ReadAllBytes(Path.Combine(dir, "adapter_model.safetensors"));
 
         // An allocation that does not fit the model, then a data file that is not there: both found before anything is deleted.
-        Assert.Contains("--experts 2,4: 2 values", CliRunner.Run(Args(dir, "--overwrite", "--experts", "2,4")).SingleErrorLine());
+        Assert.Contains("--experts 2,4,6,8: 4 values", CliRunner.Run(Args(dir, "--overwrite", "--experts", "2,4,6,8")).SingleErrorLine());
         string missing = Path.Combine(TestUtil.TempDir(), "missing.jsonl");
         var args = Args(dir, "--overwrite");
         args[Array.IndexOf(args, Data)] = missing;
@@ -205,7 +228,7 @@ public class TrainCliTests
     }
 
     /// <summary>Every file under <paramref name="dir"/> with its bytes, to compare a directory before and after.</summary>
-    static Dictionary<string, string> Snapshot(string dir) =>
+    internal static Dictionary<string, string> Snapshot(string dir) =>
         Directory.GetFiles(dir, "*", SearchOption.AllDirectories).ToDictionary(f => Path.GetRelativePath(dir, f), f => Convert.ToHexString(File.ReadAllBytes(f)));
 
     [Theory]

@@ -29,13 +29,20 @@ public static class BenchCommand
                 "with --threads 1, it leaves out the time others hold the cores)",
             DefaultValueFactory = _ => "wall",
         };
+        var tokenizer = new Option<string?>("--tokenizer")
+        {
+            Description = "Instead of the adapter figures: encoding speed (tokens/s, one thread) of this tokenizer.model, " +
+                "tokenizer.json or model directory on the lines of --text, against Microsoft.ML.Tokenizers' LlamaTokenizer, " +
+                "and how many lines the two encode differently",
+        };
+        var text = new Option<string?>("--text") { Description = "UTF-8 text for --tokenizer; each line is encoded as one text" };
         var quick = new Option<bool>("--quick") { Description = "Small shapes, few rounds, one thread: a smoke run of a few seconds (flags given still apply)" };
         var json = Cli.JsonOption();
         var cmd = new Command("bench", "Performance of the adapters on this machine, in one run so ratios compare like with like: " +
             "one adapted linear (forward + backward) frozen, LoRA, MoLA and the original's per-expert loop; that layer's matrix products " +
             "one by one (added to the frozen layer, the floor of the batched MoLA path); a whole training step " +
             "of a small decoder; the float32 matmul rate; generation speed with the KV cache. Random weights, no checkpoint needed.")
-        { tokens, hidden, experts, topK, rank, dropout, stepLayers, stepHidden, stepTokens, vocab, allocation, rounds, stepRounds, threads, clock, quick, json };
+        { tokens, hidden, experts, topK, rank, dropout, stepLayers, stepHidden, stepTokens, vocab, allocation, rounds, stepRounds, threads, clock, tokenizer, text, quick, json };
 
         cmd.SetAction(p => Cli.Run(p, json, o =>
         {
@@ -63,6 +70,9 @@ public static class BenchCommand
                     var other => throw new MolaException($"--clock must be wall or cpu, got \"{other}\""),
                 },
             };
+            if (p.GetValue(tokenizer) is string tok)
+                return BenchTokenizer(o, tok, p.GetValue(text) ?? throw new MolaException("--tokenizer needs --text FILE (the text to encode)"),
+                    p.GetValue(rounds) ?? 5, b.Clock);
             var r = PerformanceBenchmark.Run(b, o.Line);
             WriteHuman(o, r);
             var s = r.Shapes;
@@ -101,6 +111,33 @@ public static class BenchCommand
             };
         }));
         return cmd;
+    }
+
+    static object BenchTokenizer(Output o, string tokenizer, string text, int rounds, Clock clock)
+    {
+        var c = CultureInfo.InvariantCulture;
+        var r = TokenizerBenchmark.Run(tokenizer, text, rounds, clock, o.Line);
+        o.Line(string.Format(c, "ours:      {0,10:F0} tokens/s  ({1:F0} ms; a fresh tokenizer, its word cache empty: {2:F0} tokens/s; load {3:F0} ms)",
+            r.OursTokensPerSecond, r.OursMs, r.OursColdTokensPerSecond, r.LoadMs));
+        if (r.LibraryTokensPerSecond is double lib)
+        {
+            o.Line(string.Format(c, "library:   {0,10:F0} tokens/s  ({1:F0} ms); ours / library {2:F2}x", lib, r.LibraryMs, r.OursTokensPerSecond / lib));
+            o.Line(string.Format(c, "lines the library encodes differently: {0} of {1}; decodes differently: {2}{3}",
+                r.EncodeDiffers, r.Lines, r.DecodeDiffers, r.FirstDifference is string f ? $" (first: {f})" : ""));
+        }
+        return new
+        {
+            lines = r.Lines,
+            chars = r.Chars,
+            tokens = r.Tokens,
+            load_ms = r.LoadMs,
+            ours_tokens_per_second = r.OursTokensPerSecond,
+            ours_cold_tokens_per_second = r.OursColdTokensPerSecond,
+            library_tokens_per_second = r.LibraryTokensPerSecond,
+            library_encode_differs = r.EncodeDiffers,
+            library_decode_differs = r.DecodeDiffers,
+            clock = clock == Clock.Cpu ? "cpu" : "wall",
+        };
     }
 
     static void WriteHuman(Output o, BenchReport r)

@@ -9,7 +9,7 @@ namespace Mola.Cli.Commands;
 public static class ParamsCommand
 {
     const string SpecHelp = "one value for every layer (8), one value per layer (2,2,4,4,...), " +
-        "or a group pattern whose length divides the layer count (2,4,6,8 or 2468 on 32 layers: 8 layers a group)";
+        "or a group pattern of fewer values, one per group of near-equal contiguous layers (2,4,6,8 or 2468: on 32 layers 8 layers a group, on 22 layers 6, 5, 5, 6)";
 
     public static Command Create()
     {
@@ -18,7 +18,7 @@ public static class ParamsCommand
         var experts = new Option<string>("--experts")
         {
             Description = $"Experts per layer (required for mola): {SpecHelp}; or a preset: square:N, " +
-                "inverted-triangle (2468), triangle (8642), hourglass (8228)",
+                "inverted-triangle (2468), triangle (8642), hourglass (8228), diamond (2882)",
         };
         var topK = new Option<string>("--top-k") { Description = $"Experts each token uses per layer (mola): {SpecHelp}", DefaultValueFactory = _ => "2" };
         var rank = new Option<string>("--rank") { Description = $"LoRA rank per layer: {SpecHelp}", DefaultValueFactory = _ => "8" };

@@ -9,26 +9,31 @@ using Mola.Models;
 using Mola.Tokenization;
 using Mola.Training;
 using TorchSharp;
+using static TorchSharp.torch;
 
 namespace Mola.Cli.Commands;
 
 public static class TrainCommand
 {
-    const string SpecHelp = "one value (8), one value per layer (2,2,4,4,...), or a group pattern whose length divides the layer count (2,4,6,8 or 2468)";
+    const string SpecHelp = "one value (8), one value per layer (2,2,4,4,...), or a group pattern of fewer values, one per group of near-equal contiguous layers (2,4,6,8 or 2468)";
 
     public static Command Create()
     {
         var baseModel = Cli.BaseModelOption(required: false);
         baseModel.Description += ". With neither --base-model nor --data: the embedded default model and task";
         var data = new Option<string?>("--data") { Description = "Training records: JSON array or JSONL of {\"instruction\", \"input\", \"output\"}" };
-        var output = new Option<string?>("--output") { Description = "Output directory (adapter, metrics.jsonl, checkpoints). Default: runs/<time>, or runs/default for the embedded default" };
+        var output = new Option<string?>("--output")
+        {
+            Description = "Output directory (adapter, metrics.jsonl, checkpoints), locked against a second writer while the run lasts. " +
+            "Default: runs/<time>, or runs/default for the embedded default"
+        };
         var template = new Option<string>("--template") { Description = "Prompt template: alpaca, or a JSON file with prompt_input, prompt_no_input, response_split", DefaultValueFactory = _ => "alpaca" };
         var kind = new Option<string>("--adapter-kind") { Description = "mola (mixture of LoRA experts) or lora (plain LoRA, the paper's baseline)", DefaultValueFactory = _ => "mola" };
-        var experts = new Option<string>("--experts") { Description = $"Experts per layer: {SpecHelp}; or square:N, inverted-triangle (2468, the paper's best), triangle (8642), hourglass (8228)", DefaultValueFactory = _ => "inverted-triangle" };
+        var experts = new Option<string>("--experts") { Description = $"Experts per layer: {SpecHelp}; or square:N, inverted-triangle (2468, the paper's best), triangle (8642), hourglass (8228), diamond (2882)", DefaultValueFactory = _ => "inverted-triangle" };
         var topK = new Option<string>("--top-k") { Description = $"Experts per token, per layer: {SpecHelp}", DefaultValueFactory = _ => "2" };
         var rank = new Option<string>("--rank") { Description = $"LoRA rank per layer: {SpecHelp}", DefaultValueFactory = _ => "8" };
         var alpha = new Option<double>("--alpha") { Description = "LoRA alpha (experts are scaled by alpha / rank)", DefaultValueFactory = _ => 16 };
-        var dropout = new Option<double>("--dropout") { Description = "Dropout on the experts' input", DefaultValueFactory = _ => 0.05 };
+        var dropout = new Option<double>("--dropout") { Description = "Dropout on the experts' input, in [0, 1)", DefaultValueFactory = _ => 0.05 };
         var targets = new Option<string>("--targets") { Description = "Modules to adapt, comma separated, or all", DefaultValueFactory = _ => "all" };
         var auxCoef = new Option<double>("--aux-loss-coef") { Description = "Weight of the load-balancing loss (0 turns it off)", DefaultValueFactory = _ => 0.001 };
         var lr = new Option<double>("--learning-rate") { Description = "Peak AdamW learning rate", DefaultValueFactory = _ => 3e-4 };
@@ -45,12 +50,17 @@ public static class TrainCommand
         var saveSteps = new Option<int>("--save-steps") { Description = "Checkpoint every this many steps (0: only the final adapter)", DefaultValueFactory = _ => 200 };
         var saveLimit = new Option<int>("--save-total-limit") { Description = "Checkpoints kept, oldest deleted first (0: all)", DefaultValueFactory = _ => 3 };
         var evalSteps = new Option<int>("--eval-steps") { Description = "Validation loss every this many steps (0: at each checkpoint and at the end)", DefaultValueFactory = _ => 0 };
-        var resume = new Option<string?>("--resume") { Description = "Continue an interrupted run: a checkpoint directory, or latest (the newest in --output)" };
+        var resume = new Option<string?>("--resume") { Description = "Continue an interrupted run: a checkpoint directory, or latest (the newest in --output). Ctrl-C or SIGTERM saves the current step for it" };
         var initAdapter = new Option<string?>("--init-adapter") { Description = "Start from a trained adapter (continuous learning); its experts, top-k, rank and targets are used" };
+        var checkpointing = new Option<bool>("--gradient-checkpointing")
+        {
+            Description = "Keep only each decoder layer's input and recompute the layer in the backward pass: much less activation memory " +
+                "(larger micro-batches or sequences fit) for about one more forward pass per step; the gradients are the same",
+        };
         var seed = new Option<int>("--seed") { Description = "Seed of initialisation, shuffling, split and dropout: the same seed gives the same run", DefaultValueFactory = _ => 42 };
         var dtype = Cli.DTypeOption();
         var device = Cli.DeviceOption();
-        var overwrite = new Option<bool>("--overwrite") { Description = "Replace a previous run in --output" };
+        var overwrite = new Option<bool>("--overwrite") { Description = "Replace a previous run in --output: it is kept aside until this run finishes and comes back if this one fails" };
         var json = Cli.JsonOption();
 
         var cmd = new Command("train", "Instruction-tune a MoLA (or LoRA) adapter on a frozen base model. " +
@@ -60,10 +70,19 @@ public static class TrainCommand
         {
             baseModel, data, output, template, kind, experts, topK, rank, alpha, dropout, targets, auxCoef, lr, warmup, epochs,
             maxSteps, batch, micro, cutoff, valSize, trainOnInputs, addEos, groupByLength, saveSteps, saveLimit, evalSteps,
-            resume, initAdapter, seed, dtype, device, overwrite, json,
+            resume, initAdapter, checkpointing, seed, dtype, device, overwrite, json,
         };
 
-        cmd.SetAction(p => Cli.Run(p, json, o =>
+        bool interrupted = false;   // the run stopped on a signal: the command exits 130 or 143
+        cmd.SetAction(p =>
+        {
+            using var interruption = new Interruption();
+            int exit = Cli.Run(p, json, o => Train(p, o, interruption));
+            return interruption.ExitCode is int signalled && exit == 0 && interrupted ? signalled : exit;
+        });
+        return cmd;
+
+        object? Train(ParseResult p, Output o, Interruption interruption)
         {
             string? baseDir = p.GetValue(baseModel), dataPath = p.GetValue(data);
             bool embedded = baseDir is null && dataPath is null;
@@ -86,18 +105,21 @@ public static class TrainCommand
                 SaveSteps = Pick(saveSteps, d?.SaveSteps),
                 SaveTotalLimit = p.GetValue(saveLimit),
                 EvalSteps = p.GetValue(evalSteps),
+                GradientCheckpointing = p.GetValue(checkpointing),
             };
-            options.Validate();   // before anything is loaded
+            // Every option first, then every input file, then the output directory: nothing is touched before all have passed.
+            options.Validate();
+            CheckValue(p, alpha, v => v > 0 && double.IsFinite(v), "a positive finite number");
+            CheckValue(p, dropout, v => v is >= 0 and < 1, "in [0, 1)");
+            CheckValue(p, auxCoef, v => v >= 0 && double.IsFinite(v), "a finite number, 0 or more");
+            if (p.GetValue(cutoff) < 1) throw new MolaException($"--cutoff-len must be at least 1, got {p.GetValue(cutoff)}");
+            if (p.GetValue(valSize) < 0) throw new MolaException($"--val-set-size must be 0 or more, got {p.GetValue(valSize)}");
             baseDir ??= DefaultRun.ModelDirectory;
             dataPath ??= DefaultRun.TrainData;
             string outDir = p.GetValue(output) ?? (embedded ? Path.Combine("runs", "default") : Path.Combine("runs", DateTime.Now.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture)));
             Cli.OutputDirectory(outDir, "--output");
             string? resumeArg = p.GetValue(resume);
             bool replace = p.GetValue(overwrite) || (embedded && p.GetResult(output) is null);
-            var previousRun = CheckOutput(outDir, resumeArg is not null, replace);
-            string? resumeDir = resumeArg is null ? null
-                : resumeArg == "latest" ? Checkpoints.Latest(outDir) ?? throw new MolaException($"{outDir}: no checkpoint to resume from")
-                : resumeArg;
 
             // Everything that can be checked without weights is checked first.
             if (p.GetValue(initAdapter) is not null)
@@ -110,6 +132,9 @@ public static class TrainCommand
             var adapterConfig = p.GetValue(initAdapter) is string init ? AdapterConfig.Load(init) : BuildAdapterConfig(p, config, baseDir, kind, experts, topK, rank, alpha, dropout, targets, auxCoef, d);
             adapterConfig = adapterConfig.ForModel(config.NumHiddenLayers, "--init-adapter");
             adapterConfig.Validate("adapter", config.NumHiddenLayers);
+            var dtypeValue = Cli.DType(p, dtype);
+            var deviceValue = Cli.Device(p, device);
+            CheckFitsInMemory(config, adapterConfig, dtypeValue, deviceValue);
             var tmpl = PromptTemplate.Load(embedded && p.GetResult(template) is null or { Implicit: true } ? DefaultRun.Template : p.GetValue(template)!);
             var records = InstructionRecord.Load(dataPath);
             var (trainRecords, valRecords) = InstructionDataset.Split(records, p.GetValue(valSize), options.Seed);
@@ -121,52 +146,101 @@ public static class TrainCommand
             var trainSet = InstructionDataset.Create(trainRecords, tmpl, tok, tokenize);
             var valSet = valRecords.Count > 0 ? InstructionDataset.Create(valRecords, tmpl, tok, tokenize) : null;
 
-            using var model = ModelLoader.Load(baseDir, Cli.DType(p, dtype), Cli.Device(p, device), o.Line);
-            torch.manual_seed(options.Seed);
-            var adapter = p.GetValue(initAdapter) is string initDir ? AdapterModel.Load(model, initDir) : AdapterModel.Attach(model, adapterConfig);
-            o.Line($"base {baseDir} ({config.ModelType}, {config.NumHiddenLayers} layers), data {dataPath}: {trainSet.Count} train / {valSet?.Count ?? 0} validation records");
-            o.Line(AdapterSummary(adapter.Config, adapter.parameters().Sum(t => t.numel())));
-
-            EvalResult? before = null;
-            var testRecords = embedded ? InstructionRecord.Load(DefaultRun.TestData) : null;
-            if (embedded) before = EvaluateDefault(model, tok, tmpl, testRecords!, o, "before");
-
-            // The previous run goes only now, when everything above has loaded: a bad option or file leaves it whole.
-            previousRun?.Delete();
-            var trainer = new Trainer(adapter, trainSet, valSet, options, outDir);
-            if (options.WarmupSteps >= trainer.TotalSteps)
+            // One writer per run directory, from here to the end; then what a killed run left is sorted out.
+            using var runLock = RunLock.Acquire(outDir, $"--output {outDir}");
+            bool movedAside = false;
+            try
             {
-                double peak = options.LearningRate * LrSchedule.Factor(trainer.TotalSteps - 1, options.WarmupSteps, trainer.TotalSteps);   // still rising at the last step
-                o.Line($"warning: --warmup-steps {options.WarmupSteps} is not below the run's {trainer.TotalSteps} optimizer steps, so the learning rate " +
-                    $"peaks at {peak:G3} instead of {options.LearningRate:G3} (fewer --warmup-steps, a smaller --batch-size or more --epochs)");
+                foreach (var line in RunDirectory.Tidy(outDir, resuming: resumeArg is not null)) o.Line(line);
+                bool replacing = CheckOutput(outDir, resumeArg is not null, replace);
+                string? resumeDir = resumeArg is null ? null
+                    : resumeArg == "latest" ? Checkpoints.Latest(outDir) ?? throw new MolaException($"{outDir}: no checkpoint to resume from")
+                    : resumeArg;
+
+                using var model = ModelLoader.Load(baseDir, dtypeValue, deviceValue, o.Line);
+                torch.manual_seed(options.Seed);
+                var adapter = p.GetValue(initAdapter) is string initDir ? AdapterModel.Load(model, initDir) : AdapterModel.Attach(model, adapterConfig);
+                o.Line($"base {baseDir} ({config.ModelType}, {config.NumHiddenLayers} layers), data {dataPath}: {trainSet.Count} train / {valSet?.Count ?? 0} validation records");
+                o.Line(AdapterSummary(adapter.Config, adapter.parameters().Sum(t => t.numel())));
+
+                EvalResult? before = null;
+                var testRecords = embedded ? InstructionRecord.Load(DefaultRun.TestData) : null;
+                if (embedded) before = EvaluateDefault(model, tok, tmpl, testRecords!, o, "before");
+
+                // The previous run steps aside only now, when everything above has loaded, and comes back unless this run finishes.
+                if (replacing) movedAside = RunDirectory.MoveAside(outDir);
+                var trainer = new Trainer(adapter, trainSet, valSet, options, outDir);
+                if (movedAside) trainer.FailureNote = $"this run is discarded and the run it was to replace is restored in {outDir}";
+                if (options.WarmupSteps >= trainer.TotalSteps)
+                {
+                    double peak = options.LearningRate * LrSchedule.Factor(trainer.TotalSteps - 1, options.WarmupSteps, trainer.TotalSteps);   // still rising at the last step
+                    o.Line($"warning: --warmup-steps {options.WarmupSteps} is not below the run's {trainer.TotalSteps} optimizer steps, so the learning rate " +
+                        $"peaks at {peak:G3} instead of {options.LearningRate:G3} (fewer --warmup-steps, a smaller --batch-size or more --epochs)");
+                }
+                trainer.OnStart = () => WriteTrainingArgs(outDir, p, options, adapter.Config, baseDir, dataPath, tokenize);
+                trainer.Log = line => o.Line(line);
+                var reporter = new ProgressReporter(o);
+                var result = reporter.Run("train", trainer.TotalSteps, report =>
+                {
+                    trainer.OnStep = m => report(m.Step, $"loss {m.Loss:F4} lr {m.Lr.ToString("0.00e+00", CultureInfo.InvariantCulture)} {m.TokensPerSecond:F0} tok/s");
+                    return trainer.Train(resumeDir, interruption.Token);
+                });
+                if (result.Interrupted)
+                {
+                    interrupted = true;
+                    if (result.Checkpoint is null && movedAside) RunDirectory.Restore(outDir);   // nothing of this run to continue
+                    Console.Error.WriteLine(result.Checkpoint is not null
+                        ? $"interrupted at step {result.Steps}; continue with --resume latest" + (movedAside ? " (a run without it brings back the run this one replaces)" : "")
+                        : $"interrupted at step {result.Steps}, before anything was saved; nothing to continue");
+                    return null;
+                }
+                RunDirectory.Commit(outDir);   // finished: the run it replaced goes
+                string trained = result.StartStep > 0
+                    ? $"trained steps {result.StartStep + 1} to {result.Steps} ({result.Steps - result.StartStep} after resuming at step {result.StartStep})"
+                    : $"trained {result.Steps} steps";
+                o.Line($"{trained} in {result.Seconds:F1} s; final loss {result.FinalLoss:F4}" + (result.EvalLoss is double ev ? $", eval loss {ev:F4}" : "") + $"; adapter saved to {outDir}");
+
+                EvalResult? after = embedded ? EvaluateDefault(model, tok, tmpl, testRecords!, o, "after") : null;
+                return new
+                {
+                    output = outDir,
+                    steps = result.Steps,
+                    final_loss = result.FinalLoss,
+                    eval_loss = result.EvalLoss,
+                    seconds = Math.Round(result.Seconds, 2),
+                    trainable_parameters = adapter.parameters().Sum(t => t.numel()),
+                    accuracy_before = before?.Metrics.Accuracy,
+                    accuracy_after = after?.Metrics.Accuracy,
+                };
             }
-            trainer.OnStart = () => WriteTrainingArgs(outDir, p, options, adapter.Config, baseDir, dataPath, tokenize);
-            trainer.Log = line => o.Line(line);
-            var reporter = new ProgressReporter(o);
-            var result = reporter.Run("train", trainer.TotalSteps, report =>
+            catch when (movedAside || runLock.CreatedDirectory)
             {
-                trainer.OnStep = m => report(m.Step, $"loss {m.Loss:F4} lr {m.Lr.ToString("0.00e+00", CultureInfo.InvariantCulture)} {m.TokensPerSecond:F0} tok/s");
-                return trainer.Train(resumeDir);
-            });
-            string trained = result.StartStep > 0
-                ? $"trained steps {result.StartStep + 1} to {result.Steps} ({result.Steps - result.StartStep} after resuming at step {result.StartStep})"
-                : $"trained {result.Steps} steps";
-            o.Line($"{trained} in {result.Seconds:F1} s; final loss {result.FinalLoss:F4}" + (result.EvalLoss is double ev ? $", eval loss {ev:F4}" : "") + $"; adapter saved to {outDir}");
+                if (movedAside) RunDirectory.Restore(outDir);
+                runLock.RemoveIfEmpty();
+                throw;
+            }
+        }
+    }
 
-            EvalResult? after = embedded ? EvaluateDefault(model, tok, tmpl, testRecords!, o, "after") : null;
-            return new
-            {
-                output = outDir,
-                steps = result.Steps,
-                final_loss = result.FinalLoss,
-                eval_loss = result.EvalLoss,
-                seconds = Math.Round(result.Seconds, 2),
-                trainable_parameters = adapter.parameters().Sum(t => t.numel()),
-                accuracy_before = before?.Metrics.Accuracy,
-                accuracy_after = after?.Metrics.Accuracy,
-            };
-        }));
-        return cmd;
+    /// <summary>A floating-point option that must be finite and in range; NaN and Infinity parse, so they are refused here.</summary>
+    static void CheckValue(ParseResult p, Option<double> option, Func<double, bool> valid, string expected)
+    {
+        double v = p.GetValue(option);
+        if (!valid(v)) throw new MolaException($"{option.Name} must be {expected}, got {v.ToString(CultureInfo.InvariantCulture)}");
+    }
+
+    /// <summary>Refuses, before the model loads, an adapter whose weights, gradients and AdamW moments plus the base
+    /// weights cannot fit in this machine's memory (activations come on top).</summary>
+    static void CheckFitsInMemory(ModelConfig config, AdapterConfig a, ScalarType dtype, Device device)
+    {
+        if (device.type != DeviceType.CPU) return;   // the device's memory is not known here
+        var counts = a.Kind == AdapterKind.Mola
+            ? ParameterCount.Mola(config, a.NumExperts, a.TopK, a.Rank, a.TargetModules)
+            : ParameterCount.Lora(config, a.Rank, a.TargetModules);
+        var m = ParameterCount.EstimateTrainingMemory(config, counts, dtype, 1, 1);
+        ParameterCount.EnsureFitsInMemory(checked(m.BaseWeightsBytes + m.AdapterWeightsBytes + m.AdapterGradientsBytes + m.OptimizerStateBytes),
+            $"the {AdapterSummary(a, counts.Total)}, with its gradients, AdamW moments and the base weights,",
+            "fewer --experts or a lower --rank (mola params shows the counts)");
     }
 
     /// <summary>One line: kind, allocation (value x layers) and trainable parameters; LoRA has no experts or top-k.</summary>
@@ -211,29 +285,15 @@ public static class TrainCommand
         };
     }
 
-    /// <summary>A previous run's files in an output directory, to delete once the new run is ready to start.</summary>
-    sealed record PreviousRun(List<string> Files, List<string> Checkpoints)
+    /// <summary>Refuses to mix two runs in one directory unless asked to replace it or to resume. Moves nothing: returns
+    /// whether there is a run to replace, so that it steps aside only after every input has loaded.</summary>
+    static bool CheckOutput(string dir, bool resuming, bool overwrite)
     {
-        public void Delete()
-        {
-            foreach (var f in Files) File.Delete(f);
-            foreach (var c in Checkpoints) Directory.Delete(c, true);
-        }
-    }
-
-    /// <summary>Refuses to mix two runs in one directory unless asked to replace it or to resume. Deletes nothing:
-    /// returns the run to replace (null: none), so that the caller deletes it only after every input has loaded.</summary>
-    static PreviousRun? CheckOutput(string dir, bool resuming, bool overwrite)
-    {
-        if (!Directory.Exists(dir)) return null;
-        var runFiles = new[] { "adapter_config.json", "adapter_model.safetensors", "metrics.jsonl", "training_args.json", "eval.jsonl" }
-            .Select(f => Path.Combine(dir, f)).Where(File.Exists).ToList();
-        var checkpoints = Checkpoints.List(dir).Select(c => c.Path).ToList();
-        if (runFiles.Count == 0 && checkpoints.Count == 0) return null;
-        if (resuming) return null;
+        var entries = RunDirectory.Entries(dir);
+        if (entries.Count == 0 || resuming) return false;
         if (!overwrite)
-            throw new MolaException($"{dir}: holds another run ({Path.GetFileName(runFiles.Concat(checkpoints).First())}); use --overwrite to replace it, --resume latest to continue it, or another --output");
-        return new PreviousRun(runFiles, checkpoints);
+            throw new MolaException($"{dir}: holds another run ({entries[0]}); use --overwrite to replace it, --resume latest to continue it, or another --output");
+        return true;
     }
 
     static void WriteTrainingArgs(string dir, ParseResult p, TrainingOptions o, AdapterConfig a, string baseDir, string dataPath, TokenizeOptions t)
@@ -262,12 +322,13 @@ public static class TrainCommand
             ["add_eos"] = t.AddEos,
             ["train_on_inputs"] = t.TrainOnInputs,
             ["group_by_length"] = o.GroupByLength,
+            ["gradient_checkpointing"] = o.GradientCheckpointing,
             ["save_steps"] = o.SaveSteps,
             ["save_total_limit"] = o.SaveTotalLimit,
             ["seed"] = o.Seed,
             ["command_line"] = string.Join(" ", p.Tokens.Select(tk => tk.Value)),
         };
-        File.WriteAllText(Path.Combine(dir, "training_args.json"), args.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+        RunDirectory.WriteFile(Path.Combine(dir, "training_args.json"), args.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
     }
 
     static EvalResult EvaluateDefault(CausalLM model, MolaTokenizer tok, PromptTemplate tmpl, List<InstructionRecord> test, Output o, string when)

@@ -242,11 +242,7 @@ public sealed class AdapterModel : nn.Module
         finally
         {
             _collect = false;
-            foreach (var list in _routerLogits)
-            {
-                foreach (var t in list) t.Dispose();
-                list.Clear();
-            }
+            for (int l = 0; l < _routerLogits.Length; l++) ClearRouterLogits(l);
         }
     }
 
@@ -254,15 +250,124 @@ public sealed class AdapterModel : nn.Module
     {
         using var scope = NewDisposeScope();
         var total = zeros(1, ScalarType.Float32, Base.Device).sum();
-        Tensor? tokenMask = attentionMask?.reshape(-1).to(ScalarType.Bool, Base.Device);
+        Tensor? tokenMask = TokenMask(attentionMask);
         for (int l = 0; l < _routerLogits.Length; l++)
-        {
-            var list = _routerLogits[l];
-            if (list.Count == 0) continue;
-            var all = cat(list, 0);
-            var mask = tokenMask is null ? null : tokenMask.repeat(list.Count);
-            total = total + LoadBalancing.LayerLoss(all, Config.NumExperts[l], Config.TopK[l], mask);
-        }
+            if (LayerAuxLoss(l, tokenMask) is { } layerLoss) total = total + layerLoss;
         return total.MoveToOuterDisposeScope();
+    }
+
+    Tensor? TokenMask(Tensor? attentionMask) => attentionMask?.reshape(-1).to(ScalarType.Bool, Base.Device);
+
+    /// <summary>Layer <paramref name="l"/>'s balance loss over the router logits its modules handed in; null when none did.</summary>
+    Tensor? LayerAuxLoss(int l, Tensor? tokenMask)
+    {
+        var list = _routerLogits[l];
+        if (list.Count == 0) return null;
+        using var scope = NewDisposeScope();
+        var all = cat(list, 0);
+        var mask = tokenMask is null ? null : tokenMask.repeat(list.Count);
+        return LoadBalancing.LayerLoss(all, Config.NumExperts[l], Config.TopK[l], mask).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Forward and backward of <c>ceWeight * CE + auxWeight * aux</c> with gradient checkpointing: only each
+    /// decoder layer's input is kept from the forward pass; the backward pass recomputes one layer at a time from
+    /// its input, with the RNG state of its first forward put back so that dropout draws the same masks (routing
+    /// reads the input before dropout, so it is the same too), and carries the gradient of the layer's output, plus
+    /// that of its own balance loss, to its input. Activation memory is then the layer inputs plus one layer's graph
+    /// instead of every layer's graph. The first forward runs with autograd on, its graph dropped layer by layer, so
+    /// that it takes the very code path of the recompute (the adapters pick their product layout by whether a
+    /// backward follows); the balance loss is counted once, in the recompute. Gradients equal those of
+    /// <see cref="Forward"/> + backward, and the RNG ends where that leaves it (both tested). Returns the CE and
+    /// the balance loss (detached), as <see cref="Forward"/> computes them.
+    /// </summary>
+    /// <param name="ceWeight">Weight of the CE in the loss; 0 leaves it out (a micro-batch with nothing to predict).</param>
+    public (Tensor Ce, Tensor Aux) CheckpointedBackward(Tensor inputIds, Tensor? attentionMask, Tensor labels, double ceWeight, double auxWeight)
+    {
+        bool dropout = Config.LoraDropout > 0 && training;
+        if (dropout && Base.Device.type != DeviceType.CPU)
+            throw new MolaException("gradient checkpointing with dropout needs the CPU device here: only the CPU generator's state is replayed " +
+                "in the recompute (set the dropout to 0, or train without gradient checkpointing)");
+        bool wantAux = Config.Kind == AdapterKind.Mola;
+        var layers = Base.model.layers;
+        int L = layers.Count;
+        using var scope = NewDisposeScope();
+        var ctx = Base.Context(inputIds, attentionMask);
+        var tokenMask = wantAux ? TokenMask(attentionMask) : null;
+
+        // Forward: keep each layer's input and the RNG state it started from.
+        var inputs = new Tensor[L];
+        var rng = new Tensor[L];
+        var x = Base.Embed(inputIds).detach();
+        for (int l = 0; l < L; l++)
+        {
+            inputs[l] = x;
+            rng[l] = random.get_rng_state();
+            using var layerScope = NewDisposeScope();
+            x = layers[l].Forward(x, ctx).detach().MoveToOuterDisposeScope();
+        }
+        var rngAfter = random.get_rng_state();
+
+        // The head: final norm, logits and CE, with the gradient they send into the last layer's output.
+        Tensor ce, grad;
+        using (var headScope = NewDisposeScope())
+        {
+            var top = x.requires_grad_(true);
+            ce = Losses.CausalLm(Base.Head(top), labels);
+            if (ceWeight != 0) (ce * ceWeight).backward();
+            grad = (top.grad ?? zeros_like(top)).MoveToOuterDisposeScope();
+            ce = ce.detach().MoveToOuterDisposeScope();
+        }
+        x.Dispose();
+
+        // Backward, last layer first: recompute, then back-propagate into the layer's input.
+        var layerAux = new Tensor?[L];
+        try
+        {
+            for (int l = L - 1; l >= 0; l--)
+            {
+                using var layerScope = NewDisposeScope();
+                random.set_rng_state(rng[l]);
+                var input = l > 0 ? inputs[l].requires_grad_(true) : inputs[l];   // the embeddings are frozen
+                _collect = wantAux;
+                var output = layers[l].Forward(input, ctx);
+                _collect = false;
+                var roots = new List<Tensor> { output };
+                var grads = new List<Tensor> { grad };
+                if (wantAux && LayerAuxLoss(l, tokenMask) is { } aux)
+                {
+                    layerAux[l] = aux.detach().MoveToOuterDisposeScope();
+                    if (auxWeight != 0 && aux.requires_grad)
+                    {
+                        roots.Add(aux * auxWeight);
+                        grads.Add(ones_like(aux));
+                    }
+                }
+                ClearRouterLogits(l);
+                if (output.requires_grad) autograd.backward(roots, grads);
+                // The gradient handle outlives its input, whose memory goes now: kept activations shrink as we go down.
+                grad.Dispose();
+                if (l > 0) grad = (input.grad ?? zeros_like(input)).MoveToOuterDisposeScope();
+                inputs[l].Dispose();
+            }
+        }
+        finally
+        {
+            _collect = false;
+            for (int l = 0; l < L; l++) ClearRouterLogits(l);
+            random.set_rng_state(rngAfter);
+        }
+
+        // The balance loss summed in layer order from zero, exactly as AuxLoss adds it up.
+        var total = zeros(1, ScalarType.Float32, Base.Device).sum();
+        foreach (var aux in layerAux)
+            if (aux is not null) total = total + aux;
+        return (ce.MoveToOuterDisposeScope(), total.MoveToOuterDisposeScope());
+    }
+
+    void ClearRouterLogits(int l)
+    {
+        foreach (var t in _routerLogits[l]) t.Dispose();
+        _routerLogits[l].Clear();
     }
 }

@@ -6,23 +6,26 @@ namespace Mola.Adapters;
 /// Per-layer allocation specs, one parser for experts, top-k and rank. A spec is
 /// <list type="bullet">
 /// <item>one value for every layer: <c>8</c>, <c>16</c>;</item>
-/// <item>a comma list with one value per layer, or a group pattern whose length divides the layer
-/// count (each group of consecutive layers repeats its value): <c>2,4,6,8</c> on 32 layers is 8 layers of 2, then 8 of 4, ...;</item>
+/// <item>a comma list with one value per layer, or a group pattern of fewer values: the layers are split into
+/// that many contiguous groups of near-equal size (<see cref="GroupSizes"/>) and each group repeats its value:
+/// <c>2,4,6,8</c> on 32 layers is 8 layers of 2, then 8 of 4, ...; on 22 layers 6, 5, 5 and 6 layers;</item>
 /// <item>compact digits, four or more of them without commas: <c>2468</c> is <c>2,4,6,8</c>
 /// (shorter digit strings are one value, so <c>--rank 16</c> means 16);</item>
 /// <item>a named preset: <c>square:N</c>, <c>inverted-triangle</c> (2468), <c>triangle</c> (8642),
-/// <c>hourglass</c> (8228), the paper's shapes.</item>
+/// <c>hourglass</c> (8228), <c>diamond</c> (2882), the paper's shapes.</item>
 /// </list>
 /// Parsing needs only the layer count, so a bad spec fails before any weight is loaded.
 /// </summary>
 public static class ExpertAllocation
 {
-    /// <summary>The paper's shapes as four groups of layers (MoLA-▽, MoLA-△, MoLA-⋈).</summary>
+    /// <summary>The paper's shapes as four groups of layers (MoLA-▽, MoLA-△, MoLA-⋈, and the NAACL version's
+    /// MoLA-◇).</summary>
     public static readonly IReadOnlyDictionary<string, int[]> Presets = new Dictionary<string, int[]>
     {
         ["inverted-triangle"] = [2, 4, 6, 8],
         ["triangle"] = [8, 6, 4, 2],
         ["hourglass"] = [8, 2, 2, 8],
+        ["diamond"] = [2, 8, 8, 2],
     };
 
     // Shorter digit strings read as one number: "16" is a rank people type, "1,6" a pattern nobody writes compactly.
@@ -43,8 +46,8 @@ public static class ExpertAllocation
             return Square(s, lower, numLayers, what);
         if (Presets.TryGetValue(lower, out var shape))
         {
-            if (numLayers % shape.Length != 0)
-                throw new MolaException($"{what} {s}: the preset needs a layer count divisible by {shape.Length}, the model has {Layers(numLayers)} (give one value per layer instead)");
+            if (numLayers < shape.Length)
+                throw new MolaException($"{what} {s}: the preset has {shape.Length} groups of layers, the model only {Layers(numLayers)} (give one value per layer instead)");
             return Expand(shape, numLayers);
         }
 
@@ -56,9 +59,9 @@ public static class ExpertAllocation
         else
             values = [Value(s, s, what)];
 
-        if (values.Length != numLayers && numLayers % values.Length != 0)
+        if (values.Length > numLayers)
             throw new MolaException($"{what} {s}: {values.Length} values, but the model has {Layers(numLayers)} " +
-                $"(give one value, one per layer ({numLayers}), or a group pattern whose length divides {numLayers})");
+                $"(give one value, one per layer ({numLayers}), or a group pattern of at most {numLayers} values)");
         return Expand(values, numLayers);
     }
 
@@ -136,10 +139,26 @@ public static class ExpertAllocation
         return v;
     }
 
-    /// <summary>Repeats each value of a group pattern over its share of the layers.</summary>
+    /// <summary>
+    /// How many consecutive layers each of <paramref name="groups"/> groups gets: L / G each, and the
+    /// L mod G layers left over go one a group to the outermost groups first (first, last, second,
+    /// second to last, ...). That keeps the split symmetric whenever it can be (22 layers in four
+    /// groups: 6, 5, 5, 6), so a shape and its mirror image (2468 and 8642) get the same number of
+    /// experts, as in the paper's same-budget comparisons; 28 layers give 7, 7, 7, 7 as the paper
+    /// splits Gemma.
+    /// </summary>
+    public static int[] GroupSizes(int numLayers, int groups)
+    {
+        var sizes = Enumerable.Repeat(numLayers / groups, groups).ToArray();
+        for (int i = 0; i < numLayers % groups; i++)
+            sizes[i % 2 == 0 ? i / 2 : groups - 1 - i / 2]++;
+        return sizes;
+    }
+
+    /// <summary>Repeats each value of a group pattern over its share of the layers (<see cref="GroupSizes"/>).</summary>
     static int[] Expand(int[] groups, int numLayers)
     {
-        int perGroup = numLayers / groups.Length;
-        return Enumerable.Range(0, numLayers).Select(layer => groups[layer / perGroup]).ToArray();
+        var sizes = GroupSizes(numLayers, groups.Length);
+        return groups.SelectMany((value, g) => Enumerable.Repeat(value, sizes[g])).ToArray();
     }
 }

@@ -7,7 +7,7 @@ namespace Mola.Adapters;
 /// <see cref="TopK"/> are null for plain LoRA, whose <see cref="Router"/> is 0.</summary>
 public sealed record LayerParameters(int Layer, int? Experts, int? TopK, int Rank, long Lora, long Router)
 {
-    public long Total => Lora + Router;
+    public long Total => checked(Lora + Router);
 }
 
 /// <summary>Exact parameter counts of a base model and an adapter on it.</summary>
@@ -17,7 +17,7 @@ public sealed record ParameterCounts(AdapterKind Kind, IReadOnlyList<string> Tar
     public long Lora => Layers.Sum(l => l.Lora);
     public long Router => Layers.Sum(l => l.Router);
     /// <summary>All trainable parameters.</summary>
-    public long Total => Lora + Router;
+    public long Total => checked(Lora + Router);
     /// <summary>Trainable parameters as a percentage of the frozen base.</summary>
     public double Percent => 100.0 * Total / Base;
 }
@@ -27,7 +27,7 @@ public sealed record MemoryEstimate(
     string BaseDType, int MicroBatchSize, int SequenceLength,
     long BaseWeightsBytes, long AdapterWeightsBytes, long AdapterGradientsBytes, long OptimizerStateBytes, long ActivationBytes)
 {
-    public long TotalBytes => BaseWeightsBytes + AdapterWeightsBytes + AdapterGradientsBytes + OptimizerStateBytes + ActivationBytes;
+    public long TotalBytes => checked(BaseWeightsBytes + AdapterWeightsBytes + AdapterGradientsBytes + OptimizerStateBytes + ActivationBytes);
 }
 
 /// <summary>Parameter counts and memory figures from a <see cref="ModelConfig"/> alone: no weights are read.</summary>
@@ -50,11 +50,16 @@ public static class ParameterCount
     {
         CheckLength(c, experts, "experts");
         ExpertAllocation.Validate(experts, topK, rank);
-        var layers = Enumerable.Range(0, c.NumHiddenLayers).Select(l => new LayerParameters(
-            l, experts[l], topK[l], rank[l],
-            Lora: targets.Sum(m => (long)experts[l] * rank[l] * InPlusOut(c, m)),
-            Router: targets.Sum(m => (long)experts[l] * TargetModules.Shape(c, m).In))).ToArray();
-        return new ParameterCounts(AdapterKind.Mola, targets, Base(c), layers);
+        return Checked("the adapter's parameter count", () =>
+        {
+            var layers = Enumerable.Range(0, c.NumHiddenLayers).Select(l => new LayerParameters(
+                l, experts[l], topK[l], rank[l],
+                Lora: targets.Sum(m => checked((long)experts[l] * rank[l] * InPlusOut(c, m))),
+                Router: targets.Sum(m => checked((long)experts[l] * TargetModules.Shape(c, m).In)))).ToArray();
+            var counts = new ParameterCounts(AdapterKind.Mola, targets, Base(c), layers);
+            _ = counts.Total;   // the sums overflow here, if anywhere
+            return counts;
+        });
     }
 
     /// <summary>Plain LoRA: per layer and target module <c>r_L * (in + out)</c>, no router.</summary>
@@ -63,9 +68,14 @@ public static class ParameterCount
         CheckLength(c, rank, "rank");
         for (int l = 0; l < rank.Length; l++)
             if (rank[l] < 1) throw new MolaException($"layer {l}: rank {rank[l]} (must be at least 1)");
-        var layers = Enumerable.Range(0, c.NumHiddenLayers).Select(l => new LayerParameters(
-            l, null, null, rank[l], Lora: targets.Sum(m => (long)rank[l] * InPlusOut(c, m)), Router: 0)).ToArray();
-        return new ParameterCounts(AdapterKind.Lora, targets, Base(c), layers);
+        return Checked("the adapter's parameter count", () =>
+        {
+            var layers = Enumerable.Range(0, c.NumHiddenLayers).Select(l => new LayerParameters(
+                l, null, null, rank[l], Lora: targets.Sum(m => checked((long)rank[l] * InPlusOut(c, m))), Router: 0)).ToArray();
+            var counts = new ParameterCounts(AdapterKind.Lora, targets, Base(c), layers);
+            _ = counts.Total;
+            return counts;
+        });
     }
 
     /// <summary>
@@ -88,25 +98,58 @@ public static class ParameterCount
     {
         if (microBatchSize < 1) throw new MolaException($"--micro-batch-size: {microBatchSize} (must be at least 1)");
         if (sequenceLength < 1) throw new MolaException($"--cutoff-len: {sequenceLength} (must be at least 1)");
-        long bytes = BytesPerElement(baseDType);
-        long h = c.HiddenSize, i = c.IntermediateSize, q = (long)c.NumAttentionHeads * c.HeadDim, kv = (long)c.NumKeyValueHeads * c.HeadDim;
-        long s = sequenceLength, tokens = (long)microBatchSize * sequenceLength;
+        return Checked($"the memory estimate for --micro-batch-size {microBatchSize} x --cutoff-len {sequenceLength}",
+            () =>
+            {
+                var m = Estimate(c, counts, baseDType, microBatchSize, sequenceLength);
+                _ = m.TotalBytes;   // the total overflows here, if anywhere
+                return m;
+            });
+    }
 
-        long baseElementsPerTokenLayer = 4 * h + 3 * q + 3 * kv + (kv != q ? 2 * q : 0) + c.NumAttentionHeads * s + 4 * i;
-        long perTokenBytes = (long)c.VocabSize * (bytes + 8);
-        foreach (var layer in counts.Layers)
+    static MemoryEstimate Estimate(ModelConfig c, ParameterCounts counts, ScalarType baseDType, int microBatchSize, int sequenceLength)
+    {
+        checked
         {
-            long adapterElements = counts.Targets.Sum(m => TargetModules.Shape(c, m).In + (long)(layer.Experts ?? 1) * layer.Rank);
-            long routerFloats = counts.Kind == AdapterKind.Mola ? counts.Targets.Count * 2L * layer.Experts!.Value : 0;
-            perTokenBytes += bytes * (baseElementsPerTokenLayer + adapterElements) + 4 * routerFloats;
+            long bytes = BytesPerElement(baseDType);
+            long h = c.HiddenSize, i = c.IntermediateSize, q = (long)c.NumAttentionHeads * c.HeadDim, kv = (long)c.NumKeyValueHeads * c.HeadDim;
+            long s = sequenceLength, tokens = (long)microBatchSize * sequenceLength;
+
+            long baseElementsPerTokenLayer = 4 * h + 3 * q + 3 * kv + (kv != q ? 2 * q : 0) + c.NumAttentionHeads * s + 4 * i;
+            long perTokenBytes = (long)c.VocabSize * (bytes + 8);
+            foreach (var layer in counts.Layers)
+            {
+                long adapterElements = counts.Targets.Sum(m => TargetModules.Shape(c, m).In + (long)(layer.Experts ?? 1) * layer.Rank);
+                long routerFloats = counts.Kind == AdapterKind.Mola ? counts.Targets.Count * 2L * layer.Experts!.Value : 0;
+                perTokenBytes += bytes * (baseElementsPerTokenLayer + adapterElements) + 4 * routerFloats;
+            }
+            long trainable = counts.Total;
+            return new MemoryEstimate(baseDType.ToString().ToLowerInvariant(), microBatchSize, sequenceLength,
+                BaseWeightsBytes: counts.Base * bytes,
+                AdapterWeightsBytes: 4 * trainable,
+                AdapterGradientsBytes: 4 * trainable,
+                OptimizerStateBytes: 8 * trainable,
+                ActivationBytes: tokens * perTokenBytes);
         }
-        long trainable = counts.Total;
-        return new MemoryEstimate(baseDType.ToString().ToLowerInvariant(), microBatchSize, sequenceLength,
-            BaseWeightsBytes: counts.Base * bytes,
-            AdapterWeightsBytes: 4 * trainable,
-            AdapterGradientsBytes: 4 * trainable,
-            OptimizerStateBytes: 8 * trainable,
-            ActivationBytes: tokens * perTokenBytes);
+    }
+
+    /// <summary>Refuses, before anything is allocated, what cannot fit in this machine's memory (physical, or the container's
+    /// limit): libtorch would fail deep inside with a native trace, or the system would kill the process.</summary>
+    /// <param name="what">What needs the memory, naming the options or keys that make it, e.g. "the adapter (--experts ...)".</param>
+    public static void EnsureFitsInMemory(long bytes, string what, string remedy)
+    {
+        long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        if (bytes > available)
+            throw new MolaException($"{what} needs {GiB(bytes)} of memory, more than this machine's {GiB(available)}: {remedy}");
+    }
+
+    static string GiB(long bytes) => (bytes / (1024.0 * 1024 * 1024)).ToString("0.0", System.Globalization.CultureInfo.InvariantCulture) + " GiB";
+
+    /// <summary>Runs a computation in 64-bit integers; an overflow (sizes no machine has) becomes an error naming it.</summary>
+    static T Checked<T>(string what, Func<T> compute)
+    {
+        try { return compute(); }
+        catch (OverflowException) { throw new MolaException($"{what} passes 2^63 (over 9.2e18): far more than any machine holds"); }
     }
 
     public static long BytesPerElement(ScalarType dtype) => dtype switch

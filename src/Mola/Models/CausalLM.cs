@@ -86,6 +86,18 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
     public Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null)
     {
         using var scope = NewDisposeScope();
+        var ctx = Context(inputIds, attentionMask, cache);
+        var x = Embed(inputIds);
+        foreach (var layer in model.layers)
+            x = layer.Forward(x, ctx);
+        return Head(x).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>What every layer of a forward pass over <paramref name="inputIds"/> shares: rotary angles of each
+    /// token's position and the attention mask (tensors in the caller's dispose scope). The pieces of
+    /// <see cref="Forward"/> are public for gradient checkpointing, which runs the layers one at a time.</summary>
+    public ForwardContext Context(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null)
+    {
         long B = inputIds.shape[0], T = inputIds.shape[1];
         long past = cache?.Length ?? 0, total = past + T;
         var valid = attentionMask is null ? ones(B, total, ScalarType.Bool, Device) : attentionMask.to(ScalarType.Bool, Device);
@@ -93,16 +105,23 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
             throw new ArgumentException($"attention mask covers {valid.shape[1]} positions, expected {total}");
         var positions = (valid.to(ScalarType.Int64).cumsum(1, ScalarType.Int64) - 1).clamp_min(0)[.., (int)past..];
         var (cos, sin) = _rotary.Angles(positions, DType);
-        var ctx = new ForwardContext { Cos = cos, Sin = sin, Mask = BuildMask(valid, past, T), Cache = cache };
+        return new ForwardContext { Cos = cos, Sin = sin, Mask = BuildMask(valid, past, T), Cache = cache };
+    }
 
+    /// <summary>Token embeddings [B, T, D], scaled by sqrt(D) for Gemma.</summary>
+    public Tensor Embed(Tensor inputIds)
+    {
         var x = model.embed_tokens.forward(inputIds.to(Device));
         if (Config.IsGemma)
             x = x * tensor(Math.Sqrt(Config.HiddenSize), DType, Device); // the scale in the model's dtype, as HF does
-        foreach (var layer in model.layers)
-            x = layer.Forward(x, ctx);
-        x = model.norm.forward(x);
-        var logits = lm_head is null ? nn.functional.linear(x, model.embed_tokens.weight) : lm_head.forward(x);
-        return logits.MoveToOuterDisposeScope();
+        return x;
+    }
+
+    /// <summary>Final norm and the output projection (the embeddings when tied): logits [B, T, V].</summary>
+    public Tensor Head(Tensor hidden)
+    {
+        var x = model.norm.forward(hidden);
+        return lm_head is null ? nn.functional.linear(x, model.embed_tokens.weight) : lm_head.forward(x);
     }
 
     /// <summary>[B, 1, T, past + T]: causal, not padding, inside Mistral's sliding window; a query may

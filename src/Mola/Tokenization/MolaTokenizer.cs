@@ -1,59 +1,62 @@
-using Microsoft.ML.Tokenizers;
-
 namespace Mola.Tokenization;
 
-/// <summary>A SentencePiece <c>tokenizer.model</c> (LLaMA-style BPE with byte fallback) through
-/// Microsoft.ML.Tokenizers, with BOS/EOS ids from the model's config.</summary>
+/// <summary>The base model's tokenizer: a SentencePiece <c>tokenizer.model</c> (BPE), or where a model directory
+/// has none, a Hugging Face <c>tokenizer.json</c> of the Llama/Mistral kind. Encodes exactly as SentencePiece
+/// does (<see cref="BpeEncoder"/>), with BOS/EOS ids from the model's config.</summary>
 public sealed class MolaTokenizer
 {
-    readonly LlamaTokenizer _tok;
+    readonly BpeEncoder _encoder;
 
     public int BosId { get; }
     public int EosId { get; }
-    public int VocabSize => _tok.Vocabulary.Count;
+    public int VocabSize => _encoder.Count;
+    /// <summary>The file the tokenizer was read from.</summary>
+    public string Source { get; }
 
-    MolaTokenizer(LlamaTokenizer tok, int bos, int eos)
+    MolaTokenizer(BpeEncoder encoder, string file, int bos, int eos)
     {
-        _tok = tok;
+        _encoder = encoder;
+        Source = file;
         BosId = bos;
         EosId = eos;
     }
 
-    /// <summary>Loads <c>tokenizer.model</c> from a model directory (or the file itself).</summary>
+    /// <summary>Loads <c>tokenizer.model</c> from a model directory (else its <c>tokenizer.json</c>), or the
+    /// file itself (a name ending in .json is read as tokenizer.json).</summary>
     /// <param name="vocabSize">The model's vocab_size: a tokenizer with more pieces would produce ids the embedding
     /// table does not have, so it is refused here rather than failing inside libtorch.</param>
     public static MolaTokenizer Load(string path, int? bosId = null, int? eosId = null, int? vocabSize = null)
     {
-        string file = Directory.Exists(path) ? Path.Combine(path, "tokenizer.model") : path;
+        string file = path;
+        if (Directory.Exists(path))
+        {
+            file = Path.Combine(path, "tokenizer.model");
+            string json = Path.Combine(path, "tokenizer.json");
+            if (!File.Exists(file) && File.Exists(json)) file = json;
+        }
         if (!File.Exists(file))
-            throw new MolaException($"{file}: not found (the base model directory needs a SentencePiece tokenizer.model)");
-        LlamaTokenizer tok;
-        try
-        {
-            using var stream = File.OpenRead(file);
-            tok = LlamaTokenizer.Create(stream, addBeginOfSentence: false, addEndOfSentence: false);
-        }
-        catch (Exception e) when (e is not MolaException)
-        {
-            // The reader's own messages (a null reference on a truncated file) say nothing useful to a user.
-            throw new MolaException($"{file}: not a readable SentencePiece model (damaged, truncated or another format)");
-        }
-        if (vocabSize is int v && tok.Vocabulary.Count > v)
-            throw new MolaException($"{file}: {tok.Vocabulary.Count} pieces, but the model's vocab_size is {v} (a tokenizer from another model?)");
-        return new MolaTokenizer(tok, bosId ?? tok.BeginningOfSentenceId, eosId ?? tok.EndOfSentenceId);
+            throw new MolaException($"{file}: not found (the base model directory needs a SentencePiece tokenizer.model or a tokenizer.json)");
+        var vocabulary = file.EndsWith(".json", StringComparison.OrdinalIgnoreCase)
+            ? TokenizerJsonFile.Read(file) : SentencePieceModelFile.Read(file);
+        var encoder = new BpeEncoder(vocabulary, file);
+        if (vocabSize is int v && encoder.Count > v)
+            throw new MolaException($"{file}: {encoder.Count} pieces, but the model's vocab_size is {v} (a tokenizer from another model?)");
+        int bos = bosId ?? vocabulary.BosId ?? throw new MolaException($"{file}: no BOS piece (<s>); give bos_token_id in config.json");
+        int eos = eosId ?? vocabulary.EosId ?? throw new MolaException($"{file}: no EOS piece (</s>); give eos_token_id in config.json");
+        return new MolaTokenizer(encoder, file, bos, eos);
     }
 
     /// <summary>Token ids of <paramref name="text"/>, optionally with BOS first and EOS last.</summary>
     public List<int> Encode(string text, bool bos = false, bool eos = false)
     {
-        var ids = new List<int>();
+        var ids = new List<int>(text.Length / 3 + 2);
         if (bos) ids.Add(BosId);
-        if (text.Length > 0)
-            ids.AddRange(_tok.EncodeToIds(text, addBeginningOfSentence: false, addEndOfSentence: false));
+        _encoder.Encode(text, ids);
         if (eos) ids.Add(EosId);
         return ids;
     }
 
-    /// <summary>Text of <paramref name="ids"/>; BOS, EOS and other control tokens are dropped.</summary>
-    public string Decode(IEnumerable<int> ids) => _tok.Decode(ids, considerSpecialTokens: false);
+    /// <summary>Text of <paramref name="ids"/> as SentencePiece decodes it; BOS, EOS and other control tokens
+    /// are dropped.</summary>
+    public string Decode(IEnumerable<int> ids) => _encoder.Decode(ids);
 }

@@ -28,30 +28,77 @@ public static class Checkpoints
     public static string Save(string outputDir, TrainerState state, AdapterModel adapter, AdamW optimizer, int keep, JsonObject? run = null)
     {
         string final = Path.Combine(outputDir, $"{Prefix}{state.Step}");
-        string tmp = Path.Combine(outputDir, $".tmp-{Prefix}{state.Step}-{Environment.ProcessId}");
-        if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
-        adapter.Save(tmp);
-        optimizer.Save(Path.Combine(tmp, "optimizer.safetensors"));
-        using (var rng = random.get_rng_state())
-            SafeTensorsFile.Save(Path.Combine(tmp, "rng_state.safetensors"), [new("cpu", rng)]);
-        var json = new JsonObject
+        string tmp = Path.Combine(outputDir, $"{TempPrefix}{state.Step}-{Environment.ProcessId}");
+        try
         {
-            ["step"] = state.Step,
-            ["epoch"] = state.Epoch,
-            ["micro_batch"] = state.MicroBatch,
-        };
-        if (run is not null) json["run"] = run.DeepClone();
-        File.WriteAllText(Path.Combine(tmp, "trainer_state.json"), json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-        if (Directory.Exists(final)) Directory.Delete(final, true);
+            if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
+            adapter.Save(tmp);
+            optimizer.Save(Path.Combine(tmp, "optimizer.safetensors"));
+            using (var rng = random.get_rng_state())
+                SafeTensorsFile.Save(Path.Combine(tmp, "rng_state.safetensors"), [new("cpu", rng)]);
+            var json = new JsonObject
+            {
+                ["step"] = state.Step,
+                ["epoch"] = state.Epoch,
+                ["micro_batch"] = state.MicroBatch,
+            };
+            if (run is not null) json["run"] = run.DeepClone();
+            File.WriteAllText(Path.Combine(tmp, "trainer_state.json"), json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        }
+        catch (IOException e)
+        {
+            // Disk full (or the file system went away): the partial checkpoint goes, the earlier ones stay.
+            DeleteQuietly(tmp);
+            long parameters = adapter.parameters().Sum(t => t.numel());
+            throw new MolaException($"{final}: could not write the checkpoint ({RunLock.Reason(e)}); it needs about {BytesNeeded(parameters):N0} bytes " +
+                "(adapter weights and AdamW's two moments, float32); the earlier checkpoints are intact");
+        }
+        if (Directory.Exists(final)) DeleteAtomically(final);
         Directory.Move(tmp, final);
         Prune(outputDir, keep);
         return final;
     }
 
-    static void Prune(string outputDir, int keep)
+    /// <summary>Bytes a checkpoint of an adapter with <paramref name="parameters"/> trainable parameters takes, headers aside.</summary>
+    public static long BytesNeeded(long parameters) => checked(3 * 4 * parameters);
+
+    /// <summary>Deletes the oldest checkpoints beyond <paramref name="keep"/> (0 keeps all), never <paramref name="protect"/>.</summary>
+    public static void Prune(string outputDir, int keep, string? protect = null)
     {
         if (keep <= 0) return;
-        foreach (var old in List(outputDir).SkipLast(keep)) Directory.Delete(old.Path, true);
+        string? kept = protect is null ? null : Path.GetFullPath(protect).TrimEnd('/');
+        foreach (var old in List(outputDir).SkipLast(keep).Where(c => Path.GetFullPath(c.Path) != kept))
+            DeleteAtomically(old.Path);
+    }
+
+    const string TempPrefix = ".tmp-" + Prefix;
+    const string DeletingPrefix = ".deleting-";
+
+    /// <summary>Renames a directory to a hidden name, then deletes it: a crash half way leaves a hidden leftover that
+    /// <see cref="List"/> never shows and <see cref="RemoveLeftovers"/> removes, never a half-deleted checkpoint.</summary>
+    public static void DeleteAtomically(string dir)
+    {
+        string parent = Path.GetDirectoryName(Path.GetFullPath(dir))!;
+        string away = Path.Combine(parent, $"{DeletingPrefix}{Path.GetFileName(dir)}-{Environment.ProcessId}-{Guid.NewGuid():N}");
+        Directory.Move(dir, away);
+        Directory.Delete(away, true);
+    }
+
+    /// <summary>Removes what killed processes left in a run directory: temporary checkpoints and directories renamed for
+    /// deletion. Call it only while holding the directory's <see cref="RunLock"/> (then no live process is writing them).
+    /// Returns the names removed.</summary>
+    public static List<string> RemoveLeftovers(string outputDir)
+    {
+        if (!Directory.Exists(outputDir)) return [];
+        var leftovers = Directory.GetDirectories(outputDir, TempPrefix + "*").Concat(Directory.GetDirectories(outputDir, DeletingPrefix + "*")).ToList();
+        foreach (var d in leftovers) Directory.Delete(d, true);
+        return leftovers.Select(d => Path.GetFileName(d)).ToList();
+    }
+
+    static void DeleteQuietly(string dir)
+    {
+        try { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
+        catch (IOException) { }
     }
 
     /// <summary>Checkpoint directories of a run, oldest first.</summary>

@@ -12,7 +12,10 @@ namespace Mola.Training;
 
 /// <param name="Steps">The step the run ended at (the total, counting steps before a resume).</param>
 /// <param name="StartStep">The step it started from: 0, or the resumed checkpoint's step.</param>
-public sealed record TrainResult(long Steps, double? FinalLoss, double? EvalLoss, double Seconds, string OutputDirectory, long StartStep = 0);
+/// <param name="Interrupted">Stopped on request before the end: no final adapter; <paramref name="Checkpoint"/> continues it.</param>
+/// <param name="Checkpoint">When interrupted, the checkpoint to resume from (null: none was saved, nothing to continue).</param>
+public sealed record TrainResult(long Steps, double? FinalLoss, double? EvalLoss, double Seconds, string OutputDirectory, long StartStep = 0,
+    bool Interrupted = false, string? Checkpoint = null);
 
 /// <summary>
 /// Instruction tuning of an adapter: AdamW over the adapter's parameters only, linear warm-up and
@@ -30,6 +33,9 @@ public sealed class Trainer
 
     /// <summary>Called after every optimizer step.</summary>
     public Action<StepMetrics>? OnStep { get; set; }
+    /// <summary>When set, a diverged run's error ends with this instead of naming the last good checkpoint (for a
+    /// caller that discards the run's files when it fails).</summary>
+    public string? FailureNote { get; set; }
     /// <summary>Human-readable events (checkpoints, evaluation).</summary>
     public Action<string>? Log { get; set; }
 
@@ -69,8 +75,10 @@ public sealed class Trainer
         ["warmup_steps"] = _o.WarmupSteps,
     };
 
-    /// <summary>Runs to the end (or resumes from <paramref name="resumeCheckpoint"/>) and saves the adapter into the output directory.</summary>
-    public TrainResult Train(string? resumeCheckpoint = null, CancellationToken cancel = default)
+    /// <summary>Runs to the end (or resumes from <paramref name="resumeCheckpoint"/>) and saves the adapter into the output directory.
+    /// When <paramref name="stop"/> is signalled the current optimizer step finishes, a checkpoint of it is saved and the
+    /// result says <see cref="TrainResult.Interrupted"/>.</summary>
+    public TrainResult Train(string? resumeCheckpoint = null, CancellationToken stop = default)
     {
         Directory.CreateDirectory(_out);
         var device = _adapter.Base.Device;
@@ -82,17 +90,24 @@ public sealed class Trainer
             state = Checkpoints.Restore(resumeCheckpoint, _adapter, optimizer, RunSettings());
             TruncateMetrics(state.Step);
             Log?.Invoke($"resumed from {resumeCheckpoint} at step {state.Step}");
+            // A run killed between saving a checkpoint and deleting the oldest left one too many.
+            Checkpoints.Prune(_out, _o.SaveTotalLimit, protect: resumeCheckpoint);
         }
         else if (File.Exists(MetricsPath)) File.Delete(MetricsPath);
 
-        long startStep = state.Step;
+        long startStep = state.Step, savedStep = state.Step;
         OnStart?.Invoke();
         var clock = Stopwatch.StartNew();
         double? lastLoss = null, lastEval = null;
         var epochBatches = _sampler.MicroBatches(state.Epoch);
         while (state.Step < TotalSteps)
         {
-            cancel.ThrowIfCancellationRequested();
+            if (stop.IsCancellationRequested)
+            {
+                string? checkpoint = savedStep == state.Step ? Checkpoints.Latest(_out)
+                    : Checkpoints.Save(_out, state, _adapter, optimizer, _o.SaveTotalLimit, RunSettings());
+                return new TrainResult(state.Step, lastLoss, lastEval, clock.Elapsed.TotalSeconds, _out, startStep, Interrupted: true, Checkpoint: checkpoint);
+            }
             if (state.MicroBatch >= epochBatches.Count)
             {
                 state.Epoch++;
@@ -108,7 +123,7 @@ public sealed class Trainer
             if (!double.IsFinite(loss) || !double.IsFinite(gradNorm))
             {
                 optimizer.ZeroGrad();
-                string last = Checkpoints.Latest(_out) is string c ? $"the last good checkpoint is {c} (continue with --resume latest, perhaps with a lower --learning-rate)" : "no checkpoint was saved yet";
+                string last = FailureNote ?? (Checkpoints.Latest(_out) is string c ? $"the last good checkpoint is {c} (continue with --resume latest, perhaps with a lower --learning-rate)" : "no checkpoint was saved yet");
                 throw new MolaException($"step {state.Step + 1}: the loss is {(double.IsFinite(loss) ? "finite but the gradient norm is " + gradNorm : loss.ToString(CultureInfo.InvariantCulture))}; training stopped without saving this step; {last}");
             }
             optimizer.Step();
@@ -138,6 +153,7 @@ public sealed class Trainer
             if (save)
             {
                 string dir = Checkpoints.Save(_out, state, _adapter, optimizer, _o.SaveTotalLimit, RunSettings());
+                savedStep = state.Step;
                 Log?.Invoke($"step {state.Step}: checkpoint {dir}");
             }
         }
@@ -145,10 +161,23 @@ public sealed class Trainer
         {
             lastEval = Evaluate();
             Log?.Invoke($"eval loss {lastEval:F6}");
-            File.AppendAllText(Path.Combine(_out, "eval.jsonl"), JsonSerializer.Serialize(new { step = state.Step, eval_loss = lastEval }) + "\n");
+            RunDirectory.WriteFile(Path.Combine(_out, "eval.jsonl"), JsonSerializer.Serialize(new { step = state.Step, eval_loss = lastEval }) + "\n", append: true);
         }
-        _adapter.Save(_out);
+        SaveAdapter();
         return new TrainResult(state.Step, lastLoss, lastEval, clock.Elapsed.TotalSeconds, _out, startStep);
+    }
+
+    /// <summary>The final adapter; on a full disk the partial file goes and the error names the path and the bytes needed.</summary>
+    void SaveAdapter()
+    {
+        try { _adapter.Save(_out); }
+        catch (IOException e)
+        {
+            string partial = Path.Combine(_out, AdapterModel.WeightsFile + ".tmp");
+            if (File.Exists(partial)) File.Delete(partial);
+            long bytes = 4 * _adapter.parameters().Sum(t => t.numel());
+            throw new MolaException($"{Path.Combine(_out, AdapterModel.WeightsFile)}: could not write the adapter ({RunLock.Reason(e)}); it needs about {bytes:N0} bytes");
+        }
     }
 
     /// <summary>
@@ -168,15 +197,23 @@ public sealed class Trainer
         {
             using var scope = NewDisposeScope();
             using var batch = InstructionDataset.Collate(mb, device);
-            using var output = _adapter.Forward(batch.InputIds, batch.AttentionMask, batch.Labels);
             double share = (double)mb.Sum(PredictedTokens) / predicted;
-            var auxPart = output.AuxLoss! * (_adapter.Config.AuxLossCoef / micro.Count);
+            double auxWeight = _adapter.Config.AuxLossCoef / micro.Count;
+            Tensor ceLoss, auxLoss;
+            if (_o.GradientCheckpointing)
+                (ceLoss, auxLoss) = _adapter.CheckpointedBackward(batch.InputIds, batch.AttentionMask, batch.Labels, share, auxWeight);
+            else
+            {
+                var output = _adapter.Forward(batch.InputIds, batch.AttentionMask, batch.Labels);   // disposed with the scope
+                (ceLoss, auxLoss) = (output.CeLoss!, output.AuxLoss!);
+            }
+            var auxPart = auxLoss * auxWeight;
             // A micro-batch whose labels are all -100 has a NaN mean CE; it carries no CE weight.
-            var total = share > 0 ? output.CeLoss! * share + auxPart : auxPart;
-            if (total.requires_grad) total.backward();
+            var total = share > 0 ? ceLoss * share + auxPart : auxPart;
+            if (total.requires_grad) total.backward();   // checkpointing has done its backward already
             loss += total.item<float>();
-            if (share > 0) ce += output.CeLoss!.item<float>() * share;
-            aux += output.AuxLoss!.item<float>() / micro.Count;
+            if (share > 0) ce += ceLoss.item<float>() * share;
+            aux += auxLoss.item<float>() / micro.Count;
             tokens += batch.AttentionMask.sum().item<long>();
         }
         return (loss, ce, aux, tokens);
@@ -226,7 +263,7 @@ public sealed class Trainer
             ["tokens_per_second"] = Math.Round(m.TokensPerSecond, 1),
         };
         if (m.EvalLoss is double e) o["eval_loss"] = e;
-        File.AppendAllText(MetricsPath, o.ToJsonString() + "\n");
+        RunDirectory.WriteFile(MetricsPath, o.ToJsonString() + "\n", append: true);
     }
 
     /// <summary>On resume, drop the lines of steps after the checkpoint (a killed run may have logged more, and may

@@ -22,10 +22,13 @@ public sealed record TrainingOptions
     public int SaveTotalLimit { get; init; } = 3;
     /// <summary>Evaluate on the validation split every this many steps (0: at checkpoints and at the end).</summary>
     public int EvalSteps { get; init; }
+    /// <summary>Keep only each decoder layer's input and recompute the layer in the backward pass: less activation
+    /// memory for one more forward pass; the same gradients (<see cref="Adapters.AdapterModel.CheckpointedBackward"/>).</summary>
+    public bool GradientCheckpointing { get; init; }
 
     public void Validate()
     {
-        if (LearningRate <= 0) throw new MolaException($"--learning-rate must be positive, got {LearningRate}");
+        if (!(LearningRate > 0) || double.IsInfinity(LearningRate)) throw new MolaException($"--learning-rate must be a positive finite number, got {LearningRate}");
         if (WarmupSteps < 0) throw new MolaException($"--warmup-steps must be 0 or more, got {WarmupSteps}");
         if (Epochs < 1 && MaxSteps <= 0) throw new MolaException($"--epochs must be at least 1, got {Epochs}");
         if (MaxSteps < 0) throw new MolaException($"--max-steps must be 0 (off) or more, got {MaxSteps}");
