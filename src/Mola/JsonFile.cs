@@ -24,12 +24,7 @@ public static class JsonFile
     /// <summary>Parses UTF-8 bytes that must hold one JSON object; errors name <paramref name="source"/>.</summary>
     public static JsonObject ParseObject(ReadOnlySpan<byte> utf8, string source, string shape)
     {
-        // The parser takes invalid UTF-8 inside strings as it is; the names and values would then be garbage.
-        if (!System.Text.Unicode.Utf8.IsValid(utf8))
-        {
-            int line = 1 + utf8[..FirstInvalidUtf8(utf8)].Count((byte)'\n');
-            throw new MolaException($"{source}:{line}: not valid UTF-8 text");
-        }
+        RequireUtf8(utf8, source);
         if (utf8.StartsWith(Encoding.UTF8.Preamble)) utf8 = utf8[Encoding.UTF8.Preamble.Length..];
         JsonNode? root;
         try
@@ -44,6 +39,29 @@ public static class JsonFile
         catch (InvalidOperationException e) { throw NotText(source, e); }
         if (root is not JsonObject o) throw new MolaException($"{source}: expected a JSON object ({shape})");
         return o;
+    }
+
+    /// <summary>The same checks for a reader that walks a <see cref="JsonDocument"/> (tokenizer.json, tens of MB).</summary>
+    public static JsonDocument ParseDocument(ReadOnlySpan<byte> utf8, string source)
+    {
+        RequireUtf8(utf8, source);
+        try { return JsonDocument.Parse(utf8.ToArray(), Strict); }
+        catch (JsonException) when (FirstDuplicate(utf8) is var (line, key))
+        {
+            throw new MolaException($"{source}:{line}: duplicate key \"{key}\" (each key may appear once in an object)");
+        }
+        catch (JsonException e) { throw InvalidJson(source, e); }
+        catch (InvalidOperationException e) { throw NotText(source, e); }
+    }
+
+    static void RequireUtf8(ReadOnlySpan<byte> utf8, string source)
+    {
+        // The parser takes invalid UTF-8 inside strings as it is; the names and values would then be garbage.
+        if (!System.Text.Unicode.Utf8.IsValid(utf8))
+        {
+            int line = 1 + utf8[..FirstInvalidUtf8(utf8)].Count((byte)'\n');
+            throw new MolaException($"{source}:{line}: not valid UTF-8 text");
+        }
     }
 
     /// <summary>The error for JSON that does not parse, at the 1-based line the parser stopped on.</summary>
