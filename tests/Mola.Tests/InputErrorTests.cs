@@ -315,7 +315,7 @@ public class InputErrorTests(ITestOutputHelper log)
         { "not json\n", 1, "invalid JSON" },
         { "{\"text\": \"the cell\"}\n[1, 2]\n", 2, "expected a JSON object" },
         { "{\"text\": \"the cell\"}\n{\"txt\": \"a\"}\n", 2, "missing field \"text\" (expected a string)" },
-        { "{\"text\": \"the cell\"}\n{\"text\": 3}\n", 2, "field \"text\" must be a string, not a number" },
+        { "{\"text\": \"the cell\"}\n{\"text\": 3}\n", 2, "key \"text\": expected a string, got 3" },
         // A JSON array: errors name the line an item starts on, counting leading blank lines.
         { "[\n  {\"text\": \"the cell\"},\n  {\"text\": \"a\",}\n]\n", 3, "invalid JSON" },
         { "\n\n[\n  {\"text\": \"the cell\"},\n\n  {\"txt\": \"a\"}\n]\n", 6, "missing field \"text\" (expected a string)" },

@@ -84,13 +84,7 @@ public static class Jsonl
     public static string RequireString(JsonObject o, string key, string path, int line) =>
         OptionalString(o, key, path, line) ?? throw new MolaException($"{path}:{line}: missing field \"{key}\" (expected a string)");
 
-    public static string? OptionalString(JsonObject o, string key, string path, int line) => o[key] switch
-    {
-        null => null,
-        JsonValue v when v.GetValueKind() == JsonValueKind.Null => null,
-        JsonValue v when v.GetValueKind() == JsonValueKind.String => StringValue(v, key, path, line),
-        var other => throw new MolaException($"{path}:{line}: field \"{key}\" must be a string, not {Kind(other)}"),
-    };
+    public static string? OptionalString(JsonObject o, string key, string path, int line) => JsonFile.String(o, key, $"{path}:{line}");
 
     const char ByteOrderMark = '\uFEFF';
 
@@ -118,20 +112,4 @@ public static class Jsonl
         }
         return new MolaException($"{path}:{line}: not valid UTF-8 text (save the file as UTF-8)");
     }
-
-    // A lone UTF-16 surrogate ("\ud800") parses as JSON but cannot become a .NET string.
-    static string StringValue(JsonValue v, string key, string path, int line)
-    {
-        try { return v.GetValue<string>(); }
-        catch (InvalidOperationException e) { throw new MolaException($"{path}:{line}: field \"{key}\" is not valid text ({e.Message.TrimEnd('.')})"); }
-    }
-
-    static string Kind(JsonNode node) => node.GetValueKind() switch
-    {
-        JsonValueKind.Object => "an object",
-        JsonValueKind.Array => "an array",
-        JsonValueKind.Number => "a number",
-        JsonValueKind.True or JsonValueKind.False => "a boolean",
-        var k => k.ToString().ToLowerInvariant(),
-    };
 }
