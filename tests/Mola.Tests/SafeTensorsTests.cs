@@ -127,7 +127,7 @@ public class SafeTensorsTests
     }
 
     [Fact]
-    public void BF16WeightsPastFloat16AreRefusedWhenReadAsFloat16()
+    public void WeightsANarrowingConversionMakesInfiniteAreRefused()
     {
         // 1e5 is finite in BF16 (and float32) but past float16's largest value, 65504.
         string path = Path.Combine(TestUtil.TempDir(), "t.safetensors");
@@ -136,6 +136,13 @@ public class SafeTensorsTests
         using (var f32 = empty(2, ScalarType.Float32)) f.ReadInto("w", f32);
         using var f16 = empty(2, ScalarType.Float16);
         Assert.Contains($"{path}: tensor \"w\" holds NaN or infinite values", Assert.Throws<MolaException>(() => f.ReadInto("w", f16)).Message);
+
+        // F32's largest value rounds up to infinity in BF16 (whose largest is 3.3895e38).
+        string f32Path = Path.Combine(TestUtil.TempDir(), "t32.safetensors");
+        using (var big = tensor(new[] { 1f, float.MaxValue })) SafeTensorsFile.Save(f32Path, [KeyValuePair.Create("w", big)]);
+        using var f32File = SafeTensorsFile.Open(f32Path);
+        using var bf16 = empty(2, ScalarType.BFloat16);
+        Assert.Contains("holds NaN or infinite values", Assert.Throws<MolaException>(() => f32File.ReadInto("w", bf16)).Message);
     }
 
     static double Decode(string dtype, ulong bits) => dtype switch

@@ -200,9 +200,18 @@ public sealed class SafeTensorsFile : IDisposable
         if (checkFinite) RequireFinite(name);
         using var t = Read(name, destination.dtype, destination.device);
         destination.copy_(t);
-        // Only float16 holds less range than what it is read from: BF16 or F32 weights above 65504 become infinite.
-        if (checkFinite && destination.dtype == ScalarType.Float16 && info.DType != "F16") RequireFinite(destination, Path, name);
+        // A narrowing conversion can overflow (BF16 or F32 above 65504 read as float16, F32 near its largest value
+        // rounded to BF16): check what it made. Widening (BF16 to float32, the usual load) cannot.
+        if (checkFinite && Narrows(info.DType, destination.dtype)) RequireFinite(destination, Path, name);
     }
+
+    static bool Narrows(string stored, ScalarType to) => (stored, to) switch
+    {
+        (_, ScalarType.Float64) => false,
+        ("F16" or "BF16", ScalarType.Float32) => false,
+        ("F16", ScalarType.Float16) or ("BF16", ScalarType.BFloat16) => false,
+        _ => true,
+    };
 
     /// <summary>Refuses a tensor with NaN or infinite values (a damaged file, one saved from a run that diverged,
     /// or values past what the dtype holds).</summary>
