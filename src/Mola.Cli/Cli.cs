@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Text.Encodings.Web;
 using System.Text.Json;
 using Mola;
+using Mola.Cli.Commands;
 using Mola.Models;
 using static TorchSharp.torch;
 
@@ -17,6 +18,39 @@ public static class Cli
         DictionaryKeyPolicy = null,
         Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
     };
+
+    /// <summary>The whole command line: parses <paramref name="args"/> through every command and runs the one named
+    /// (in-process, so the fuzz tests drive the real option tree).</summary>
+    public static int Execute(string[] args)
+    {
+        var root = new RootCommand("mola: fine-tune LLaMA, Mistral and Gemma checkpoints with MoLA (MoE-LoRA with layer-wise expert allocation)");
+        root.Subcommands.Add(TrainCommand.Create());
+        root.Subcommands.Add(GenerateCommand.Create());
+        root.Subcommands.Add(EvalCommand.Create());
+        root.Subcommands.Add(PerplexityCommand.Create());
+        root.Subcommands.Add(ParamsCommand.Create());
+        root.Subcommands.Add(AnalyzeCommand.Create());
+        root.Subcommands.Add(BenchCommand.Create());
+
+        var parse = root.Parse(args);
+        if (parse.Errors.Count > 0)
+        {
+            // One line, like every other user error; --help shows the options.
+            string command = parse.CommandResult.Command.Name == root.Name ? "mola" : "mola " + parse.CommandResult.Command.Name;
+            Console.Error.WriteLine($"error: {string.Join("; ", parse.Errors.Select(e => OneLine(e.Message).TrimEnd('.')))} (see {command} --help)");
+            return 1;
+        }
+        return parse.Invoke();
+    }
+
+    // System.CommandLine names the .NET type it could not parse ("as expected type 'System.Nullable`1[System.Double]'").
+    static string OneLine(string s) => string.Join(' ', s.Split(['\r', '\n'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        .Replace("as expected type 'System.Nullable`1[System.Double]'", "as a number")
+        .Replace("as expected type 'System.Double'", "as a number")
+        .Replace("as expected type 'System.Nullable`1[System.Int32]'", "as an integer")
+        .Replace("as expected type 'System.Int32'", "as an integer")
+        .Replace("as expected type 'System.Int64'", "as an integer")
+        .Replace("as expected type 'System.Boolean'", "as true or false");
 
     public static Option<bool> JsonOption() => new("--json") { Description = "Print one JSON object as the last line of stdout; human output goes to stderr" };
 
@@ -52,6 +86,7 @@ public static class Cli
     /// <summary>Checks an output file before any work: not a directory, and not one of the command's inputs.</summary>
     public static string OutputFile(string path, string option, params string[] inputs)
     {
+        if (string.IsNullOrWhiteSpace(path)) throw new MolaException($"{option}: empty (expected a file path)");
         if (Directory.Exists(path)) throw new MolaException($"{option} {path}: is a directory (expected a file path)");
         string full = Path.GetFullPath(path);
         if (inputs.Any(i => Path.GetFullPath(i) == full)) throw new MolaException($"{option} {path}: is also an input of this command; writing it would destroy it");
@@ -78,15 +113,27 @@ public static class Cli
         }
         catch (MolaException e)
         {
-            Console.Error.WriteLine($"error: {e.Message}");
+            // One line whatever a message quotes (a file's text, a parser's excerpt).
+            Console.Error.WriteLine($"error: {e.Message.ReplaceLineEndings(" ")}");
             return 1;
         }
         catch (Exception e) when (Environment.GetEnvironmentVariable("MOLA_DEBUG") is null)
         {
-            var inner = e is TypeInitializationException { InnerException: { } ie } ? ie : e;
-            Console.Error.WriteLine($"error: {inner.GetType().Name}: {inner.Message} (set MOLA_DEBUG=1 for the stack trace)");
+            Console.Error.WriteLine($"error: {Unexpected(e)}");
             return 2;
         }
+    }
+
+    /// <summary>One line for an error the code did not foresee: the first line of the innermost useful message.
+    /// libtorch's errors carry the C++ trace after their first line ("Exception raised from ...", "frame #0: ..."),
+    /// which says nothing to a user; the full exception only with MOLA_DEBUG=1.</summary>
+    public static string Unexpected(Exception e)
+    {
+        while (e is TypeInitializationException or AggregateException or System.Reflection.TargetInvocationException && e.InnerException is { } inner) e = inner;
+        string first = e.Message.Split('\n', 2)[0].Trim();
+        if (first.Length == 0) first = "an unexpected failure";
+        string source = e is System.Runtime.InteropServices.ExternalException ? "libtorch: " : "";
+        return $"{source}{first.TrimEnd('.')} (an unexpected failure; set MOLA_DEBUG=1 for the full trace)";
     }
 
     public static ScalarType DType(ParseResult p, Option<string> o) => TorchOptions.ParseDType(p.GetValue(o)!);

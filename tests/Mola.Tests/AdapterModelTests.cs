@@ -139,20 +139,28 @@ public class AdapterModelTests
     }
 
     [Theory]
-    [InlineData("peft_type", "5", "\"peft_type\" must be a string (got 5)")]
-    [InlineData("base_model_name_or_path", "5", "\"base_model_name_or_path\" must be a string (got 5)")]
-    [InlineData("target_modules", "[1, 2]", "\"target_modules\" must be a string (got 1)")]
-    [InlineData("r", "[4, 4, 1e12]", "\"r\" must hold integers (got 1e12)")]
-    [InlineData("num_experts", "[2, null, 8]", "\"num_experts\" must hold integers (got null)")]
-    public void MistypedAdapterConfigValuesAreNamed(string key, string json, string message)
+    [InlineData("peft_type", "5", "key \"peft_type\": expected a string, got 5")]
+    [InlineData("base_model_name_or_path", "5", "key \"base_model_name_or_path\": expected a string, got 5")]
+    [InlineData("target_modules", "[1, 2]", "key \"target_modules\": expected a list of module names, got 1")]
+    [InlineData("r", "[4, 4, 1e12]", "key \"r\": expected an integer, got 1e12")]
+    [InlineData("num_experts", "[2, null, 8]", "key \"num_experts\": expected an integer, got null")]
+    // Finding 4: a duplicate key (the last one silently won), a lone surrogate (an unnamed InvalidOperationException).
+    [InlineData("r", "[8, 8, 8],\n \"r\": [2, 2, 2]", "duplicate key \"r\"")]
+    [InlineData("base_model_name_or_path", "\"\\udc00\"", "key \"base_model_name_or_path\": a string is not valid text")]
+    [InlineData("lora_alpha", "1e999", "key \"lora_alpha\": expected a finite number, got 1e999")]
+    public void DamagedAdapterConfigValuesAreNamed(string key, string raw, string message)
     {
+        // The value goes in as raw text: JSON a JsonNode cannot hold (a repeated key, a bad escape) included.
         string dir = TestUtil.CopyFixture("llama-tiny-mola");
         string path = Path.Combine(dir, "adapter_config.json");
         var o = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(path))!;
-        o[key] = System.Text.Json.Nodes.JsonNode.Parse(json);
-        File.WriteAllText(path, o.ToJsonString());
+        o[key] = "PLACEHOLDER";
+        File.WriteAllText(path, o.ToJsonString().Replace("\"PLACEHOLDER\"", raw));
         var e = Assert.Throws<MolaException>(() => AdapterConfig.Load(dir));
-        Assert.Equal($"{path}: {message}", e.Message);
+        Assert.StartsWith(path, e.Message);
+        Assert.Contains(message, e.Message);
+        var run = CliRunner.Run("generate", "--base-model", TestUtil.Fixture("llama-tiny"), "--adapter", dir, "--prompt", "a");
+        Assert.Equal(e.Message, run.SingleErrorLine());
     }
 
     [Theory]

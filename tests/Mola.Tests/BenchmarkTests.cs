@@ -88,7 +88,7 @@ public class BenchmarkTests
         Assert.Equal("equivalent", mrpc.GoldLabel(JsonNode.Parse("""{"answer": null, "output": "Answer: The answer is equivalent."}""")!.AsObject(), "m.json", 7));
         var e = Assert.Throws<MolaException>(() => mrpc.GoldLabel(JsonNode.Parse("""{"answer": 1}""")!.AsObject(), "m.json", 7));
         Assert.Equal("m.json:7: \"answer\" is the number 1; write the label as a string, one of \"not_equivalent\" (GLUE label 0), \"equivalent\" (GLUE label 1)", e.Message);
-        Assert.StartsWith("m.json:8: field \"output\" must be a string",
+        Assert.StartsWith("m.json:8: key \"output\": expected a string, got [\"x\"]",
             Assert.Throws<MolaException>(() => mrpc.GoldLabel(JsonNode.Parse("""{"output": ["x"]}""")!.AsObject(), "m.json", 8)).Message);
     }
 

@@ -78,7 +78,7 @@ public class InstructionRecordTests
     [InlineData("{\"input\": \"x\", \"output\": \"y\"}", "missing field \"instruction\"")]
     [InlineData("{\"instruction\": \"x\", \"input\": \"y\"}", "missing field \"output\"")]
     [InlineData("{\"instruction\": \"x\", \"output\": null}", "missing field \"output\"")]
-    [InlineData("{\"instruction\": \"x\", \"input\": 5, \"output\": \"y\"}", "field \"input\" must be a string, not a number")]
+    [InlineData("{\"instruction\": \"x\", \"input\": 5, \"output\": \"y\"}", "key \"input\": expected a string, got 5")]
     public void MissingOrMistypedFieldIsNamedWithItsLine(string badLine, string what)
     {
         string path = Write("{\"instruction\": \"a\", \"output\": \"b\"}\n" + badLine + "\n");
@@ -126,7 +126,7 @@ public class InstructionRecordTests
     [Theory]
     [InlineData("{\"instruction\": \"a\", \"instruction\": \"b\", \"output\": \"c\"}", "data.jsonl:2: invalid JSON (", "instruction")]
     [InlineData("[\n {\"output\": \"x\", \"output\": \"y\", \"instruction\": \"z\"}]", "data.jsonl:3: invalid JSON (", "output")]
-    [InlineData("{\"instruction\": \"\\ud800\", \"output\": \"c\"}", "data.jsonl:2: field \"instruction\" is not valid text", "")]
+    [InlineData("{\"instruction\": \"\\ud800\", \"output\": \"c\"}", "data.jsonl:2: key \"instruction\": a string is not valid text", "")]
     public void DuplicateKeysAndLoneSurrogatesAreNamedWithTheirLine(string badLine, string start, string key)
     {
         string text = badLine.StartsWith('[') ? "\n" + badLine : "{\"instruction\": \"ok\", \"output\": \"ok\"}\n" + badLine;

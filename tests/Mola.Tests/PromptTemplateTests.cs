@@ -64,6 +64,16 @@ public class PromptTemplateTests
     }
 
     [Fact]
+    public void ADuplicateKeyNamesTheFileTheLineAndTheKey()
+    {
+        // Which of the two prompts won was the parser's accident.
+        string path = Path.Combine(TestUtil.TempDir(), "t.json");
+        File.WriteAllText(path, "{\"prompt_input\": \"{instruction} {input}\",\n\"prompt_no_input\": \"{instruction}\",\n\"prompt_input\": \"{input} {instruction}\",\n\"response_split\": \"R\"}");
+        var e = Assert.Throws<MolaException>(() => PromptTemplate.Load(path));
+        Assert.Equal($"{path}:3: duplicate key \"prompt_input\" (each key may appear once in an object)", e.Message);
+    }
+
+    [Fact]
     public void MissingKeyNamesTheFileAndTheKey()
     {
         string path = Path.Combine(TestUtil.TempDir(), "broken.json");

@@ -89,6 +89,94 @@ public class SafeTensorsTests
         Assert.Equal(new[] { 1.5f, -2f, 0.15625f, 3f }, t.data<float>().ToArray());
     }
 
+    public static TheoryData<string> FloatDTypes => ["BF16", "F16", "F32", "F64"];
+
+    [Theory]
+    [MemberData(nameof(FloatDTypes))]
+    public void TheFiniteScanAgreesWithDotNetOnEveryPositionAndSpecialValue(string dtype)
+    {
+        // Files laid out here byte by byte; the expected verdict is .NET's IsFinite of each decoded value. The
+        // extremes (largest finite, subnormals, -0) must pass; NaN and both infinities must fail wherever they sit
+        // (first, in a vector, in the tail after the last full vector).
+        int size = dtype switch { "F32" => 4, "F64" => 8, _ => 2 };
+        (ulong Bits, bool Finite)[] special = dtype switch
+        {
+            "BF16" => [(0x7F7F, true), (0x0001, true), (0x8000, true), (0x7FC0, false), (0x7F80, false), (0xFF80, false), (0xFF81, false)],
+            "F16" => [(0x7BFF, true), (0x0001, true), (0x8000, true), (0x7E00, false), (0x7C00, false), (0xFC00, false), (0x7C01, false)],
+            "F32" => [(0x7F7F_FFFF, true), (1, true), (0x8000_0000, true), (0x7FC0_0000, false), (0x7F80_0000, false), (0xFF80_0000, false), (0x7F80_0001, false)],
+            _ => [(0x7FEF_FFFF_FFFF_FFFF, true), (1, true), (0x8000_0000_0000_0000, true), (0x7FF8_0000_0000_0000, false), (0x7FF0_0000_0000_0000, false), (0xFFF0_0000_0000_0000, false)],
+        };
+        foreach (var (bits, _) in special)
+            Assert.Equal(Decode(dtype, bits) is var v && double.IsFinite(v), special.First(x => x.Bits == bits).Finite);
+        var random = new Random(5);
+        string dir = TestUtil.TempDir();
+        foreach (int length in new[] { 1, 7, 16, 33, 100 })
+            foreach (var (bits, finite) in special)
+                foreach (int at in new[] { 0, length / 2, length - 1 })
+                {
+                    var values = Enumerable.Range(0, length).Select(_ => Encode(dtype, random.NextDouble() * 200 - 100)).ToArray();
+                    values[at] = bits;
+                    string path = Path.Combine(dir, $"{dtype}-{length}-{bits:x}-{at}.safetensors");
+                    WriteOneTensor(path, dtype, size, values);
+                    using var f = SafeTensorsFile.Open(path);
+                    bool expected = values.All(b => double.IsFinite(Decode(dtype, b)));
+                    Assert.Equal(finite, expected);
+                    if (expected) f.RequireFinite("x");
+                    else Assert.Contains("tensor \"x\" holds NaN or infinite values", Assert.Throws<MolaException>(() => f.RequireFinite("x")).Message);
+                }
+    }
+
+    [Fact]
+    public void WeightsANarrowingConversionMakesInfiniteAreRefused()
+    {
+        // 1e5 is finite in BF16 (and float32) but past float16's largest value, 65504.
+        string path = Path.Combine(TestUtil.TempDir(), "t.safetensors");
+        using (var bf = tensor(new[] { 1f, 1e5f }).to(ScalarType.BFloat16)) SafeTensorsFile.Save(path, [KeyValuePair.Create("w", bf)]);
+        using var f = SafeTensorsFile.Open(path);
+        using (var f32 = empty(2, ScalarType.Float32)) f.ReadInto("w", f32);
+        using var f16 = empty(2, ScalarType.Float16);
+        Assert.Contains($"{path}: tensor \"w\" holds NaN or infinite values", Assert.Throws<MolaException>(() => f.ReadInto("w", f16)).Message);
+
+        // F32's largest value rounds up to infinity in BF16 (whose largest is 3.3895e38).
+        string f32Path = Path.Combine(TestUtil.TempDir(), "t32.safetensors");
+        using (var big = tensor(new[] { 1f, float.MaxValue })) SafeTensorsFile.Save(f32Path, [KeyValuePair.Create("w", big)]);
+        using var f32File = SafeTensorsFile.Open(f32Path);
+        using var bf16 = empty(2, ScalarType.BFloat16);
+        Assert.Contains("holds NaN or infinite values", Assert.Throws<MolaException>(() => f32File.ReadInto("w", bf16)).Message);
+    }
+
+    static double Decode(string dtype, ulong bits) => dtype switch
+    {
+        "BF16" => BitConverter.Int32BitsToSingle((int)(bits << 16)),
+        "F16" => (double)BitConverter.UInt16BitsToHalf((ushort)bits),
+        "F32" => BitConverter.Int32BitsToSingle((int)(uint)bits),
+        _ => BitConverter.Int64BitsToDouble((long)bits),
+    };
+
+    static ulong Encode(string dtype, double x) => dtype switch
+    {
+        "BF16" => (ulong)(BitConverter.SingleToUInt32Bits((float)x) >> 16),
+        "F16" => BitConverter.HalfToUInt16Bits((Half)x),
+        "F32" => BitConverter.SingleToUInt32Bits((float)x),
+        _ => BitConverter.DoubleToUInt64Bits(x),
+    };
+
+    static void WriteOneTensor(string path, string dtype, int size, ulong[] values)
+    {
+        byte[] header = System.Text.Encoding.UTF8.GetBytes($"{{\"x\":{{\"dtype\":\"{dtype}\",\"shape\":[{values.Length}],\"data_offsets\":[0,{values.Length * size}]}}}}");
+        var file = new byte[8 + header.Length + values.Length * size];
+        BinaryPrimitives.WriteUInt64LittleEndian(file, (ulong)header.Length);
+        header.CopyTo(file, 8);
+        for (int i = 0; i < values.Length; i++)
+        {
+            var span = file.AsSpan(8 + header.Length + i * size, size);
+            if (size == 2) BinaryPrimitives.WriteUInt16LittleEndian(span, (ushort)values[i]);
+            else if (size == 4) BinaryPrimitives.WriteUInt32LittleEndian(span, (uint)values[i]);
+            else BinaryPrimitives.WriteUInt64LittleEndian(span, values[i]);
+        }
+        File.WriteAllBytes(path, file);
+    }
+
     [Fact]
     public void SaveReplacesAnExistingFileAndLeavesNoTemporary()
     {

@@ -45,7 +45,7 @@ public static class AnalyzeCommand
             Func<RoutingStatistics>? routing = baseDir is null ? null : () =>
             {
                 var texts = RoutingRun.ReadTexts(dataPath!, PromptTemplate.Load(p.GetValue(template)!));
-                using var model = ModelLoader.Load(baseDir, Cli.DType(p, dtype), Cli.Device(p, device));
+                using var model = ModelLoader.Load(baseDir, Cli.DType(p, dtype), Cli.Device(p, device), o.Line);
                 var adapterModel = AdapterModel.Load(model, adapterDir);
                 var tok = MolaTokenizer.Load(baseDir, model.Config.BosTokenId, model.Config.EosTokenId, model.Config.VocabSize);
                 return new ProgressReporter(o).Run("routing", texts.Count, report => RoutingRun.Collect(adapterModel, tok, texts, n => report(n, "texts")));

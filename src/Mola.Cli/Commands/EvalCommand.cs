@@ -44,7 +44,7 @@ public static class EvalCommand
             var records = InstructionRecord.Load(dataPath);
             foreach (var r in records) bench.GoldLabel(r.Answer, r.Output, $"{dataPath}:{r.Line}");   // bad gold labels fail before loading weights
             string dir = p.GetValue(baseModel)!;
-            using var model = ModelLoader.Load(dir, Cli.DType(p, dtype), Cli.Device(p, device));
+            using var model = ModelLoader.Load(dir, Cli.DType(p, dtype), Cli.Device(p, device), o.Line);
             if (p.GetValue(adapter) is string adapterDir) AdapterModel.LoadForInference(model, adapterDir);
             var tok = MolaTokenizer.Load(dir, model.Config.BosTokenId, model.Config.EosTokenId, model.Config.VocabSize);
             int extra = mode == Scoring.Generate ? p.GetValue(maxNew) : 0;

@@ -20,16 +20,21 @@ public static class GenerateCommand
         var template = new Option<string>("--template") { Description = "Template for --instruction: alpaca, or a JSON file", DefaultValueFactory = _ => "alpaca" };
         var maxNew = new Option<int>("--max-new-tokens") { Description = "Most tokens to generate (stops earlier at EOS)", DefaultValueFactory = _ => 128 };
         var greedy = new Option<bool>("--greedy") { Description = "Argmax decoding (the default unless a sampling option is given)" };
-        var temperature = new Option<double?>("--temperature") { Description = "Sample with this temperature (implies sampling)" };
-        var topP = new Option<double?>("--top-p") { Description = "Nucleus sampling: keep the smallest set of tokens reaching this probability (implies sampling)" };
-        var topK = new Option<int?>("--top-k-sampling") { Description = "Sample from the k most likely tokens (implies sampling)" };
+        var temperature = new Option<double?>("--temperature") { Description = "Sample with this temperature, a positive finite number (implies sampling)" };
+        var topP = new Option<double?>("--top-p") { Description = "Nucleus sampling: keep the smallest set of tokens reaching this probability, in (0, 1] (implies sampling)" };
+        var topK = new Option<int?>("--top-k-sampling") { Description = "Sample from the k most likely tokens, k >= 0 (0: all; implies sampling)" };
+        var truncate = new Option<bool>("--truncate-prompt")
+        {
+            Description = "Keep BOS and the prompt's last tokens so that prompt and --max-new-tokens fit the model's positions " +
+                "(max_position_embeddings); without it a longer prompt is refused",
+        };
         var seed = new Option<long>("--seed") { Description = "Seed for sampling", DefaultValueFactory = _ => 42 };
         var dtype = Cli.DTypeOption();
         var device = Cli.DeviceOption();
         var json = Cli.JsonOption();
         var cmd = new Command("generate", "Generate text with a base model and an optional adapter (KV cache; greedy or sampling). " +
             "Give --prompt for raw text, or --instruction [--input] for the template's response.")
-        { baseModel, adapter, prompt, instruction, input, template, maxNew, greedy, temperature, topP, topK, seed, dtype, device, json };
+        { baseModel, adapter, prompt, instruction, input, template, maxNew, greedy, temperature, topP, topK, truncate, seed, dtype, device, json };
         cmd.SetAction(p => Cli.Run(p, json, o =>
         {
             string? rawPrompt = p.GetValue(prompt), instr = p.GetValue(instruction);
@@ -49,11 +54,11 @@ public static class GenerateCommand
             options.Validate();
             var tmpl = instr is null ? null : PromptTemplate.Load(p.GetValue(template)!);
             string dir = p.GetValue(baseModel)!;
-            using var model = ModelLoader.Load(dir, Cli.DType(p, dtype), Cli.Device(p, device));
+            using var model = ModelLoader.Load(dir, Cli.DType(p, dtype), Cli.Device(p, device), o.Line);
             if (p.GetValue(adapter) is string adapterDir) AdapterModel.LoadForInference(model, adapterDir);
             var tok = MolaTokenizer.Load(dir, model.Config.BosTokenId, model.Config.EosTokenId, model.Config.VocabSize);
             string text = tmpl is null ? rawPrompt! : tmpl.Prompt(instr!, p.GetValue(input));
-            var ids = tok.Encode(text, bos: true);
+            var ids = PromptIds(tok.Encode(text, bos: true), options.MaxNewTokens, model.Config.MaxPositionEmbeddings, p.GetValue(truncate));
             if (ids.Count + options.MaxNewTokens > model.Config.MaxPositionEmbeddings)
                 Cli.WarnPastPositions(o, "the prompt with --max-new-tokens comes to", ids.Count + options.MaxNewTokens, model.Config);
             var clock = Stopwatch.StartNew();
@@ -67,5 +72,18 @@ public static class GenerateCommand
             return new { ids = ids.Concat(generated), text = output, tokens_per_second = tps, new_tokens = generated.Count };
         }));
         return cmd;
+    }
+
+    /// <summary>The prompt's ids, refused when they alone pass the model's positions (attention memory grows with
+    /// the square of the length: a long prompt ends in the kernel's out-of-memory kill, not in an answer), or with
+    /// <paramref name="truncate"/> BOS and the last tokens, leaving room for <paramref name="maxNew"/> where it can.</summary>
+    static List<int> PromptIds(List<int> ids, int maxNew, int positions, bool truncate)
+    {
+        if (ids.Count <= positions) return ids;
+        if (!truncate)
+            throw new MolaException($"the prompt is {ids.Count} tokens, past the model's {positions} positions (max_position_embeddings); " +
+                "shorten it, or give --truncate-prompt to keep its last tokens");
+        int keep = Math.Max(2, positions - maxNew);
+        return [ids[0], .. ids.GetRange(ids.Count - (keep - 1), keep - 1)];
     }
 }

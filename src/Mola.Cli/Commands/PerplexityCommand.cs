@@ -24,7 +24,7 @@ public static class PerplexityCommand
         {
             var texts = Perplexity.ReadTexts(p.GetValue(data)!);
             string dir = p.GetValue(baseModel)!;
-            using var model = ModelLoader.Load(dir, Cli.DType(p, dtype), Cli.Device(p, device));
+            using var model = ModelLoader.Load(dir, Cli.DType(p, dtype), Cli.Device(p, device), o.Line);
             if (p.GetValue(adapter) is string adapterDir) AdapterModel.LoadForInference(model, adapterDir);
             var tok = MolaTokenizer.Load(dir, model.Config.BosTokenId, model.Config.EosTokenId, model.Config.VocabSize);
             var r = Perplexity.Compute(model, tok, texts, p.GetValue(batchSize));

@@ -157,7 +157,7 @@ public static class TrainCommand
                     : resumeArg == "latest" ? Checkpoints.Latest(outDir) ?? throw new MolaException($"{outDir}: no checkpoint to resume from")
                     : resumeArg;
 
-                using var model = ModelLoader.Load(baseDir, dtypeValue, deviceValue);
+                using var model = ModelLoader.Load(baseDir, dtypeValue, deviceValue, o.Line);
                 torch.manual_seed(options.Seed);
                 var adapter = p.GetValue(initAdapter) is string initDir ? AdapterModel.Load(model, initDir) : AdapterModel.Attach(model, adapterConfig);
                 o.Line($"base {baseDir} ({config.ModelType}, {config.NumHiddenLayers} layers), data {dataPath}: {trainSet.Count} train / {valSet?.Count ?? 0} validation records");

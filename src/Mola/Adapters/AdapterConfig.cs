@@ -39,7 +39,9 @@ public sealed record AdapterConfig
             throw new MolaException($"{source}: the adapter has {Rank.Length} layers but the base model has {n}");
         for (int l = 0; l < Rank.Length; l++)
             if (Rank[l] < 1) throw new MolaException($"{source}: r must be at least 1 (layer {l} has {Rank[l]})");
-        if (LoraDropout is < 0 or >= 1) throw new MolaException($"{source}: lora_dropout must be in [0, 1)");
+        if (LoraDropout is < 0 or >= 1 or double.NaN) throw new MolaException($"{source}: lora_dropout must be in [0, 1)");
+        if (!double.IsFinite(LoraAlpha)) throw new MolaException($"{source}: lora_alpha must be a finite number, got {LoraAlpha}");
+        if (!double.IsFinite(AuxLossCoef) || AuxLossCoef < 0) throw new MolaException($"{source}: aux_loss_coef must be a finite number of 0 or more, got {AuxLossCoef}");
         if (Kind != AdapterKind.Mola) return;
         if (NumExperts.Length != Rank.Length || TopK.Length != Rank.Length)
             throw new MolaException($"{source}: num_experts ({NumExperts.Length}), top_k ({TopK.Length}) and r ({Rank.Length}) must have one entry per layer");
@@ -55,10 +57,8 @@ public sealed record AdapterConfig
     {
         string path = Path.Combine(directory, "adapter_config.json");
         if (!File.Exists(path)) throw new MolaException($"{path}: not found (an adapter directory needs adapter_config.json and adapter_model.safetensors)");
-        JsonObject o;
-        try { o = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new MolaException($"{path}: expected a JSON object"); }
-        catch (JsonException e) { throw new MolaException($"{path}: invalid JSON ({e.Message})"); }
-        string type = Str(o["peft_type"], "peft_type", path) ?? throw new MolaException($"{path}: missing \"peft_type\"");
+        var o = JsonFile.ReadObject(path, "an adapter config with peft_type, target_modules, r, ...");
+        string type = JsonFile.String(o, "peft_type", path) ?? throw new MolaException($"{path}: missing \"peft_type\"");
         var kind = type.ToUpperInvariant() switch
         {
             "MOLA" => AdapterKind.Mola,
@@ -67,25 +67,25 @@ public sealed record AdapterConfig
         };
         var targets = o["target_modules"] switch
         {
-            JsonArray a => a.Select(x => Str(x, "target_modules", path) ?? "").ToArray(),
+            JsonArray a => a.Select(x => JsonFile.StringOf(x, "target_modules", path, "a list of module names")).ToArray(),
             JsonValue v when v.GetValueKind() == JsonValueKind.String => [v.GetValue<string>()],
             _ => throw new MolaException($"{path}: missing \"target_modules\" (a list of module names)"),
         };
         var rankNode = o["r"] ?? throw new MolaException($"{path}: missing \"r\"");
         int layers = kind == AdapterKind.Mola ? IntList(o, "num_experts", path).Length : (rankNode is JsonArray ra ? ra.Count : 0);
-        int[] rank = rankNode is JsonArray ? IntList(o, "r", path) : Enumerable.Repeat(IntValue(rankNode, "r", path), Math.Max(layers, 0)).ToArray();
+        int[] rank = rankNode is JsonArray ? IntList(o, "r", path) : Enumerable.Repeat(JsonFile.IntValue(rankNode, "r", path), Math.Max(layers, 0)).ToArray();
         var cfg = new AdapterConfig
         {
             Kind = kind,
-            BaseModelNameOrPath = Str(o["base_model_name_or_path"], "base_model_name_or_path", path) ?? "",
+            BaseModelNameOrPath = JsonFile.String(o, "base_model_name_or_path", path) ?? "",
             TargetModules = targets,
             Rank = rank,
-            LoraAlpha = Num(o, "lora_alpha", path) ?? 8,
-            LoraDropout = Num(o, "lora_dropout", path) ?? 0,
+            LoraAlpha = JsonFile.Number(o, "lora_alpha", path) ?? 8,
+            LoraDropout = JsonFile.Number(o, "lora_dropout", path) ?? 0,
             NumExperts = kind == AdapterKind.Mola ? IntList(o, "num_experts", path) : [],
             TopK = kind == AdapterKind.Mola ? IntList(o, "top_k", path) : [],
-            AuxLossCoef = Num(o, "aux_loss_coef", path) ?? 0,
-            UniformRank = rankNode is not JsonArray ? IntValue(rankNode, "r", path) : null,
+            AuxLossCoef = JsonFile.Number(o, "aux_loss_coef", path) ?? 0,
+            UniformRank = rankNode is not JsonArray ? JsonFile.IntValue(rankNode, "r", path) : null,
         };
         cfg.Validate(path);
         return cfg;
@@ -124,29 +124,8 @@ public sealed record AdapterConfig
 
     static int[] IntList(JsonObject o, string key, string path) => o[key] switch
     {
-        JsonArray a => a.Select(x => IntValue(x, key, path)).ToArray(),
         null => throw new MolaException($"{path}: missing \"{key}\" (a list with one value per layer)"),
-        _ => throw new MolaException($"{path}: \"{key}\" must be a list with one value per layer"),
-    };
-
-    static int IntValue(JsonNode? n, string key, string path) =>
-        n is JsonValue v && v.TryGetValue<int>(out int i) ? i
-        : n is JsonValue d && d.TryGetValue<double>(out double x) && x == Math.Floor(x) && x >= int.MinValue && x <= int.MaxValue ? (int)x
-        : throw new MolaException($"{path}: \"{key}\" must hold integers (got {n?.ToJsonString() ?? "null"})");
-
-    static string? Str(JsonNode? n, string key, string path) => n switch
-    {
-        null => null,
-        JsonValue v when v.GetValueKind() == JsonValueKind.String => v.GetValue<string>(),
-        JsonValue v when v.GetValueKind() == JsonValueKind.Null => null,
-        _ => throw new MolaException($"{path}: \"{key}\" must be a string (got {n.ToJsonString()})"),
-    };
-
-    static double? Num(JsonObject o, string key, string path) => o[key] switch
-    {
-        null => null,
-        JsonValue v when v.TryGetValue<double>(out double d) => d,
-        JsonValue v when v.GetValueKind() == JsonValueKind.Null => null,
-        _ => throw new MolaException($"{path}: \"{key}\" must be a number"),
+        JsonArray => JsonFile.IntList(o, key, path)!,
+        var other => throw JsonFile.Expected(path, key, "a list with one value per layer", other),
     };
 }

@@ -120,14 +120,6 @@ public sealed class AdapterModel : nn.Module
         }
     }
 
-    /// <summary>Refuses an adapter tensor with NaN or infinite values (a damaged file, or one saved from a run that diverged).</summary>
-    public static void RequireFinite(Tensor t, string path, string name)
-    {
-        using var finite = torch.isfinite(t).all();
-        if (!finite.item<bool>())
-            throw new MolaException($"{path}: tensor \"{name}\" holds NaN or infinite values; the adapter is damaged (saved from a run that diverged?)");
-    }
-
     /// <summary>Loads an adapter for inference: dropout off, plain LoRA merged into the base weights.</summary>
     public static AdapterModel LoadForInference(CausalLM model, string directory)
     {
@@ -171,7 +163,6 @@ public sealed class AdapterModel : nn.Module
             if (!file.Contains(name))
                 throw new MolaException($"{path}: tensor \"{name}\" missing (expected shape {SafeTensorsFile.FormatShape(dst.shape)}); the adapter does not fit this base model or config");
             file.ReadInto(name, dst, "but this base model and config need");
-            RequireFinite(dst, path, name);
         }
         var extra = file.Tensors.Keys.FirstOrDefault(k => !expected.Contains(k));
         if (extra is not null)

@@ -1,4 +1,4 @@
-using System.Text.Json;
+using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
 using Mola.Models;
 
@@ -106,28 +106,17 @@ internal sealed partial class AdapterTensors
     /// <summary>peft_type (required) and num_experts when it is a per-layer list (null otherwise).</summary>
     public static (string PeftType, int[]? NumExperts) ReadConfig(string path)
     {
-        JsonDocument doc;
-        try { doc = JsonDocument.Parse(File.ReadAllText(path)); }
-        catch (JsonException e) { throw new MolaException($"{path}: not valid JSON ({e.Message})"); }
-        using var _ = doc;
-        var root = doc.RootElement;
-        if (root.ValueKind != JsonValueKind.Object) throw new MolaException($"{path}: must be a JSON object");
-        if (!root.TryGetProperty("peft_type", out var pt) || pt.ValueKind != JsonValueKind.String)
-            throw new MolaException($"{path}: missing \"peft_type\" (\"MOLA\" or \"LORA\")");
-        string peftType = pt.GetString()!.ToUpperInvariant();
+        var root = JsonFile.ReadObject(path, "an adapter config with peft_type, target_modules, r, ...");
+        string? type = root["peft_type"] is null ? null : JsonFile.String(root, "peft_type", path);
+        if (type is null) throw new MolaException($"{path}: missing \"peft_type\" (\"MOLA\" or \"LORA\")");
+        string peftType = type.ToUpperInvariant();
         if (peftType is not ("MOLA" or "LORA"))
-            throw new MolaException($"{path}: peft_type \"{pt.GetString()}\" is not supported (expected \"MOLA\" or \"LORA\")");
-        int[]? numExperts = null;
-        if (root.TryGetProperty("num_experts", out var ne))
-        {
-            numExperts = ne.ValueKind switch
-            {
-                JsonValueKind.Array => ne.EnumerateArray().Select(v => v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int n) && n >= 1 ? n
-                    : throw new MolaException($"{path}: num_experts entries must be positive integers, got {v}")).ToArray(),
-                JsonValueKind.Number => null,
-                _ => throw new MolaException($"{path}: num_experts must be an integer or a list of integers"),
-            };
-        }
+            throw new MolaException($"{path}: peft_type \"{type}\" is not supported (expected \"MOLA\" or \"LORA\")");
+        // A single number is LoRA's spelling; the full adapter-config reader owns it.
+        int[]? numExperts = root["num_experts"] is JsonValue v && v.GetValueKind() == System.Text.Json.JsonValueKind.Number ? null
+            : JsonFile.IntList(root, "num_experts", path);
+        if (numExperts is not null && numExperts.Any(n => n < 1))
+            throw new MolaException($"{path}: num_experts entries must be positive integers, got {numExperts.First(n => n < 1)}");
         return (peftType, numExperts);
     }
 }

@@ -43,7 +43,7 @@ public static class Redundancy
                 var b = m.B.Select(n => file.Read(n, ScalarType.Float64)).ToList();
                 CheckShapes(weightsPath, m, a, b);
                 foreach (var (name, t) in m.A.Concat(m.B).Zip(a.Concat(b)))
-                    AdapterModel.RequireFinite(t, weightsPath, name);
+                    SafeTensorsFile.RequireFinite(t, weightsPath, name);
                 mean = MeanPairwiseDistance(a, b);
             }
             modules.Add(new ModuleRedundancy(m.Layer, m.Name, m.A.Count, mean));

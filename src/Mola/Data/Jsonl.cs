@@ -45,8 +45,9 @@ public static class Jsonl
                 node = JsonNode.Parse(line);
                 _ = (node as JsonObject)?.Count;   // builds the object now: a duplicate key fails here, with its line
             }
-            catch (JsonException e) { throw new MolaException($"{path}:{lineNo}: invalid JSON ({Short(e)}){(lineNo == 1 ? FormatHint : "")}"); }
+            catch (JsonException e) { throw new MolaException($"{path}:{lineNo}: invalid JSON ({JsonFile.Short(e)}){(lineNo == 1 ? FormatHint : "")}"); }
             catch (ArgumentException e) { throw new MolaException($"{path}:{lineNo}: invalid JSON ({e.Message})"); }
+            catch (InvalidOperationException e) { throw JsonFile.NotText($"{path}:{lineNo}", e); }
             if (node is not JsonObject obj) throw new MolaException($"{path}:{lineNo}: expected a JSON object");
             yield return (lineNo, obj);
         }
@@ -70,38 +71,20 @@ public static class Jsonl
                 var obj = JsonNode.Parse(utf8.AsSpan(start, (int)reader.BytesConsumed - start))!.AsObject();
                 try { _ = obj.Count; }   // a duplicate key fails here, with its line
                 catch (ArgumentException e) { throw new MolaException($"{path}:{line}: invalid JSON ({e.Message})"); }
+                catch (InvalidOperationException e) { throw JsonFile.NotText($"{path}:{line}", e); }
                 items.Add((line, obj));
             }
             reader.Read(); // throws on anything after the ']'
         }
-        catch (JsonException e) { throw InvalidJson(path, e); }
+        catch (JsonException e) { throw JsonFile.InvalidJson(path, e); }
         return items;
-    }
-
-    /// <summary>The error for a whole JSON file that does not parse, at the 1-based line the parser stopped on.</summary>
-    internal static MolaException InvalidJson(string path, JsonException e) =>
-        new($"{path}:{(e.LineNumber ?? 0) + 1}: invalid JSON ({Short(e)})");
-
-    // The parser's message without its position suffix ("Path: $ | LineNumber: 0 | BytePositionInLine: 9."):
-    // it counts lines from 0 within what it was given, which would contradict the line number we report.
-    internal static string Short(JsonException e)
-    {
-        string m = e.Message;
-        int cut = new[] { " Path:", " LineNumber:" }.Select(s => m.IndexOf(s, StringComparison.Ordinal)).Where(i => i > 0).DefaultIfEmpty(m.Length).Min();
-        return m[..cut].TrimEnd('.', ' ');
     }
 
     /// <summary>A required string field of a record, or a clear error (missing, or not a string).</summary>
     public static string RequireString(JsonObject o, string key, string path, int line) =>
         OptionalString(o, key, path, line) ?? throw new MolaException($"{path}:{line}: missing field \"{key}\" (expected a string)");
 
-    public static string? OptionalString(JsonObject o, string key, string path, int line) => o[key] switch
-    {
-        null => null,
-        JsonValue v when v.GetValueKind() == JsonValueKind.Null => null,
-        JsonValue v when v.GetValueKind() == JsonValueKind.String => StringValue(v, key, path, line),
-        var other => throw new MolaException($"{path}:{line}: field \"{key}\" must be a string, not {Kind(other)}"),
-    };
+    public static string? OptionalString(JsonObject o, string key, string path, int line) => JsonFile.String(o, key, $"{path}:{line}");
 
     const char ByteOrderMark = '\uFEFF';
 
@@ -129,20 +112,4 @@ public static class Jsonl
         }
         return new MolaException($"{path}:{line}: not valid UTF-8 text (save the file as UTF-8)");
     }
-
-    // A lone UTF-16 surrogate ("\ud800") parses as JSON but cannot become a .NET string.
-    static string StringValue(JsonValue v, string key, string path, int line)
-    {
-        try { return v.GetValue<string>(); }
-        catch (InvalidOperationException e) { throw new MolaException($"{path}:{line}: field \"{key}\" is not valid text ({e.Message.TrimEnd('.')})"); }
-    }
-
-    static string Kind(JsonNode node) => node.GetValueKind() switch
-    {
-        JsonValueKind.Object => "an object",
-        JsonValueKind.Array => "an array",
-        JsonValueKind.Number => "a number",
-        JsonValueKind.True or JsonValueKind.False => "a boolean",
-        var k => k.ToString().ToLowerInvariant(),
-    };
 }

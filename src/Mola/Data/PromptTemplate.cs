@@ -60,17 +60,9 @@ public sealed class PromptTemplate
     public static PromptTemplate FromFile(string path)
     {
         if (!File.Exists(path)) throw new MolaException($"{path}: prompt template not found");
-        JsonNode? root;
-        try { root = JsonNode.Parse(File.ReadAllText(path)); }
-        catch (JsonException e) { throw new MolaException($"{path}:{(e.LineNumber ?? 0) + 1}: invalid JSON ({e.Message.Split(" Path:")[0]})"); }
-        if (root is not JsonObject o) throw new MolaException($"{path}: {Shape}");
-        string Key(string key, bool required = true) => o[key] switch
-        {
-            JsonValue v when v.GetValueKind() == JsonValueKind.String => v.GetValue<string>(),
-            null when !required => "",
-            null => throw new MolaException($"{path}: missing key \"{key}\" ({Shape})"),
-            _ => throw new MolaException($"{path}: \"{key}\" must be a string ({Shape})"),
-        };
+        var o = JsonFile.ReadObject(path, Shape);
+        string Key(string key, bool required = true) =>
+            JsonFile.String(o, key, path) ?? (required ? throw new MolaException($"{path}: missing key \"{key}\" ({Shape})") : "");
         return new PromptTemplate(path, Key("description", required: false), Key("prompt_input"), Key("prompt_no_input"), Key("response_split"));
     }
 
@@ -131,7 +123,7 @@ public sealed class PromptTemplate
                     throw new MolaException($"{source}: \"{key}\" has an unclosed '{{' at character {i} (write '{{{{' for a literal brace)");
                 string field = template[(i + 1)..close];
                 if (!fields.Contains(field))
-                    throw new MolaException($"{source}: \"{key}\" uses {{{field}}}; it may use only {string.Join(" and ", fields.Select(f => "{" + f + "}"))}");
+                    throw new MolaException($"{source}: \"{key}\" uses {{{field.ReplaceLineEndings("\\n")}}}; it may use only {string.Join(" and ", fields.Select(f => "{" + f + "}"))}");
                 if (literal.Length > 0) pieces.Add(new Piece(literal.ToString(), null));
                 literal.Clear();
                 pieces.Add(new Piece("", field));

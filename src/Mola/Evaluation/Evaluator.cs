@@ -98,6 +98,7 @@ public static class Evaluator
         var keep = target.ne(Losses.IgnoreIndex);
         var picked = logp.gather(2, target.clamp_min(0).unsqueeze(-1)).squeeze(-1) * keep;
         var sums = picked.sum(1).cpu().data<float>().ToArray();
+        if (!sums.All(float.IsFinite)) throw CausalLM.NotFinite($"the log-likelihoods of record {index + 1} are");
         var scores = candidates.Select((c, k) => (c, (double)sums[k])).ToDictionary(x => x.c, x => x.Item2);
         string best = scores.MaxBy(kv => kv.Value).Key;
         return new Prediction(index, gold, best, task.Continuation(best), scores);

@@ -40,6 +40,9 @@ public static class Perplexity
         }
         if (count == 0) throw new MolaException("no tokens to predict (every text is empty)");
         double nll = sum / count;
+        if (!double.IsFinite(nll)) throw CausalLM.NotFinite($"the mean NLL over {count} tokens is");
+        // exp overflows past a mean NLL of 709 nats (a model far worse than uniform): JSON cannot carry infinity.
+        if (!double.IsFinite(Math.Exp(nll))) throw new MolaException($"the mean NLL is {nll:G6} nats per token, whose perplexity exp(nll) is past what a double holds");
         return new PerplexityResult(nll, Math.Exp(nll), count, texts.Count);
     }
 }

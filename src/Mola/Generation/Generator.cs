@@ -22,10 +22,18 @@ public sealed record GenerationOptions
     public void Validate()
     {
         if (MaxNewTokens < 0) throw new MolaException($"--max-new-tokens must be 0 or more, got {MaxNewTokens}");
-        if (!Greedy && Temperature <= 0) throw new MolaException($"--temperature must be positive, got {Temperature}");
-        if (TopP is <= 0 or > 1) throw new MolaException($"--top-p must be in (0, 1], got {TopP}");
+        // Sampling runs in float32: a value that is 0 or infinite there (1e-300, 1e300) would divide the logits
+        // into NaN, which libtorch reports only as a native error deep inside the draw.
+        if (!Greedy && !PositiveInFloat32(Temperature))
+            throw new MolaException($"--temperature must be a positive number that float32 holds (1.4e-45 to 3.4e38), got {Number(Temperature)}");
+        if (!PositiveInFloat32(TopP) || TopP > 1)
+            throw new MolaException($"--top-p must be in (0, 1] and at least 1.4e-45 (the smallest float32), got {Number(TopP)}");
         if (TopK < 0) throw new MolaException($"--top-k-sampling must be 0 (off) or more, got {TopK}");
     }
+
+    static bool PositiveInFloat32(double x) => (float)x > 0 && float.IsFinite((float)x);
+
+    static string Number(double x) => x.ToString(System.Globalization.CultureInfo.InvariantCulture);
 }
 
 /// <summary>
@@ -56,6 +64,9 @@ public static class TextGenerator
                 using var scope = NewDisposeScope();
                 var logits = model.Forward(input, mask, cache);
                 var last = logits.select(1, logits.shape[1] - 1).to(ScalarType.Float32);     // [B, V]
+                // Damaged weights or an overflow (float16) would otherwise decode as garbage text and exit 0.
+                if (!torch.isfinite(last).all().item<bool>())
+                    throw CausalLM.NotFinite($"the logits for generated token {step + 1} are");
                 var next = options.Greedy ? last.argmax(-1) : Sample(last, options, generator);
                 var nextIds = next.cpu().data<long>().ToArray();
                 for (int b = 0; b < B; b++)
@@ -88,7 +99,8 @@ public static class TextGenerator
     /// <summary>Temperature, then top-k, then top-p (nucleus) filtering, then one draw per row.</summary>
     static Tensor Sample(Tensor logits, GenerationOptions o, torch.Generator generator)
     {
-        var scaled = logits / o.Temperature;
+        // Shifted so the largest logit is 0: a small temperature then sends the others to -inf, never to NaN.
+        var scaled = (logits - logits.amax([-1], keepdim: true)) / o.Temperature;
         if (o.TopK > 0 && o.TopK < scaled.shape[^1])
         {
             var kth = scaled.topk(o.TopK, dim: -1).values.select(-1, o.TopK - 1).unsqueeze(-1);

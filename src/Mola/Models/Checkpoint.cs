@@ -1,4 +1,5 @@
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -51,16 +52,10 @@ public sealed class Checkpoint : IDisposable
 
     void OpenShards(string index)
     {
-        Dictionary<string, string> map;
-        try
-        {
-            using var doc = JsonDocument.Parse(File.ReadAllText(index));
-            if (doc.RootElement.ValueKind != JsonValueKind.Object || !doc.RootElement.TryGetProperty("weight_map", out var wm) || wm.ValueKind != JsonValueKind.Object)
-                throw new MolaException($"{index}: missing \"weight_map\" object");
-            map = wm.EnumerateObject().ToDictionary(p => p.Name, p => p.Value.ValueKind == JsonValueKind.String ? p.Value.GetString()!
-                : throw new MolaException($"{index}: weight_map entry \"{p.Name}\" must name a file"));
-        }
-        catch (JsonException e) { throw Data.Jsonl.InvalidJson(index, e); }
+        var root = JsonFile.ReadObject(index, "an index with a \"weight_map\" object from tensor names to shard files");
+        if (root["weight_map"] is not JsonObject wm)
+            throw new MolaException($"{index}: missing \"weight_map\" object");
+        var map = wm.ToDictionary(p => p.Key, p => JsonFile.StringOf(p.Value, $"weight_map.{p.Key}", index, "the name of a shard file"));
         var shards = new Dictionary<string, SafeTensorsFile>();
         foreach (var (name, file) in map)
         {
@@ -127,6 +122,36 @@ public sealed class Checkpoint : IDisposable
                 throw new MolaException($"{_weightsFile}: tensor \"{name}\" missing (expected shape {SafeTensorsFile.FormatShape(p.shape)})");
             f.ReadInto(name, p);
         }
+    }
+
+    /// <summary>
+    /// The checkpoint's tensors that <paramref name="model"/> does not use, as Transformers lists them when it
+    /// loads ("Some weights of the model checkpoint were not used"). One is an error rather than an extra: a head
+    /// of its own (<c>lm_head.weight</c> unlike the embeddings) under a config that ties the head to the
+    /// embeddings, as Gemma's always does: the model would silently answer with another head than the one trained,
+    /// so the config's model_type or tie_word_embeddings does not fit these weights.
+    /// </summary>
+    public List<string> UnusedBy(nn.Module model, ModelConfig config, string configPath)
+    {
+        var used = model.named_parameters().Select(p => p.name).ToHashSet();
+        var unused = Names.Where(n => !used.Contains(n)).Order(StringComparer.Ordinal).ToList();
+        const string head = "lm_head.weight", embeddings = "model.embed_tokens.weight";
+        if (config.TieWordEmbeddings && unused.Contains(head) && !SameValues(head, embeddings))
+        {
+            string why = config.IsGemma ? "model_type gemma ties the head to the embeddings" : "tie_word_embeddings is true";
+            throw new MolaException($"{FileOf(head)}: holds \"{head}\", a head unlike \"{embeddings}\", but {configPath} says {why}: " +
+                "these weights are of another model_type, or the config is wrong");
+        }
+        return unused;
+    }
+
+    bool SameValues(string a, string b)
+    {
+        if (!Info(a).Shape.SequenceEqual(Info(b).Shape) || Info(a).DType != Info(b).DType) return false;
+        using var x = Read(a);
+        using var y = Read(b);
+        using var differ = x.ne(y).any();
+        return !differ.item<bool>();
     }
 
     public void Dispose()

@@ -34,29 +34,19 @@ public sealed record ModelConfig
         if (Directory.Exists(path)) path = Path.Combine(path, "config.json");
         if (!File.Exists(path))
             throw new MolaException($"{path}: not found (a base model directory needs config.json)");
-        JsonObject obj;
-        try
-        {
-            obj = JsonNode.Parse(File.ReadAllText(path)) as JsonObject
-                ?? throw new MolaException($"{path}: expected a JSON object");
-        }
-        catch (JsonException e)
-        {
-            throw Data.Jsonl.InvalidJson(path, e);
-        }
-        return FromJson(obj, path);
+        return FromJson(JsonFile.ReadObject(path, "a Hugging Face model config"), path);
     }
 
     public static ModelConfig FromJson(JsonObject o, string source)
     {
-        string type = Str(o, "model_type", source) ?? throw new MolaException($"{source}: missing \"model_type\"");
+        string type = JsonFile.String(o, "model_type", source) ?? throw new MolaException($"{source}: missing \"model_type\"");
         if (!SupportedModelTypes.Contains(type))
             throw new MolaException($"{source}: unsupported model_type \"{type}\" (supported: {string.Join(", ", SupportedModelTypes)})");
-        int Req(string key) => Int(o, key, source) ?? throw new MolaException($"{source}: missing \"{key}\"");
+        int Req(string key) => JsonFile.Int(o, key, source) ?? throw new MolaException($"{source}: missing \"{key}\"");
         int hidden = Req("hidden_size"), heads = Req("num_attention_heads");
         if (heads <= 0) throw new MolaException($"{source}: \"num_attention_heads\" must be positive, got {heads}");
-        int kv = Int(o, "num_key_value_heads", source) ?? heads;
-        int headDim = Int(o, "head_dim", source) ?? hidden / heads;
+        int kv = JsonFile.Int(o, "num_key_value_heads", source) ?? heads;
+        int headDim = JsonFile.Int(o, "head_dim", source) ?? hidden / heads;
         var cfg = new ModelConfig
         {
             ModelType = type,
@@ -67,22 +57,28 @@ public sealed record ModelConfig
             NumAttentionHeads = heads,
             NumKeyValueHeads = kv,
             HeadDim = headDim,
-            RmsNormEps = Dbl(o, "rms_norm_eps", source) ?? 1e-6,
-            RopeTheta = Dbl(o, "rope_theta", source) ?? 10000.0,
-            MaxPositionEmbeddings = Int(o, "max_position_embeddings", source) ?? 4096,
+            RmsNormEps = JsonFile.Number(o, "rms_norm_eps", source) ?? 1e-6,
+            RopeTheta = JsonFile.Number(o, "rope_theta", source) ?? 10000.0,
+            MaxPositionEmbeddings = JsonFile.Int(o, "max_position_embeddings", source) ?? 4096,
             // Gemma ties its head to the embeddings whether or not the config says so.
-            TieWordEmbeddings = type == "gemma" || Bool(o, "tie_word_embeddings", source) == true,
-            HiddenAct = Str(o, "hidden_activation", source) ?? Str(o, "hidden_act", source) ?? (type == "gemma" ? "gelu_pytorch_tanh" : "silu"),
-            SlidingWindow = type == "mistral" ? Int(o, "sliding_window", source) : null,
-            BosTokenId = Int(o, "bos_token_id", source) ?? 1,
+            TieWordEmbeddings = type == "gemma" || JsonFile.Bool(o, "tie_word_embeddings", source) == true,
+            HiddenAct = JsonFile.String(o, "hidden_activation", source) ?? JsonFile.String(o, "hidden_act", source) ?? (type == "gemma" ? "gelu_pytorch_tanh" : "silu"),
+            SlidingWindow = type == "mistral" ? JsonFile.Int(o, "sliding_window", source) : null,
+            BosTokenId = JsonFile.Int(o, "bos_token_id", source) ?? 1,
             EosTokenId = FirstInt(o, "eos_token_id", source) ?? 2,
-            PadTokenId = Int(o, "pad_token_id", source),
-            TorchDtype = Str(o, "torch_dtype", source),
+            PadTokenId = JsonFile.Int(o, "pad_token_id", source),
+            TorchDtype = JsonFile.String(o, "torch_dtype", source),
         };
         if (hidden <= 0 || heads <= 0 || kv <= 0 || headDim <= 0 || cfg.NumHiddenLayers <= 0 || cfg.VocabSize <= 0 || cfg.IntermediateSize <= 0)
             throw new MolaException($"{source}: sizes must be positive");
         if (cfg.MaxPositionEmbeddings <= 0)
             throw new MolaException($"{source}: \"max_position_embeddings\" must be positive, got {cfg.MaxPositionEmbeddings}");
+        // Inverted or NaN rotary frequencies, and a norm that divides by zero or by a negative root, turn every
+        // output into NaN while the model loads fine.
+        if (cfg.RopeTheta <= 0)
+            throw JsonFile.Expected(source, "rope_theta", "a positive number (the rotary base, 10000 for LLaMA)", o["rope_theta"]);
+        if (cfg.RmsNormEps < 0)
+            throw JsonFile.Expected(source, "rms_norm_eps", "a number of 0 or more (1e-5 or 1e-6 for these models)", o["rms_norm_eps"]);
         if (cfg.SlidingWindow is int w && w <= 0)
             throw new MolaException($"{source}: \"sliding_window\" must be positive or null, got {w}");
         // pad_token_id is left alone: some published LLaMA configs say -1, and nothing here reads it as an index.
@@ -100,39 +96,7 @@ public sealed record ModelConfig
         return cfg;
     }
 
-    static bool? Bool(JsonObject o, string key, string source) => o[key] switch
-    {
-        null => null,
-        JsonValue v when v.GetValueKind() == JsonValueKind.Null => null,
-        JsonValue v when v.GetValueKind() is JsonValueKind.True or JsonValueKind.False => v.GetValue<bool>(),
-        _ => throw new MolaException($"{source}: \"{key}\" must be true or false"),
-    };
-
-    static string? Str(JsonObject o, string key, string source) => o[key] switch
-    {
-        null => null,
-        JsonValue v when v.GetValueKind() == JsonValueKind.String => v.GetValue<string>(),
-        JsonValue v when v.GetValueKind() == JsonValueKind.Null => null,
-        _ => throw new MolaException($"{source}: \"{key}\" must be a string"),
-    };
-
-    static int? Int(JsonObject o, string key, string source) => o[key] switch
-    {
-        null => null,
-        JsonValue v when v.GetValueKind() == JsonValueKind.Null => null,
-        JsonValue v when v.GetValueKind() == JsonValueKind.Number && v.TryGetValue<int>(out int i) => i,
-        _ => throw new MolaException($"{source}: \"{key}\" must be an integer"),
-    };
-
     static int? FirstInt(JsonObject o, string key, string source) =>
-        o[key] is JsonArray a ? (a.Count > 0 && a[0] is JsonValue v && v.TryGetValue<int>(out int i) ? i : throw new MolaException($"{source}: \"{key}\" must be an integer or a list of integers"))
-        : Int(o, key, source);
-
-    static double? Dbl(JsonObject o, string key, string source) => o[key] switch
-    {
-        null => null,
-        JsonValue v when v.GetValueKind() == JsonValueKind.Null => null,
-        JsonValue v when v.GetValueKind() == JsonValueKind.Number => v.GetValue<double>(),
-        _ => throw new MolaException($"{source}: \"{key}\" must be a number"),
-    };
+        o[key] is JsonArray a ? (a.Count > 0 ? JsonFile.IntValue(a[0], key, source) : throw JsonFile.Expected(source, key, "an integer or a list of integers", a))
+        : JsonFile.Int(o, key, source);
 }

@@ -1,6 +1,7 @@
 using System.IO.MemoryMappedFiles;
 using System.Text;
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -56,11 +57,14 @@ public sealed class SafeTensorsFile : IDisposable
     public static SafeTensorsFile Open(string path)
     {
         if (!File.Exists(path)) throw new MolaException($"{path}: not found");
-        long fileLength = new FileInfo(path).Length;
-        if (fileLength < 8) throw new MolaException($"{path}: truncated safetensors file ({fileLength} bytes, less than the 8-byte header length)");
+        long fileLength;
         byte[] headerBytes;
-        using (var fs = File.OpenRead(path))
+        // The length of the opened file, not of the path: Hugging Face's cache links each snapshot file to its blob,
+        // and a symbolic link's own length is that of the path it holds.
+        using (var fs = OpenForReading(path))
         {
+            fileLength = fs.Length;
+            if (fileLength < 8) throw new MolaException($"{path}: truncated safetensors file ({fileLength} bytes, less than the 8-byte header length)");
             Span<byte> len = stackalloc byte[8];
             fs.ReadExactly(len);
             ulong n = BitConverter.ToUInt64(len);
@@ -83,55 +87,73 @@ public sealed class SafeTensorsFile : IDisposable
         return new SafeTensorsFile(path, dataStart, tensors, metadata, map, view);
     }
 
+    static FileStream OpenForReading(string path)
+    {
+        try { return File.OpenRead(path); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new MolaException($"{path}: cannot be read ({e.Message.TrimEnd('.')})"); }
+    }
+
+    /// <summary>The header's tensors and metadata, validated as the format's reference implementation (the
+    /// <c>safetensors</c> crate) does: strict UTF-8 JSON without duplicate names; every tensor a known dtype, a shape
+    /// and <c>[begin, end]</c> whose length fits them; sorted by offset, the tensors tile the data exactly, from 0
+    /// to the end of the file (no gap, no overlap, nothing after the last one).</summary>
     static (Dictionary<string, TensorInfo>, Dictionary<string, string>) ParseHeader(string path, byte[] header, long dataLength)
     {
-        JsonDocument doc;
-        try { doc = JsonDocument.Parse(header); }
-        catch (JsonException e) { throw new MolaException($"{path}: header is not valid JSON ({Data.Jsonl.Short(e)})"); }
-        using var _ = doc;
-        if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new MolaException($"{path}: header must be a JSON object");
+        var root = JsonFile.ParseObject(header, path, "tensor names mapping to dtype, shape and data_offsets");
         var tensors = new Dictionary<string, TensorInfo>();
         var metadata = new Dictionary<string, string>();
-        foreach (var p in doc.RootElement.EnumerateObject())
+        foreach (var (name, value) in root)
         {
-            if (p.Name == "__metadata__")
+            if (name == "__metadata__")
             {
-                if (p.Value.ValueKind != JsonValueKind.Object) throw new MolaException($"{path}: __metadata__ must be an object of strings");
-                foreach (var m in p.Value.EnumerateObject())
-                    metadata[m.Name] = m.Value.ValueKind == JsonValueKind.String ? m.Value.GetString()! : throw new MolaException($"{path}: __metadata__ value \"{m.Name}\" must be a string");
+                if (value is null) continue;
+                if (value is not JsonObject meta) throw JsonFile.Expected(path, "__metadata__", "an object of strings", value);
+                foreach (var (key, _) in meta)
+                    metadata[key] = JsonFile.String(meta, key, $"{path}: __metadata__") ?? throw JsonFile.Expected($"{path}: __metadata__", key, "a string", null);
                 continue;
             }
-            string where = $"{path}: tensor \"{p.Name}\"";
-            if (p.Value.ValueKind != JsonValueKind.Object) throw new MolaException($"{where}: entry must be an object");
-            if (!p.Value.TryGetProperty("dtype", out var dt) || dt.ValueKind != JsonValueKind.String)
-                throw new MolaException($"{where}: missing \"dtype\"");
-            string dtype = dt.GetString()!;
+            string where = $"{path}: tensor \"{name}\"";
+            if (value is not JsonObject entry) throw JsonFile.Expected(path, name, "a tensor entry {dtype, shape, data_offsets}", value);
+            string dtype = JsonFile.String(entry, "dtype", where) ?? throw new MolaException($"{where}: missing \"dtype\"");
             if (!DTypes.TryGetValue(dtype, out var info))
                 throw new MolaException($"{where}: unknown dtype \"{dtype}\" (supported: {string.Join(", ", DTypes.Keys)})");
-            if (!p.Value.TryGetProperty("shape", out var sh) || sh.ValueKind != JsonValueKind.Array)
-                throw new MolaException($"{where}: missing \"shape\"");
-            var shape = sh.EnumerateArray().Select(d => d.ValueKind == JsonValueKind.Number && d.TryGetInt64(out long v) && v >= 0 ? v
-                : throw new MolaException($"{where}: shape entries must be non-negative integers")).ToArray();
-            if (!p.Value.TryGetProperty("data_offsets", out var off) || off.ValueKind != JsonValueKind.Array || off.GetArrayLength() != 2)
-                throw new MolaException($"{where}: \"data_offsets\" must be [begin, end]");
-            long begin = off[0].TryGetInt64(out long b0) ? b0 : -1, end = off[1].TryGetInt64(out long e0) ? e0 : -1;
-            if (begin < 0 || end < begin)
-                throw new MolaException($"{where}: data offsets [{off[0]}, {off[1]}] are not a valid range");
+            var shape = Longs(entry, "shape", where, null);
+            var offsets = Longs(entry, "data_offsets", where, 2);
+            long begin = offsets[0], end = offsets[1];
+            if (end < begin)
+                throw new MolaException($"{where}: data offsets [{begin}, {end}] are not a valid range");
             if (end > dataLength)
                 throw new MolaException($"{where}: data offsets [{begin}, {end}] run past the end of the data ({dataLength} bytes): the file is truncated or its header is wrong");
-            var t = new TensorInfo(p.Name, dtype, shape, begin, end);
             long expected;
             try { expected = checked(shape.Aggregate(1L, (x, y) => x * y) * info.Size); }
             catch (OverflowException) { throw new MolaException($"{where}: shape {FormatShape(shape)} is too large to be stored"); }
             if (end - begin != expected)
                 throw new MolaException($"{where}: data offsets [{begin}, {end}] hold {end - begin} bytes but {dtype} {FormatShape(shape)} needs {expected}");
-            tensors[p.Name] = t;
+            tensors[name] = new TensorInfo(name, dtype, shape, begin, end);
         }
-        var sorted = tensors.Values.Where(t => t.End > t.Begin).OrderBy(t => t.Begin).ToList();
+        var sorted = tensors.Values.OrderBy(t => t.Begin).ThenBy(t => t.End).ToList();
         for (int i = 1; i < sorted.Count; i++)
             if (sorted[i].Begin < sorted[i - 1].End)
                 throw new MolaException($"{path}: tensors \"{sorted[i - 1].Name}\" [{sorted[i - 1].Begin}, {sorted[i - 1].End}] and \"{sorted[i].Name}\" [{sorted[i].Begin}, {sorted[i].End}] have overlapping data offsets");
+        long at = 0;
+        foreach (var t in sorted)
+        {
+            if (t.Begin > at)
+                throw new MolaException($"{path}: {t.Begin - at} bytes at data offset {at} belong to no tensor (before \"{t.Name}\" [{t.Begin}, {t.End}]); the format stores tensors without gaps");
+            at = t.End;
+        }
+        if (at != dataLength)
+            throw new MolaException($"{path}: {dataLength - at} bytes after the last tensor (the tensors end at data offset {at} of {dataLength}); the format forbids trailing data");
         return (tensors, metadata);
+    }
+
+    /// <summary>A list of non-negative integers (of <paramref name="count"/> entries when given).</summary>
+    static long[] Longs(JsonObject entry, string key, string where, int? count)
+    {
+        string expected = count == 2 ? "[begin, end] of non-negative integers" : "a list of non-negative integers";
+        if (entry[key] is not JsonArray a || (count is int c && a.Count != c))
+            throw entry[key] is null && !entry.ContainsKey(key) ? new MolaException($"{where}: missing \"{key}\" ({expected})") : JsonFile.Expected(where, key, expected, entry[key]);
+        return a.Select(x => x is JsonValue v && v.TryGetValue<long>(out long n) && n >= 0 ? n : throw JsonFile.Expected(where, key, expected, a)).ToArray();
     }
 
     public static string FormatShape(IEnumerable<long> shape) => "[" + string.Join(", ", shape) + "]";
@@ -163,8 +185,10 @@ public sealed class SafeTensorsFile : IDisposable
     }
 
     /// <summary>Copies tensor <paramref name="name"/> into <paramref name="destination"/> (converted to its dtype
-    /// and device) after checking the shape; <paramref name="needs"/> ends the shape error ("expected", "this model needs").</summary>
-    public void ReadInto(string name, Tensor destination, string needs = "expected")
+    /// and device) after checking the shape, then refuses NaN or infinite weights (<paramref name="checkFinite"/>
+    /// off only to measure what the check costs); <paramref name="needs"/> ends the shape error ("expected", "this
+    /// model needs").</summary>
+    public void ReadInto(string name, Tensor destination, string needs = "expected", bool checkFinite = true)
     {
         var info = Tensors[name];
         if (!info.Shape.SequenceEqual(destination.shape))
@@ -173,8 +197,78 @@ public sealed class SafeTensorsFile : IDisposable
         if (destination.is_floating_point() && info.DType is not ("F64" or "F32" or "F16" or "BF16"))
             throw new MolaException($"{Path}: tensor \"{name}\" is stored as {info.DType}; weights must be F32, F16, BF16 or F64");
         using var _ = torch.no_grad();
+        if (checkFinite) RequireFinite(name);
         using var t = Read(name, destination.dtype, destination.device);
         destination.copy_(t);
+        // A narrowing conversion can overflow (BF16 or F32 above 65504 read as float16, F32 near its largest value
+        // rounded to BF16): check what it made. Widening (BF16 to float32, the usual load) cannot.
+        if (checkFinite && Narrows(info.DType, destination.dtype)) RequireFinite(destination, Path, name);
+    }
+
+    static bool Narrows(string stored, ScalarType to) => (stored, to) switch
+    {
+        (_, ScalarType.Float64) => false,
+        ("F16" or "BF16", ScalarType.Float32) => false,
+        ("F16", ScalarType.Float16) or ("BF16", ScalarType.BFloat16) => false,
+        _ => true,
+    };
+
+    /// <summary>Refuses a tensor with NaN or infinite values (a damaged file, one saved from a run that diverged,
+    /// or values past what the dtype holds).</summary>
+    public static void RequireFinite(Tensor t, string path, string name)
+    {
+        using var finite = torch.isfinite(t).all();
+        if (!finite.item<bool>()) throw NotFinite(path, name);
+    }
+
+    static MolaException NotFinite(string path, string name) =>
+        new($"{path}: tensor \"{name}\" holds NaN or infinite values (a damaged file, a run that diverged, or values past what the dtype holds)");
+
+    /// <summary>Refuses a stored floating-point tensor with NaN or infinite values, by a scan of its mapped bytes
+    /// (a value is NaN or infinite exactly when its exponent bits are all ones): one vectorised pass at memory speed,
+    /// with no tensor allocated (bench/NOTES.md has the cost).</summary>
+    public void RequireFinite(string name)
+    {
+        var info = Tensors[name];
+        long n = info.End - info.Begin;
+        if (n == 0) return;
+        unsafe
+        {
+            byte* ptr = null;
+            _view!.SafeMemoryMappedViewHandle.AcquirePointer(ref ptr);
+            try
+            {
+                byte* p = ptr + _view.PointerOffset + _dataStart + info.Begin;
+                bool finite = info.DType switch
+                {
+                    "BF16" => AllFinite<ushort>(p, n, 0x7F80),
+                    "F16" => AllFinite<ushort>(p, n, 0x7C00),
+                    "F32" => AllFinite<uint>(p, n, 0x7F80_0000),
+                    "F64" => AllFinite<ulong>(p, n, 0x7FF0_0000_0000_0000),
+                    _ => true,
+                };
+                if (!finite) throw NotFinite(Path, name);
+            }
+            finally { _view.SafeMemoryMappedViewHandle.ReleasePointer(); }
+        }
+    }
+
+    static unsafe bool AllFinite<T>(byte* start, long bytes, T exponent) where T : unmanaged, System.Numerics.IBinaryInteger<T>
+    {
+        var mask = new System.Numerics.Vector<T>(exponent);
+        long count = bytes / sizeof(T);
+        for (long done = 0; done < count;)
+        {
+            int block = (int)Math.Min(count - done, 1 << 28);   // a Span holds at most 2^31 - 1 elements
+            var values = new ReadOnlySpan<T>((T*)start + done, block);
+            int i = 0;
+            for (; i <= block - System.Numerics.Vector<T>.Count; i += System.Numerics.Vector<T>.Count)
+                if (System.Numerics.Vector.EqualsAny(new System.Numerics.Vector<T>(values[i..]) & mask, mask)) return false;
+            for (; i < block; i++)
+                if ((values[i] & exponent) == exponent) return false;
+            done += block;
+        }
+        return true;
     }
 
     // A Span holds at most 2^31 bytes: larger tensors (a float32 Gemma embedding is 3 GB) are filled

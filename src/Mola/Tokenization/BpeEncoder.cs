@@ -65,10 +65,10 @@ sealed class BpeEncoder
             if (t == PieceType.Byte)
             {
                 if (!v.ByteFallback)
-                    throw new MolaException($"{file}: byte piece '{p}' (id {i}) in a model without byte fallback");
+                    throw new MolaException($"{file}: byte piece '{p.ReplaceLineEndings("\\n")}' (id {i}) in a model without byte fallback");
                 int b = ByteOfPiece(p);
                 if (b < 0)
-                    throw new MolaException($"{file}: byte piece '{p}' (id {i}) is not of the form <0xXX>");
+                    throw new MolaException($"{file}: byte piece '{p.ReplaceLineEndings("\\n")}' (id {i}) is not of the form <0xXX>");
                 _byteIds[b] = i;
                 _byteValue[i] = b;
             }

@@ -12,91 +12,103 @@ static class TokenizerJsonFile
 
     public static Vocabulary Read(string file)
     {
-        JsonDocument doc;
+        byte[] bytes;
         try
         {
-            doc = JsonDocument.Parse(File.ReadAllBytes(file));
-        }
-        catch (JsonException e)
-        {
-            throw new MolaException($"{file}: not valid JSON ({e.Message})");
+            bytes = File.ReadAllBytes(file);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             throw new MolaException($"{file}: cannot be read ({e.Message})");
         }
-        using (doc)
+        using var doc = JsonFile.ParseDocument(bytes, file);
+        try
         {
-            var root = doc.RootElement;
-            if (root.ValueKind != JsonValueKind.Object || !root.TryGetProperty("model", out var model) || model.ValueKind != JsonValueKind.Object)
-                throw new MolaException($"{file}: no \"model\" object (expected a Hugging Face tokenizer.json)");
-            string type = model.TryGetProperty("type", out var t) ? t.ToString() : "";
-            if (type != "BPE")
-                throw new MolaException($"{file}: model type '{type}'; only BPE (the Llama/Mistral layout) is supported");
-            foreach (string key in (string[])["continuing_subword_prefix", "end_of_word_suffix"])
-                if (model.TryGetProperty(key, out var v) && v.ValueKind == JsonValueKind.String && v.GetString()!.Length > 0)
-                    throw new MolaException($"{file}: model.{key} '{v.GetString()}' is not supported (the Llama/Mistral layout has none)");
-            if (model.TryGetProperty("dropout", out var dropout) && dropout.ValueKind == JsonValueKind.Number && dropout.GetDouble() > 0)
-                throw new MolaException($"{file}: model.dropout {dropout.GetDouble()}: BPE dropout is not supported");
-            var (addPrefix, metaspace) = SpaceHandling(root, file);
-            bool byteFallback = Bool(model, "byte_fallback", false, file);
-            bool fuseUnknown = Bool(model, "fuse_unk", false, file);
-            string? unk = model.TryGetProperty("unk_token", out var u) && u.ValueKind == JsonValueKind.String ? u.GetString() : null;
-
-            // Pieces by id: the model's vocab, then added tokens (which may extend it).
-            var byId = new Dictionary<int, (string Piece, PieceType Type)>();
-            if (!model.TryGetProperty("vocab", out var vocab) || vocab.ValueKind != JsonValueKind.Object)
-                throw new MolaException($"{file}: model.vocab must be an object of piece -> id");
-            foreach (var p in vocab.EnumerateObject())
-            {
-                if (p.Value.ValueKind != JsonValueKind.Number || !p.Value.TryGetInt32(out int id) || id < 0)
-                    throw new MolaException($"{file}: model.vocab['{p.Name}'] must be a non-negative integer id");
-                PieceType kind = p.Name == unk ? PieceType.Unknown
-                    : byteFallback && BpeEncoder.ByteOfPiece(p.Name) >= 0 ? PieceType.Byte : PieceType.Normal;
-                if (!byId.TryAdd(id, (p.Name, kind)))
-                    throw new MolaException($"{file}: id {id} is given to both '{byId[id].Piece}' and '{p.Name}' in model.vocab");
-            }
-            if (root.TryGetProperty("added_tokens", out var added) && added.ValueKind == JsonValueKind.Array)
-                foreach (var a in added.EnumerateArray())
-                {
-                    if (!a.TryGetProperty("id", out var idElement) || !idElement.TryGetInt32(out int id) || id < 0
-                        || !a.TryGetProperty("content", out var content) || content.ValueKind != JsonValueKind.String)
-                        throw new MolaException($"{file}: every entry of added_tokens needs an integer \"id\" and a string \"content\"");
-                    string piece = content.GetString()!;
-                    bool special = a.TryGetProperty("special", out var s) && s.ValueKind == JsonValueKind.True;
-                    PieceType kind = piece == unk ? PieceType.Unknown : special ? PieceType.Control : PieceType.UserDefined;
-                    if (byId.TryGetValue(id, out var known) && known.Piece != piece)
-                        throw new MolaException($"{file}: added token '{piece}' has id {id}, which model.vocab gives to '{known.Piece}'");
-                    byId[id] = (piece, kind);
-                }
-            int n = byId.Count == 0 ? 0 : byId.Keys.Max() + 1;
-            if (n == 0)
-                throw new MolaException($"{file}: model.vocab is empty");
-            var pieces = new string[n];
-            var types = new PieceType[n];
-            for (int i = 0; i < n; i++)
-            {
-                if (!byId.TryGetValue(i, out var entry))
-                    throw new MolaException($"{file}: no piece has id {i} (ids must run from 0 to {n - 1})");
-                (pieces[i], types[i]) = entry;
-            }
-            var index = new Dictionary<string, int>(StringComparer.Ordinal);
-            for (int i = 0; i < n; i++) index.TryAdd(pieces[i], i);
-            return new Vocabulary
-            {
-                Pieces = pieces,
-                Types = types,
-                Scores = new float[n],
-                Merges = ReadMerges(model, index, file),
-                ByteFallback = byteFallback,
-                AddDummyPrefix = addPrefix,
-                PrefixUnlessLeadingSpace = metaspace,
-                RemoveExtraWhitespaces = false,
-                FuseUnknown = fuseUnknown,
-                BosId = index.TryGetValue("<s>", out int bos) ? bos : null,
-                EosId = index.TryGetValue("</s>", out int eos) ? eos : null,
-            };
+            return Read(doc, file);
         }
+        catch (InvalidOperationException e)
+        {
+            // A value of another JSON kind than the layout has (a number where a string or an object goes), or a
+            // string with half a UTF-16 character: the walk below reads the Llama/Mistral layout without a check at each step.
+            throw new MolaException($"{file}: a value of the wrong JSON kind or not valid text ({e.Message.TrimEnd('.')}); expected a Hugging Face tokenizer.json of the Llama/Mistral layout");
+        }
+    }
+
+    static Vocabulary Read(JsonDocument doc, string file)
+    {
+        var root = doc.RootElement;
+        if (root.ValueKind != JsonValueKind.Object || !root.TryGetProperty("model", out var model) || model.ValueKind != JsonValueKind.Object)
+            throw new MolaException($"{file}: no \"model\" object (expected a Hugging Face tokenizer.json)");
+        string type = model.TryGetProperty("type", out var t) ? t.ToString() : "";
+        if (type != "BPE")
+            throw new MolaException($"{file}: model type '{type}'; only BPE (the Llama/Mistral layout) is supported");
+        foreach (string key in (string[])["continuing_subword_prefix", "end_of_word_suffix"])
+            if (model.TryGetProperty(key, out var v) && v.ValueKind == JsonValueKind.String && v.GetString()!.Length > 0)
+                throw new MolaException($"{file}: model.{key} '{v.GetString()}' is not supported (the Llama/Mistral layout has none)");
+        if (model.TryGetProperty("dropout", out var dropout) && dropout.ValueKind == JsonValueKind.Number && dropout.GetDouble() > 0)
+            throw new MolaException($"{file}: model.dropout {dropout.GetDouble()}: BPE dropout is not supported");
+        var (addPrefix, metaspace) = SpaceHandling(root, file);
+        bool byteFallback = Bool(model, "byte_fallback", false, file);
+        bool fuseUnknown = Bool(model, "fuse_unk", false, file);
+        string? unk = model.TryGetProperty("unk_token", out var u) && u.ValueKind == JsonValueKind.String ? u.GetString() : null;
+
+        // Pieces by id: the model's vocab, then added tokens (which may extend it).
+        var byId = new Dictionary<int, (string Piece, PieceType Type)>();
+        if (!model.TryGetProperty("vocab", out var vocab) || vocab.ValueKind != JsonValueKind.Object)
+            throw new MolaException($"{file}: model.vocab must be an object of piece -> id");
+        foreach (var p in vocab.EnumerateObject())
+        {
+            if (p.Value.ValueKind != JsonValueKind.Number || !p.Value.TryGetInt32(out int id) || id < 0)
+                throw new MolaException($"{file}: model.vocab['{p.Name}'] must be a non-negative integer id");
+            PieceType kind = p.Name == unk ? PieceType.Unknown
+                : byteFallback && BpeEncoder.ByteOfPiece(p.Name) >= 0 ? PieceType.Byte : PieceType.Normal;
+            if (!byId.TryAdd(id, (p.Name, kind)))
+                throw new MolaException($"{file}: id {id} is given to both '{byId[id].Piece}' and '{p.Name}' in model.vocab");
+        }
+        if (root.TryGetProperty("added_tokens", out var added) && added.ValueKind == JsonValueKind.Array)
+            foreach (var a in added.EnumerateArray())
+            {
+                if (!a.TryGetProperty("id", out var idElement) || !idElement.TryGetInt32(out int id) || id < 0
+                    || !a.TryGetProperty("content", out var content) || content.ValueKind != JsonValueKind.String)
+                    throw new MolaException($"{file}: every entry of added_tokens needs an integer \"id\" and a string \"content\"");
+                string piece = content.GetString()!;
+                bool special = a.TryGetProperty("special", out var s) && s.ValueKind == JsonValueKind.True;
+                PieceType kind = piece == unk ? PieceType.Unknown : special ? PieceType.Control : PieceType.UserDefined;
+                if (byId.TryGetValue(id, out var known) && known.Piece != piece)
+                    throw new MolaException($"{file}: added token '{piece}' has id {id}, which model.vocab gives to '{known.Piece}'");
+                byId[id] = (piece, kind);
+            }
+        if (byId.Count == 0)
+            throw new MolaException($"{file}: model.vocab is empty");
+        // Checked before the tables are sized by it: an id of 2^31 - 1 would ask for gigabytes.
+        int maxId = byId.Keys.Max();
+        if (maxId >= byId.Count)
+            throw new MolaException($"{file}: id {maxId} is past the {byId.Count} pieces (ids must run from 0 to {byId.Count - 1})");
+        int n = maxId + 1;
+        var pieces = new string[n];
+        var types = new PieceType[n];
+        for (int i = 0; i < n; i++)
+        {
+            if (!byId.TryGetValue(i, out var entry))
+                throw new MolaException($"{file}: no piece has id {i} (ids must run from 0 to {n - 1})");
+            (pieces[i], types[i]) = entry;
+        }
+        var index = new Dictionary<string, int>(StringComparer.Ordinal);
+        for (int i = 0; i < n; i++) index.TryAdd(pieces[i], i);
+        return new Vocabulary
+        {
+            Pieces = pieces,
+            Types = types,
+            Scores = new float[n],
+            Merges = ReadMerges(model, index, file),
+            ByteFallback = byteFallback,
+            AddDummyPrefix = addPrefix,
+            PrefixUnlessLeadingSpace = metaspace,
+            RemoveExtraWhitespaces = false,
+            FuseUnknown = fuseUnknown,
+            BosId = index.TryGetValue("<s>", out int bos) ? bos : null,
+            EosId = index.TryGetValue("</s>", out int eos) ? eos : null,
+        };
     }
 
     static bool Bool(JsonElement e, string key, bool fallback, string file) =>
@@ -177,5 +189,10 @@ static class TokenizerJsonFile
         return [e];
     }
 
-    static string Describe(JsonElement e) => e.TryGetProperty("type", out var t) ? $"'{t}'" : e.GetRawText();
+    static string Describe(JsonElement e)
+    {
+        if (e.TryGetProperty("type", out var t)) return $"'{t}'";
+        string raw = string.Join(' ', e.GetRawText().Split(['\r', '\n'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
+        return raw.Length <= 60 ? raw : raw[..57] + "...";
+    }
 }

@@ -158,7 +158,7 @@ public static class Checkpoints
     {
         JsonObject o;
         try { o = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new MolaException($"{path}: expected a JSON object"); }
-        catch (JsonException e) { throw new MolaException($"{path}: invalid JSON ({Mola.Data.Jsonl.Short(e)}); the checkpoint is damaged, resume from another"); }
+        catch (JsonException e) { throw new MolaException($"{path}: invalid JSON ({JsonFile.Short(e)}); the checkpoint is damaged, resume from another"); }
         foreach (var key in new[] { "step", "epoch", "micro_batch" })
         {
             if (o[key] is not JsonValue v || !v.TryGetValue<long>(out long n) || n < 0)
