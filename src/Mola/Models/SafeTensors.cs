@@ -325,7 +325,9 @@ public sealed class SafeTensorsFile : IDisposable
         if (start % size != 0 || info.End == info.Begin) return null;
         if (!_mapped.TryGetValue(type, out var whole))
         {
-            long fileLength = new FileInfo(Path).Length;
+            // The tensors tile the data to the end of the file (checked on open), so their end is the file's length:
+            // the length of what the path leads to, which for a symbolic link (a Hugging Face cache) is not its own.
+            long fileLength = _dataStart + Tensors.Values.Max(t => t.End);
             _mapped[type] = whole = torch.from_file(Path, shared: false, size: fileLength / size, dtype: type);
         }
         using var flat = whole.narrow(0, start / size, (info.End - info.Begin) / size);
