@@ -112,15 +112,17 @@ public sealed class Checkpoint : IDisposable
         }
     }
 
-    /// <summary>Copies every parameter of <paramref name="module"/> from the tensor of the same name,
-    /// one at a time, checking shapes; the module's dtype and device are kept.</summary>
+    /// <summary>Loads every parameter of <paramref name="module"/> from the tensor of the same name, one at a time,
+    /// checking shapes; the module's dtype and device are kept. A parameter stored in its own dtype, on the CPU, uses
+    /// the mapped file's pages instead of a copy (<see cref="SafeTensorsFile.Map"/>): a bf16 checkpoint loaded in bf16
+    /// is held once. Other dtypes are converted one tensor at a time.</summary>
     public void LoadInto(nn.Module module)
     {
         foreach (var (name, p) in module.named_parameters())
         {
             if (!_byTensor.TryGetValue(name, out var f))
                 throw new MolaException($"{_weightsFile}: tensor \"{name}\" missing (expected shape {SafeTensorsFile.FormatShape(p.shape)})");
-            f.ReadInto(name, p);
+            f.ShareInto(name, p);   // frozen weights: the mapped file's pages where the dtype is the stored one
         }
     }
 

@@ -188,7 +188,16 @@ public sealed class SafeTensorsFile : IDisposable
     /// and device) after checking the shape, then refuses NaN or infinite weights (<paramref name="checkFinite"/>
     /// off only to measure what the check costs); <paramref name="needs"/> ends the shape error ("expected", "this
     /// model needs").</summary>
-    public void ReadInto(string name, Tensor destination, string needs = "expected", bool checkFinite = true)
+    public void ReadInto(string name, Tensor destination, string needs = "expected", bool checkFinite = true) =>
+        Load(name, destination, needs, checkFinite, share: false);
+
+    /// <summary>As <see cref="ReadInto"/>, but where the file holds the tensor in the destination's dtype and the
+    /// destination is on the CPU, <paramref name="destination"/> is made to use the mapped file's pages
+    /// (<see cref="Map"/>) instead of receiving a copy: for frozen weights, which are then held once.</summary>
+    public void ShareInto(string name, Tensor destination, string needs = "expected") =>
+        Load(name, destination, needs, checkFinite: true, share: true);
+
+    void Load(string name, Tensor destination, string needs, bool checkFinite, bool share)
     {
         var info = Tensors[name];
         if (!info.Shape.SequenceEqual(destination.shape))
@@ -198,6 +207,11 @@ public sealed class SafeTensorsFile : IDisposable
             throw new MolaException($"{Path}: tensor \"{name}\" is stored as {info.DType}; weights must be F32, F16, BF16 or F64");
         using var _ = torch.no_grad();
         if (checkFinite) RequireFinite(name);
+        if (share && destination.device.type == DeviceType.CPU && DTypes[info.DType].Type == destination.dtype && Map(name) is { } mapped)
+        {
+            using (mapped) destination.set_(mapped);
+            return;
+        }
         using var t = Read(name, destination.dtype, destination.device);
         destination.copy_(t);
         // A narrowing conversion can overflow (BF16 or F32 above 65504 read as float16, F32 near its largest value
@@ -291,8 +305,39 @@ public sealed class SafeTensorsFile : IDisposable
         }
     }
 
+    // One tensor per stored dtype over the whole file, mapped by libtorch itself (see Map).
+    readonly Dictionary<ScalarType, Tensor> _mapped = new();
+
+    /// <summary>
+    /// Tensor <paramref name="name"/> over the file's own pages, with no copy: libtorch maps the file privately
+    /// (copy-on-write), so the weights are the page cache's pages, a model loaded this way holds its weights once
+    /// (a copy would sit in anonymous memory beside the mapped file while it loads) and a second load from a warm page
+    /// cache reads nothing. Writing into the tensor (merging LoRA into a base weight) copies just the pages it touches
+    /// and never changes the file. The tensor keeps the mapping alive after this file is disposed. Null when the
+    /// stored bytes do not start at a multiple of the element size (a header not padded as writers do), or on a
+    /// platform libtorch cannot map on: the caller then copies.
+    /// </summary>
+    public Tensor? Map(string name)
+    {
+        if (!Tensors.TryGetValue(name, out var info)) throw new MolaException($"{Path}: tensor \"{name}\" not found");
+        var (type, size) = DTypes[info.DType];
+        long start = _dataStart + info.Begin;
+        if (start % size != 0 || info.End == info.Begin) return null;
+        if (!_mapped.TryGetValue(type, out var whole))
+        {
+            // The tensors tile the data to the end of the file (checked on open), so their end is the file's length:
+            // the length of what the path leads to, which for a symbolic link (a Hugging Face cache) is not its own.
+            long fileLength = _dataStart + Tensors.Values.Max(t => t.End);
+            _mapped[type] = whole = torch.from_file(Path, shared: false, size: fileLength / size, dtype: type);
+        }
+        using var flat = whole.narrow(0, start / size, (info.End - info.Begin) / size);
+        return flat.view(info.Shape);
+    }
+
     public void Dispose()
     {
+        foreach (var t in _mapped.Values) t.Dispose();   // tensors made by Map keep their storage
+        _mapped.Clear();
         _view?.Dispose();
         _map?.Dispose();
     }
