@@ -141,7 +141,6 @@ public static class PerformanceBenchmark
     {
         o.Validate();
         log ??= _ => { };
-        TorchOptions.Initialise();   // what every command gets: threads, allocator settings
         if (o.Threads > 0) torch.set_num_threads(o.Threads);
         torch.manual_seed(o.Seed);
         using var _ = NewDisposeScope();
