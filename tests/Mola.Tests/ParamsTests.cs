@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.Json;
 using Mola.Adapters;
 using Mola.Models;
@@ -207,17 +206,9 @@ public class ParamsTests
         Assert.StartsWith("error: --experts is required", stderr);
     }
 
-    /// <summary>Runs the built mola CLI (beside the test assembly) in a child process.</summary>
     static (int Code, string Stdout, string Stderr) RunCli(params string[] args)
     {
-        var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "Mola.Cli.dll"));
-        foreach (var a in args) start.ArgumentList.Add(a);
-        start.Environment.Remove("MOLA_DEBUG");
-        using var process = Process.Start(start)!;
-        var stderr = process.StandardError.ReadToEndAsync();
-        string stdout = process.StandardOutput.ReadToEnd();
-        if (!process.WaitForExit(60_000)) { process.Kill(); throw new TimeoutException("mola did not finish in 60 s"); }
-        return (process.ExitCode, stdout, stderr.Result);
+        var r = CliRunner.Run(args);
+        return (r.ExitCode, r.Stdout, r.Stderr);
     }
 }
