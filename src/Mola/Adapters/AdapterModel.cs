@@ -33,6 +33,8 @@ public sealed class AdapterModel : nn.Module
 
     readonly List<(int Layer, string Module, Linear Target, nn.Module Adapter)> _modules = new();
     readonly List<Tensor>[] _routerLogits;
+    // Each layer's expert count and top-k, as its MoLA modules report them with their logits (the balance loss's E and k).
+    readonly (int Experts, int TopK)[] _routing;
     bool _collect;
 
     AdapterModel(CausalLM model, AdapterConfig config) : base("adapter")
@@ -40,6 +42,7 @@ public sealed class AdapterModel : nn.Module
         Base = model;
         Config = config;
         _routerLogits = Enumerable.Range(0, model.Config.NumHiddenLayers).Select(_ => new List<Tensor>()).ToArray();
+        _routing = new (int, int)[model.Config.NumHiddenLayers];
     }
 
     /// <summary>Attaches a freshly initialised adapter (B = 0: the model's outputs are unchanged).</summary>
@@ -218,7 +221,9 @@ public sealed class AdapterModel : nn.Module
 
     void CollectRouterLogits(MolaLayer layer, Tensor logits)
     {
-        if (_collect) _routerLogits[layer.Layer].Add(logits.alias().DetachFromDisposeScope());
+        if (!_collect) return;
+        _routerLogits[layer.Layer].Add(logits.alias().DetachFromDisposeScope());
+        _routing[layer.Layer] = (layer.NumExperts, layer.TopK);
     }
 
     /// <summary>
@@ -266,7 +271,8 @@ public sealed class AdapterModel : nn.Module
         using var scope = NewDisposeScope();
         var all = cat(list, 0);
         var mask = tokenMask is null ? null : tokenMask.repeat(list.Count);
-        return LoadBalancing.LayerLoss(all, Config.NumExperts[l], Config.TopK[l], mask).MoveToOuterDisposeScope();
+        var (experts, topK) = _routing[l];
+        return LoadBalancing.LayerLoss(all, experts, topK, mask).MoveToOuterDisposeScope();
     }
 
     /// <summary>
