@@ -11,6 +11,8 @@ public sealed record AdapterSpec
 {
     public const string DefaultExperts = "inverted-triangle";
     public const string DefaultTopK = "2";
+    /// <summary>The paper's adapter (MOLA.md): what every command and the library default to.</summary>
+    public static readonly AdapterSpec Paper = new();
 
     public string Kind { get; init; } = "mola";
     /// <summary>Experts per layer; null: <see cref="DefaultExperts"/>. MoLA only: given for LoRA it is refused.</summary>

@@ -137,9 +137,7 @@ public sealed class TrainingRecipe(RunDescription run)
     static void CheckFitsInMemory(ModelConfig config, AdapterConfig a, ScalarType dtype, Device device)
     {
         if (device.type != DeviceType.CPU) return;   // the device's memory is not known here
-        var counts = a.Kind == AdapterKind.Mola
-            ? ParameterCount.Mola(config, a.NumExperts, a.TopK, a.Rank, a.TargetModules)
-            : ParameterCount.Lora(config, a.Rank, a.TargetModules);
+        var counts = a.CountParameters(config);
         var m = ParameterCount.EstimateTrainingMemory(config, counts, dtype, 1, 1);
         ParameterCount.EnsureFitsInMemory(checked(m.BaseWeightsBytes + m.AdapterWeightsBytes + m.AdapterGradientsBytes + m.OptimizerStateBytes),
             $"the {AdapterSummary(a, counts.Total)}, with its gradients, AdamW moments and the base weights,",
