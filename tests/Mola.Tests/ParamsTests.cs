@@ -150,6 +150,7 @@ public class ParamsTests
         Assert.Equal(m.BaseWeightsBytes + 16 * p.Total + m.ActivationBytes, m.TotalBytes);
     }
 
+    [Trait("Category", "Slow")]
     [Fact]
     public void CliPrintsCountsAsJsonFromConfigAlone()
     {
@@ -170,6 +171,7 @@ public class ParamsTests
         Assert.Contains("105,635,840", stderr);   // the human report went to stderr
     }
 
+    [Trait("Category", "Slow")]
     [Fact]
     public void CliCountsLoraWithoutExperts()
     {
@@ -181,6 +183,7 @@ public class ParamsTests
         Assert.Equal(0, doc.RootElement.GetProperty("router").GetInt64());
     }
 
+    [Trait("Category", "Slow")]
     [Theory]
     [InlineData("--experts", "2,4,6,8,2,4,6,8,2,4,6,8,2,4,6,8,2,4,6,8,2,4,6,8,2,4,6,8,2,4,6,8,2")]    // 33 values on 32 layers
     [InlineData("--experts", "2,0,4,8")]
@@ -198,6 +201,7 @@ public class ParamsTests
         Assert.StartsWith("error: ", lines[0]);
     }
 
+    [Trait("Category", "Slow")]
     [Fact]
     public void CliNeedsExpertsForMola()
     {
