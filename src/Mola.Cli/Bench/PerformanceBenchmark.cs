@@ -6,7 +6,7 @@ using Mola.Training;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Mola.Performance;
+namespace Mola.Cli.Bench;
 
 /// <summary>Shapes and repetitions of <c>mola bench</c>. The layer shapes follow the reference case
 /// (one 4096 x 4096 linear, 512 tokens, 8 experts, top-2, rank 8); the decoder is a small LLaMA-shaped model.</summary>
