@@ -4,18 +4,6 @@ using static TorchSharp.torch;
 
 namespace Mola.Adapters;
 
-/// <summary>Logits and losses of one forward pass. Losses are null when no labels were given.</summary>
-public sealed record LmOutput(Tensor Logits, Tensor? CeLoss, Tensor? AuxLoss, Tensor? Loss) : IDisposable
-{
-    public void Dispose()
-    {
-        Logits.Dispose();
-        CeLoss?.Dispose();
-        AuxLoss?.Dispose();
-        Loss?.Dispose();
-    }
-}
-
 /// <summary>
 /// The injector (PEFT's <c>LoraModel</c>): wraps the targeted linear maps of a loaded model with
 /// MoLA or LoRA layers through <see cref="Linear.Adapter"/>, keeps the base frozen, exposes only

@@ -8,16 +8,6 @@ using static TorchSharp.torch;
 
 namespace Mola.Training;
 
-/// <param name="Train">What the loop did (interrupted or finished).</param>
-/// <param name="TrainableParameters">The adapter's parameter count.</param>
-/// <param name="ReplacedRun">A previous run in the output directory was moved aside for this one (and, when
-/// <see cref="TrainResult.Interrupted"/> with a checkpoint, is still kept in <c>.previous-run/</c>).</param>
-public sealed record RecipeResult(TrainResult Train, long TrainableParameters, bool ReplacedRun);
-
-/// <summary>A base model, its tokenizer and the run's template, handed to <see cref="TrainingRecipe.BeforeTraining"/>
-/// and <see cref="TrainingRecipe.AfterTraining"/> (the adapter is attached: the model computes with it).</summary>
-public sealed record RecipeModel(CausalLM Model, MolaTokenizer Tokenizer, PromptTemplate Template);
-
 /// <summary>
 /// A training run from its <see cref="RunDescription"/>, set-up and loop (as a torchtune recipe): every value, then
 /// every input file, then whether the adapter fits in memory, all before anything is touched; then the output
