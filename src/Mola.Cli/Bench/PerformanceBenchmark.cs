@@ -331,7 +331,7 @@ public static class PerformanceBenchmark
             foreach (var a in new[] { lora, mola })
                 foreach (var m in a.Modules) m.Target.Adapter = null;
             if (adapter is not null)
-                foreach (var m in adapter.Modules) m.Target.Adapter = (ILinearAdapter)m.Adapter;
+                foreach (var m in adapter.Modules) m.Target.Adapter = m.Adapter;
         }
 
         var times = Timing.Interleaved(

@@ -17,9 +17,9 @@ public sealed class AdapterModel : nn.Module
     public CausalLM Base { get; }
     public AdapterConfig Config { get; }
     /// <summary>Every adapted module in layer order, then target order.</summary>
-    public IReadOnlyList<(int Layer, string Module, Linear Target, nn.Module Adapter)> Modules => _modules;
+    public IReadOnlyList<(int Layer, string Module, Linear Target, IAdapterLayer Adapter)> Modules => _modules;
 
-    readonly List<(int Layer, string Module, Linear Target, nn.Module Adapter)> _modules = new();
+    readonly List<(int Layer, string Module, Linear Target, IAdapterLayer Adapter)> _modules = new();
     readonly List<Tensor>[] _routerLogits;
     // Each layer's expert count and top-k, as its MoLA modules report them with their logits (the balance loss's E and k).
     readonly (int Experts, int TopK)[] _routing;
@@ -53,8 +53,8 @@ public sealed class AdapterModel : nn.Module
                     : new LoraLayer(l, m, target.InFeatures, target.OutFeatures, config.Rank[l], config.LoraAlpha, config.LoraDropout, model.Device);
                 adapter.register_module($"{l}_{m}", module);
                 if (module is MolaLayer mola) mola.RouterLogitsSink = adapter.CollectRouterLogits;
-                target.Adapter = (ILinearAdapter)module;
-                adapter._modules.Add((l, m, target, module));
+                target.Adapter = (IAdapterLayer)module;
+                adapter._modules.Add((l, m, target, (IAdapterLayer)module));
             }
         }
         return adapter;
@@ -124,23 +124,8 @@ public sealed class AdapterModel : nn.Module
     public IEnumerable<(string Name, Tensor Tensor)> NamedTensors()
     {
         foreach (var (l, m, _, module) in _modules)
-        {
-            string p = AdapterConfig.Prefix(l, m);
-            if (module is MolaLayer mola)
-            {
-                yield return ($"{p}.router.weight", mola.router);
-                for (int e = 0; e < mola.NumExperts; e++)
-                {
-                    yield return ($"{p}.lora_A.{e}.weight", mola.ExpertA(e));
-                    yield return ($"{p}.lora_B.{e}.weight", mola.ExpertB(e));
-                }
-            }
-            else if (module is LoraLayer lora)
-            {
-                yield return ($"{p}.lora_A.weight", lora.lora_A);
-                yield return ($"{p}.lora_B.weight", lora.lora_B);
-            }
-        }
+            foreach (var t in module.PeftTensors(AdapterConfig.Prefix(l, m)))
+                yield return t;
     }
 
     /// <summary>Copies adapter tensors from a safetensors file (names and shapes checked; extra tensors refused).</summary>
@@ -175,7 +160,7 @@ public sealed class AdapterModel : nn.Module
     {
         foreach (var (_, _, target, module) in _modules)
         {
-            if (module is LoraLayer lora) lora.Unmerge(target);
+            module.Unmerge(target);
             target.Adapter = null;
         }
     }
@@ -184,13 +169,12 @@ public sealed class AdapterModel : nn.Module
     public void Merge()
     {
         if (Config.Kind != AdapterKind.Lora) throw new MolaException("only LoRA adapters can be merged (a MoLA adapter routes per token)");
-        foreach (var (_, _, target, module) in _modules) ((LoraLayer)module).Merge(target);
+        foreach (var (_, _, target, module) in _modules) module.Merge(target);
     }
 
     public void Unmerge()
     {
-        foreach (var (_, _, target, module) in _modules)
-            if (module is LoraLayer lora) lora.Unmerge(target);
+        foreach (var (_, _, target, module) in _modules) module.Unmerge(target);
     }
 
     /// <summary>Routes every MoLA layer through the faithful per-expert loop (true) or the fast path.</summary>
