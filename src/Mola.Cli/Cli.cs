@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Text.Encodings.Web;
 using System.Text.Json;
+using Mola.Platform;
 using Mola;
 using Mola.Cli.Commands;
 using Mola.Models;
@@ -136,23 +137,6 @@ public static class Cli
         return $"{source}{first.TrimEnd('.')} (an unexpected failure; set MOLA_DEBUG=1 for the full trace)";
     }
 
-    public static ScalarType DType(ParseResult p, Option<string> o) => TorchOptions.ParseDType(p.GetValue(o)!);
-    public static Device Device(ParseResult p, Option<string> o) => TorchOptions.ParseDevice(p.GetValue(o)!);
-}
-
-/// <summary>Human lines go to stdout, or to stderr under --json; the result object goes to stdout.</summary>
-public sealed class Output(bool json)
-{
-    public bool Json { get; } = json;
-    public TextWriter Human => Json ? Console.Error : Console.Out;
-
-    /// <summary>Whether a live progress display makes sense (a terminal, not a pipe or CI log).</summary>
-    public bool Interactive => !Console.IsErrorRedirected && Environment.GetEnvironmentVariable("CI") is null;
-
-    public void Line(string text) => Human.WriteLine(text);
-
-    public void Result(object result)
-    {
-        if (Json) Console.Out.WriteLine(JsonSerializer.Serialize(result, Cli.JsonOptions));
-    }
+    public static ScalarType DType(ParseResult p, Option<string> o) => TorchNames.ParseDType(p.GetValue(o)!);
+    public static Device Device(ParseResult p, Option<string> o) => TorchNames.ParseDevice(p.GetValue(o)!);
 }

@@ -1,3 +1,3 @@
-Mola.NativeEnvironment.Initialise();   // before anything loads libtorch
+Mola.Platform.Native.Initialise();   // before anything touches libtorch
 
 return Mola.Cli.Cli.Execute(args);

@@ -138,6 +138,7 @@ public class AdapterModelTests
         Assert.Contains("layers.2.mlp.down_proj.lora_A.7.weight\" missing", e3.Message);
     }
 
+    [Trait("Category", "Slow")]
     [Theory]
     [InlineData("peft_type", "5", "key \"peft_type\": expected a string, got 5")]
     [InlineData("base_model_name_or_path", "5", "key \"base_model_name_or_path\": expected a string, got 5")]

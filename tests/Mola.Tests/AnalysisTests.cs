@@ -382,6 +382,7 @@ public class AnalysisTests
         PngSize(Path.Combine(output, AnalysisRunner.CompareFile));
     }
 
+    [Trait("Category", "Slow")]
     [Fact]
     public void AnalyzeCommand_WithRouting_NamesEveryFileItWrote()
     {

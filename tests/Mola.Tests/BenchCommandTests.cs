@@ -6,6 +6,7 @@ namespace Mola.Tests;
 /// <summary>`mola bench` is a measurement, not a test: this only checks that the smoke run completes and reports
 /// every field as a positive number, with the operation counts of the products it times one by one. No time is
 /// ever asserted.</summary>
+[Trait("Category", "Slow")]
 public class BenchCommandTests
 {
     [Fact]

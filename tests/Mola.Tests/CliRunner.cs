@@ -4,7 +4,7 @@ using Xunit;
 
 namespace Mola.Tests;
 
-/// <summary>What one out-of-process run of the CLI did.</summary>
+/// <summary>What one run of the CLI did.</summary>
 sealed record CliResult(int ExitCode, string Stdout, string Stderr, string CommandLine)
 {
     /// <summary>The result object: the last non-empty stdout line, parsed as JSON.</summary>
@@ -53,8 +53,9 @@ sealed record CliResult(int ExitCode, string Stdout, string Stderr, string Comma
     public override string ToString() => $"`{CommandLine}` (exit {ExitCode})\n--- stdout:\n{Stdout}\n--- stderr:\n{Stderr}";
 }
 
-/// <summary>Runs the <c>mola</c> CLI out of process, as a user would: <c>dotnet Mola.Cli.dll args...</c>
-/// (the test project references Mola.Cli, so the DLL sits in the test output directory).</summary>
+/// <summary>The one way tests run the <c>mola</c> CLI: out of process, as a user would (<c>dotnet Mola.Cli.dll args...</c>;
+/// the test project references Mola.Cli, so the DLL sits in the test output directory), or in-process through the real
+/// command tree (<see cref="RunInProcess"/>, thousands of runs a second for the fuzz suite).</summary>
 static class CliRunner
 {
     static readonly string CliDll = Path.Combine(AppContext.BaseDirectory, "Mola.Cli.dll");
@@ -108,6 +109,23 @@ static class CliRunner
             throw new TimeoutException($"`{commandLine}` did not finish in {timeout.TotalSeconds:F0} s\n--- stdout:\n{stdout.Result}\n--- stderr:\n{stderr.Result}");
         }
         return new CliResult(p.ExitCode, stdout.Result, stderr.Result, commandLine);
+    }
+
+    /// <summary>Runs <c>Cli.Execute</c> in this process with stdout and stderr captured.</summary>
+    public static CliResult RunInProcess(IReadOnlyList<string> args)
+    {
+        var (stdout, stderr) = (new StringWriter(), new StringWriter());
+        var (savedOut, savedError) = (Console.Out, Console.Error);
+        Console.SetOut(stdout);
+        Console.SetError(stderr);
+        int code;
+        try { code = Mola.Cli.Cli.Execute([.. args]); }
+        finally
+        {
+            Console.SetOut(savedOut);
+            Console.SetError(savedError);
+        }
+        return new CliResult(code, stdout.ToString(), stderr.ToString(), "mola " + string.Join(' ', args));
     }
 
     /// <summary>Starts the CLI without waiting (output discarded), for tests that interrupt a run.</summary>

@@ -8,6 +8,7 @@ using Xunit;
 
 namespace Mola.Tests;
 
+[Trait("Category", "Slow")]
 public class GenerateEvalCliTests
 {
     static readonly string Llama = TestUtil.Fixture("llama-tiny");

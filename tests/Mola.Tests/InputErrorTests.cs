@@ -13,6 +13,7 @@ namespace Mola.Tests;
 /// problem, both from the library (a MolaException) and through the CLI (exit code 1, one
 /// <c>error:</c> line, no stack trace). The broken files are copies of the fixtures.
 /// </summary>
+[Trait("Category", "Slow")]
 public class InputErrorTests(ITestOutputHelper log)
 {
     const string Shard2 = "model-00002-of-00002.safetensors";

@@ -8,6 +8,7 @@ using Xunit;
 
 namespace Mola.Tests;
 
+[Trait("Category", "Slow")]
 [Collection(RunsAloneCollection.Name)]   // reads this process's resident memory
 public class MemoryTests
 {

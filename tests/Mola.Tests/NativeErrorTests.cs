@@ -9,6 +9,7 @@ namespace Mola.Tests;
 
 /// <summary>Finding 3 of the fault run: values that reached libtorch and came back as a C++ stack trace are refused
 /// up front with the option named, and whatever libtorch still throws is one line at the CLI boundary.</summary>
+[Trait("Category", "Slow")]
 public class NativeErrorTests
 {
     static readonly string Llama = TestUtil.Fixture("llama-tiny");
@@ -99,6 +100,7 @@ public class NativeErrorTests
 }
 
 /// <summary>Empty output paths (finding 4: they failed with an unnamed exception).</summary>
+[Trait("Category", "Slow")]
 public class PromptAndPathTests
 {
     [Theory]

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.Json;
 using Mola.Adapters;
 using Mola.Models;
@@ -151,6 +150,7 @@ public class ParamsTests
         Assert.Equal(m.BaseWeightsBytes + 16 * p.Total + m.ActivationBytes, m.TotalBytes);
     }
 
+    [Trait("Category", "Slow")]
     [Fact]
     public void CliPrintsCountsAsJsonFromConfigAlone()
     {
@@ -171,6 +171,7 @@ public class ParamsTests
         Assert.Contains("105,635,840", stderr);   // the human report went to stderr
     }
 
+    [Trait("Category", "Slow")]
     [Fact]
     public void CliCountsLoraWithoutExperts()
     {
@@ -182,6 +183,7 @@ public class ParamsTests
         Assert.Equal(0, doc.RootElement.GetProperty("router").GetInt64());
     }
 
+    [Trait("Category", "Slow")]
     [Theory]
     [InlineData("--experts", "2,4,6,8,2,4,6,8,2,4,6,8,2,4,6,8,2,4,6,8,2,4,6,8,2,4,6,8,2,4,6,8,2")]    // 33 values on 32 layers
     [InlineData("--experts", "2,0,4,8")]
@@ -199,6 +201,7 @@ public class ParamsTests
         Assert.StartsWith("error: ", lines[0]);
     }
 
+    [Trait("Category", "Slow")]
     [Fact]
     public void CliNeedsExpertsForMola()
     {
@@ -207,17 +210,9 @@ public class ParamsTests
         Assert.StartsWith("error: --experts is required", stderr);
     }
 
-    /// <summary>Runs the built mola CLI (beside the test assembly) in a child process.</summary>
     static (int Code, string Stdout, string Stderr) RunCli(params string[] args)
     {
-        var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "Mola.Cli.dll"));
-        foreach (var a in args) start.ArgumentList.Add(a);
-        start.Environment.Remove("MOLA_DEBUG");
-        using var process = Process.Start(start)!;
-        var stderr = process.StandardError.ReadToEndAsync();
-        string stdout = process.StandardOutput.ReadToEnd();
-        if (!process.WaitForExit(60_000)) { process.Kill(); throw new TimeoutException("mola did not finish in 60 s"); }
-        return (process.ExitCode, stdout, stderr.Result);
+        var r = CliRunner.Run(args);
+        return (r.ExitCode, r.Stdout, r.Stderr);
     }
 }

@@ -12,6 +12,7 @@ namespace Mola.Tests;
 /// <c>input_ids</c> (BOS + the tokens of a text), their logits and the mean next-token loss, all computed
 /// independently in float64. Texts are rebuilt from those rows, so the expected NLL is the fixture's.
 /// </summary>
+[Trait("Category", "Slow")]
 public class PerplexityTests
 {
     static readonly string Model = TestUtil.Fixture("llama-tiny");

@@ -8,6 +8,7 @@ namespace Mola.Tests;
 
 /// <summary>Nothing lost: overwrite safety, one writer per run directory, signals, tidying after faults, disk full and
 /// allocations refused before they are made. Each test reproduces a fault found on the CLI as a user meets it.</summary>
+[Trait("Category", "Slow")]
 public class RunSafetyTests
 {
     static readonly string Llama = TestUtil.Fixture("llama-tiny");

@@ -4,7 +4,7 @@ namespace Mola.Tests;
 
 static class TestSetup
 {
-    // Tests may touch TorchSharp before any Mola type: set libtorch's environment first.
+    // What the CLI does first (libtorch environment, threads, allocator), before any test touches TorchSharp.
     [ModuleInitializer]
-    internal static void Initialise() => Mola.NativeEnvironment.Initialise();
+    internal static void Initialise() => Mola.Platform.Native.Initialise();
 }

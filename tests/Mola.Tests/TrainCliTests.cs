@@ -5,6 +5,7 @@ using Xunit;
 
 namespace Mola.Tests;
 
+[Trait("Category", "Slow")]
 public class TrainCliTests
 {
     static readonly string Llama = TestUtil.Fixture("llama-tiny");

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Mola.Platform;
 using Mola.Models;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -20,7 +21,7 @@ for (int i = 0; i < args.Length; i += 2)
         default: Console.Error.WriteLine($"unknown option {args[i]}"); return 1;
     }
 }
-TorchOptions.Initialise();
+Native.Initialise();
 string path = Path.Combine(dir, $"loadcheck-{Environment.ProcessId}.safetensors");
 long[][] shapes = [[4096, 4096], [11008, 4096]];
 var tensors = new List<KeyValuePair<string, Tensor>>();

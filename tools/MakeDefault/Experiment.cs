@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.RegularExpressions;
+using Mola.Platform;
 using Mola.Adapters;
 using Mola.Data;
 using Mola.Models;
@@ -33,7 +34,7 @@ public static class Experiment
 {
     public static void Run(string assets, ExperimentOptions o, TextWriter log)
     {
-        TorchOptions.Initialise();
+        Native.Initialise();
         torch.manual_seed(o.Seed);
         var clock = Stopwatch.StartNew();
         string modelDir = Path.Combine(assets, "default-model");

@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using MakeDefault;
+using Mola.Platform;
 using Mola.Models;
 using Mola.Tokenization;
 
@@ -24,7 +25,7 @@ string root = FindRepositoryRoot();
 string assets = opts.TryGetValue("assets", out var a) ? a : Path.Combine(root, "assets");
 string tokenizerSource = Path.Combine(root, "tests", "Mola.Tests", "Fixtures", "tokenizer", "tokenizer.model");
 const int TaskSeed = 2024, TrainRecords = 2000, TestRecords = 200;
-TorchOptions.Initialise();
+Native.Initialise();
 if (opts.ContainsKey("threads")) TorchSharp.torch.set_num_threads(Int("threads", 2));
 
 switch (command)
@@ -47,7 +48,7 @@ switch (command)
         break;
     case "probe":
         {
-            TorchOptions.Initialise();
+            Native.Initialise();
             using var model = ModelLoader.Load(Path.Combine(assets, "default-model"));
             var tok = MolaTokenizer.Load(Path.Combine(assets, "default-model"), 1, 2);
             var rnd = new Random(99);
@@ -125,7 +126,7 @@ void WriteTask()
 void Pretrain()
 {
     var tok = MolaTokenizer.Load(tokenizerSource, 1, 2);
-    TorchOptions.Initialise();
+    Native.Initialise();
     var o = new PretrainOptions { Steps = Int("steps", 3000), BatchSize = Int("batch", 8), LearningRate = Dbl("lr", 3e-3), Seed = Int("seed", 1234) };
     string dir = Path.Combine(assets, "default-model");
     void Save(CausalLM m)

@@ -12,11 +12,12 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
+using Mola.Platform;
 using Mola;
 using Mola.Models;
 using static TorchSharp.torch;
 
-TorchOptions.Initialise();   // threads and allocator settings, as every mola command gets them
+Native.Initialise();   // threads and allocator settings, as every mola command gets them
 return args.Length > 0 && args[0] == "make" ? Make(args[1..])
     : args.Length > 0 && args[0] == "measure" ? Measure(args[1..])
     : Usage();
@@ -33,7 +34,7 @@ static int Make(string[] a)
     if (a.Length < 2 || !Shapes.All.TryGetValue(a[0], out var shape)) return Usage();
     string dir = a[1];
     string dtypeName = Opt(a, "--dtype") ?? "bfloat16";
-    var dtype = TorchOptions.ParseDType(dtypeName);
+    var dtype = TorchNames.ParseDType(dtypeName);
     random.manual_seed(int.Parse(Opt(a, "--seed") ?? "0", CultureInfo.InvariantCulture));
     Directory.CreateDirectory(dir);
     File.WriteAllText(Path.Combine(dir, "config.json"), shape.ConfigJson(dtypeName));

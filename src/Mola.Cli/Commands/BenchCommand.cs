@@ -1,6 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
-using Mola.Performance;
+using Mola.Cli.Bench;
 
 namespace Mola.Cli.Commands;
 

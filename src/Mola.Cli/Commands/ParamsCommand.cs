@@ -20,14 +20,14 @@ public static class ParamsCommand
             Description = $"Experts per layer (required for mola): {SpecHelp}; or a preset: square:N, " +
                 "inverted-triangle (2468), triangle (8642), hourglass (8228), diamond (2882)",
         };
-        var topK = new Option<string>("--top-k") { Description = $"Experts each token uses per layer (mola): {SpecHelp}", DefaultValueFactory = _ => "2" };
-        var rank = new Option<string>("--rank") { Description = $"LoRA rank per layer: {SpecHelp}", DefaultValueFactory = _ => "8" };
+        var topK = new Option<string>("--top-k") { Description = $"Experts each token uses per layer (mola): {SpecHelp}", DefaultValueFactory = _ => AdapterSpec.DefaultTopK };
+        var rank = new Option<string>("--rank") { Description = $"LoRA rank per layer: {SpecHelp}", DefaultValueFactory = _ => AdapterSpec.Paper.Rank };
         var targets = new Option<string>("--targets")
         {
             Description = "Modules to adapt, comma separated, or all",
-            DefaultValueFactory = _ => "all",
+            DefaultValueFactory = _ => AdapterSpec.Paper.Targets,
         };
-        var kind = new Option<string>("--adapter-kind") { Description = "mola (mixture of LoRA experts with a router) or lora (plain LoRA, no router)", DefaultValueFactory = _ => "mola" };
+        var kind = new Option<string>("--adapter-kind") { Description = "mola (mixture of LoRA experts with a router) or lora (plain LoRA, no router)", DefaultValueFactory = _ => AdapterSpec.Paper.Kind };
         var dtype = Cli.DTypeOption();
         dtype.Description = "Dtype of the frozen base weights in the memory estimate: float32, bfloat16 or float16";
         var microBatch = new Option<int>("--micro-batch-size") { Description = "Sequences per forward pass, for the activation estimate", DefaultValueFactory = _ => 8 };
@@ -41,24 +41,18 @@ public static class ParamsCommand
         {
             var config = ModelConfig.Load(p.GetValue(baseModel)!);
             int layers = config.NumHiddenLayers;
-            var adapterKind = AdapterKinds.Parse(p.GetValue(kind)!);
-            var modules = TargetModules.Parse(p.GetValue(targets)!);
-            var ranks = ExpertAllocation.Parse(p.GetValue(rank)!, layers, "--rank");
-            ParameterCounts counts;
-            if (adapterKind == AdapterKind.Mola)
+            bool mola = AdapterKinds.Parse(p.GetValue(kind)!) == AdapterKind.Mola;
+            string? Given(Option<string> opt) => p.GetResult(opt) is { Implicit: false } ? p.GetValue(opt) : null;
+            var adapter = new AdapterSpec
             {
-                string spec = p.GetValue(experts) ?? throw new MolaException("--experts is required for --adapter-kind mola (e.g. --experts 2468 or --experts square:8)");
-                var perLayerExperts = ExpertAllocation.ParseExperts(spec, layers, "--experts");
-                var perLayerTopK = ExpertAllocation.Parse(p.GetValue(topK)!, layers, "--top-k");
-                counts = ParameterCount.Mola(config, perLayerExperts, perLayerTopK, ranks, modules);
-            }
-            else
-            {
-                // Rejected rather than ignored: someone passing them expects them to count.
-                if (p.GetResult(experts) is { Implicit: false } || p.GetResult(topK) is { Implicit: false })
-                    throw new MolaException("--experts and --top-k apply to --adapter-kind mola only (lora has one LoRA pair per module, no router)");
-                counts = ParameterCount.Lora(config, ranks, modules);
-            }
+                Kind = p.GetValue(kind)!,
+                Experts = mola ? p.GetValue(experts) ?? throw new MolaException("--experts is required for --adapter-kind mola (e.g. --experts 2468 or --experts square:8)") : Given(experts),
+                TopK = mola ? p.GetValue(topK) : Given(topK),
+                Rank = p.GetValue(rank)!,
+                Targets = p.GetValue(targets)!,
+            }.Build(layers, p.GetValue(baseModel)!);
+            var adapterKind = adapter.Kind;
+            var counts = adapter.CountParameters(config);
             var memory = ParameterCount.EstimateTrainingMemory(config, counts, Cli.DType(p, dtype), p.GetValue(microBatch), p.GetValue(cutoffLen));
 
             WriteHuman(o, config, counts, memory);

@@ -13,17 +13,22 @@ public sealed record AdapterConfig
     public required string[] TargetModules { get; init; }
     /// <summary>LoRA rank per layer.</summary>
     public required int[] Rank { get; init; }
-    public double LoraAlpha { get; init; } = 16;
-    public double LoraDropout { get; init; } = 0.05;
+    public double LoraAlpha { get; init; } = AdapterSpec.Paper.Alpha;
+    public double LoraDropout { get; init; } = AdapterSpec.Paper.Dropout;
     /// <summary>Experts per layer (MoLA); 1 for LoRA.</summary>
     public int[] NumExperts { get; init; } = [];
     /// <summary>Experts each token is routed to, per layer (MoLA).</summary>
     public int[] TopK { get; init; } = [];
-    public double AuxLossCoef { get; init; } = 0.001;
+    public double AuxLossCoef { get; init; } = AdapterSpec.Paper.AuxLossCoef;
 
     public int NumLayers => Rank.Length;
 
     public double Scaling(int layer) => LoraAlpha / Rank[layer];
+
+    /// <summary>Exact trainable-parameter counts of this adapter on <paramref name="model"/>.</summary>
+    public ParameterCounts CountParameters(ModelConfig model) => Kind == AdapterKind.Mola
+        ? ParameterCount.Mola(model, NumExperts, TopK, Rank, TargetModules)
+        : ParameterCount.Lora(model, Rank, TargetModules);
 
     /// <summary>The PEFT key prefix of an adapted module, e.g. <c>base_model.model.model.layers.3.self_attn.q_proj</c>.</summary>
     public static string Prefix(int layer, string module) => $"base_model.model.model.layers.{layer}.{Adapters.TargetModules.Parent(module)}.{module}";

@@ -4,18 +4,6 @@ using static TorchSharp.torch;
 
 namespace Mola.Adapters;
 
-/// <summary>Logits and losses of one forward pass. Losses are null when no labels were given.</summary>
-public sealed record LmOutput(Tensor Logits, Tensor? CeLoss, Tensor? AuxLoss, Tensor? Loss) : IDisposable
-{
-    public void Dispose()
-    {
-        Logits.Dispose();
-        CeLoss?.Dispose();
-        AuxLoss?.Dispose();
-        Loss?.Dispose();
-    }
-}
-
 /// <summary>
 /// The injector (PEFT's <c>LoraModel</c>): wraps the targeted linear maps of a loaded model with
 /// MoLA or LoRA layers through <see cref="Linear.Adapter"/>, keeps the base frozen, exposes only
@@ -29,10 +17,12 @@ public sealed class AdapterModel : nn.Module
     public CausalLM Base { get; }
     public AdapterConfig Config { get; }
     /// <summary>Every adapted module in layer order, then target order.</summary>
-    public IReadOnlyList<(int Layer, string Module, Linear Target, nn.Module Adapter)> Modules => _modules;
+    public IReadOnlyList<(int Layer, string Module, Linear Target, IAdapterLayer Adapter)> Modules => _modules;
 
-    readonly List<(int Layer, string Module, Linear Target, nn.Module Adapter)> _modules = new();
+    readonly List<(int Layer, string Module, Linear Target, IAdapterLayer Adapter)> _modules = new();
     readonly List<Tensor>[] _routerLogits;
+    // Each layer's expert count and top-k, as its MoLA modules report them with their logits (the balance loss's E and k).
+    readonly (int Experts, int TopK)[] _routing;
     bool _collect;
 
     AdapterModel(CausalLM model, AdapterConfig config) : base("adapter")
@@ -40,6 +30,7 @@ public sealed class AdapterModel : nn.Module
         Base = model;
         Config = config;
         _routerLogits = Enumerable.Range(0, model.Config.NumHiddenLayers).Select(_ => new List<Tensor>()).ToArray();
+        _routing = new (int, int)[model.Config.NumHiddenLayers];
     }
 
     /// <summary>Attaches a freshly initialised adapter (B = 0: the model's outputs are unchanged).</summary>
@@ -62,8 +53,8 @@ public sealed class AdapterModel : nn.Module
                     : new LoraLayer(l, m, target.InFeatures, target.OutFeatures, config.Rank[l], config.LoraAlpha, config.LoraDropout, model.Device);
                 adapter.register_module($"{l}_{m}", module);
                 if (module is MolaLayer mola) mola.RouterLogitsSink = adapter.CollectRouterLogits;
-                target.Adapter = (ILinearAdapter)module;
-                adapter._modules.Add((l, m, target, module));
+                target.Adapter = (IAdapterLayer)module;
+                adapter._modules.Add((l, m, target, (IAdapterLayer)module));
             }
         }
         return adapter;
@@ -133,23 +124,8 @@ public sealed class AdapterModel : nn.Module
     public IEnumerable<(string Name, Tensor Tensor)> NamedTensors()
     {
         foreach (var (l, m, _, module) in _modules)
-        {
-            string p = AdapterConfig.Prefix(l, m);
-            if (module is MolaLayer mola)
-            {
-                yield return ($"{p}.router.weight", mola.router);
-                for (int e = 0; e < mola.NumExperts; e++)
-                {
-                    yield return ($"{p}.lora_A.{e}.weight", mola.ExpertA(e));
-                    yield return ($"{p}.lora_B.{e}.weight", mola.ExpertB(e));
-                }
-            }
-            else if (module is LoraLayer lora)
-            {
-                yield return ($"{p}.lora_A.weight", lora.lora_A);
-                yield return ($"{p}.lora_B.weight", lora.lora_B);
-            }
-        }
+            foreach (var t in module.PeftTensors(AdapterConfig.Prefix(l, m)))
+                yield return t;
     }
 
     /// <summary>Copies adapter tensors from a safetensors file (names and shapes checked; extra tensors refused).</summary>
@@ -184,7 +160,7 @@ public sealed class AdapterModel : nn.Module
     {
         foreach (var (_, _, target, module) in _modules)
         {
-            if (module is LoraLayer lora) lora.Unmerge(target);
+            module.Unmerge(target);
             target.Adapter = null;
         }
     }
@@ -193,13 +169,12 @@ public sealed class AdapterModel : nn.Module
     public void Merge()
     {
         if (Config.Kind != AdapterKind.Lora) throw new MolaException("only LoRA adapters can be merged (a MoLA adapter routes per token)");
-        foreach (var (_, _, target, module) in _modules) ((LoraLayer)module).Merge(target);
+        foreach (var (_, _, target, module) in _modules) module.Merge(target);
     }
 
     public void Unmerge()
     {
-        foreach (var (_, _, target, module) in _modules)
-            if (module is LoraLayer lora) lora.Unmerge(target);
+        foreach (var (_, _, target, module) in _modules) module.Unmerge(target);
     }
 
     /// <summary>Routes every MoLA layer through the faithful per-expert loop (true) or the fast path.</summary>
@@ -218,7 +193,9 @@ public sealed class AdapterModel : nn.Module
 
     void CollectRouterLogits(MolaLayer layer, Tensor logits)
     {
-        if (_collect) _routerLogits[layer.Layer].Add(logits.alias().DetachFromDisposeScope());
+        if (!_collect) return;
+        _routerLogits[layer.Layer].Add(logits.alias().DetachFromDisposeScope());
+        _routing[layer.Layer] = (layer.NumExperts, layer.TopK);
     }
 
     /// <summary>
@@ -266,7 +243,8 @@ public sealed class AdapterModel : nn.Module
         using var scope = NewDisposeScope();
         var all = cat(list, 0);
         var mask = tokenMask is null ? null : tokenMask.repeat(list.Count);
-        return LoadBalancing.LayerLoss(all, Config.NumExperts[l], Config.TopK[l], mask).MoveToOuterDisposeScope();
+        var (experts, topK) = _routing[l];
+        return LoadBalancing.LayerLoss(all, experts, topK, mask).MoveToOuterDisposeScope();
     }
 
     /// <summary>

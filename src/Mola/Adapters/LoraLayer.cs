@@ -6,7 +6,7 @@ namespace Mola.Adapters;
 
 /// <summary>Plain LoRA (the paper's baseline): <c>y = W x + (alpha / r) B A dropout(x)</c>, A [r, in]
 /// Kaiming-uniform, B [out, r] zero, in float32. Mergeable into the base weight for inference.</summary>
-public sealed class LoraLayer : nn.Module<Tensor, Tensor>, Models.ILinearAdapter
+public sealed class LoraLayer : nn.Module<Tensor, Tensor>, IAdapterLayer
 {
     public Parameter lora_A;   // [r, in]
     public Parameter lora_B;   // [out, r]
@@ -36,6 +36,9 @@ public sealed class LoraLayer : nn.Module<Tensor, Tensor>, Models.ILinearAdapter
     }
 
     public override Tensor forward(Tensor x) => throw new InvalidOperationException("LoraLayer wraps a Linear: call Forward(x, baseLayer)");
+
+    public IEnumerable<(string Name, Tensor Tensor)> PeftTensors(string prefix) =>
+        [($"{prefix}.lora_A.weight", lora_A), ($"{prefix}.lora_B.weight", lora_B)];
 
     public Tensor Forward(Tensor x, Models.Linear baseLayer)
     {

@@ -5,14 +5,6 @@ using static TorchSharp.torch;
 
 namespace Mola.Adapters;
 
-/// <summary>Receives each MoLA layer's routing decisions when analysis asks for them.</summary>
-public interface IRoutingObserver
-{
-    /// <param name="topIndices">[N, k] chosen experts per token (int64).</param>
-    /// <param name="topWeights">[N, k] their renormalised fusion weights (float32).</param>
-    void Add(int layer, string module, Tensor topIndices, Tensor topWeights, int numExperts);
-}
-
 /// <summary>
 /// A mixture of LoRA experts around one frozen linear map (MoLA):
 /// <c>y = W x + sum over e in TopK(p) of w_e * (alpha / r) * B_e A_e dropout(x)</c>,
@@ -21,7 +13,7 @@ public interface IRoutingObserver
 /// Parameters are stored stacked: <c>lora_A</c> [E*r, in] (expert e = rows e*r..(e+1)*r) and
 /// <c>lora_B</c> [out, E*r], so the fast path is three matrix products for all experts.
 /// </summary>
-public sealed class MolaLayer : nn.Module<Tensor, Tensor>, ILinearAdapter
+public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IAdapterLayer
 {
     public Parameter router;   // [E, in]
     public Parameter lora_A;   // [E*r, in]
@@ -82,6 +74,22 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, ILinearAdapter
     public Tensor ExpertB(int e) => lora_B.narrow(1, (long)e * Rank, Rank);
 
     public override Tensor forward(Tensor x) => throw new InvalidOperationException("MolaLayer wraps a Linear: call Forward(x, baseLayer)");
+
+    /// <summary>The router, then each expert's A and B (views of the stacked parameters).</summary>
+    public IEnumerable<(string Name, Tensor Tensor)> PeftTensors(string prefix)
+    {
+        yield return ($"{prefix}.router.weight", router);
+        for (int e = 0; e < NumExperts; e++)
+        {
+            yield return ($"{prefix}.lora_A.{e}.weight", ExpertA(e));
+            yield return ($"{prefix}.lora_B.{e}.weight", ExpertB(e));
+        }
+    }
+
+    /// <summary>Refused: the experts a token uses depend on the token, so no single weight holds them.</summary>
+    public void Merge(Models.Linear baseLayer) => throw new MolaException("only LoRA adapters can be merged (a MoLA adapter routes per token)");
+
+    public void Unmerge(Models.Linear baseLayer) { }
 
     /// <summary>Tests force the relayout of <see cref="FastForward"/> on (true) or off (false); null: by token count.</summary>
     internal bool? Relayout { get; set; }

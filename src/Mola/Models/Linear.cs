@@ -4,13 +4,6 @@ using static TorchSharp.torch;
 
 namespace Mola.Models;
 
-/// <summary>What an adapter puts around a frozen linear map: it receives the input and the base
-/// layer and returns the layer's output (base output plus its own contribution).</summary>
-public interface ILinearAdapter
-{
-    Tensor Forward(Tensor x, Linear baseLayer);
-}
-
 /// <summary>
 /// A bias-free linear map <c>y = x W^T</c> whose weight is named as in the checkpoint. This is the
 /// one seam adapters use: setting <see cref="Adapter"/> routes the call through it, so the decoder

@@ -6,14 +6,6 @@ using static TorchSharp.torch;
 
 namespace Mola.Training;
 
-/// <summary>Where a run stands: optimizer steps done, and the data position (epoch, next micro-batch).</summary>
-public sealed class TrainerState
-{
-    public long Step { get; set; }
-    public int Epoch { get; set; }
-    public int MicroBatch { get; set; }
-}
-
 /// <summary>
 /// <c>checkpoint-N/</c> directories: adapter files, optimizer moments, RNG state and the trainer
 /// state, written into a temporary directory and renamed into place so that a crash never leaves a

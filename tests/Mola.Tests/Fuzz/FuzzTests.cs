@@ -386,24 +386,14 @@ public class CliFuzzTests(ITestOutputHelper log)
 
     static void RunInProcess(string[] args, string shown)
     {
-        var (stdout, stderr) = (new StringWriter(), new StringWriter());
-        var (savedOut, savedError) = (Console.Out, Console.Error);
-        Console.SetOut(stdout);
-        Console.SetError(stderr);
-        int code;
-        try { code = Mola.Cli.Cli.Execute(args); }
-        finally
-        {
-            Console.SetOut(savedOut);
-            Console.SetError(savedError);
-        }
-        if (code == 0) return;
-        var lines = stderr.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => l.TrimEnd('\r')).ToList();
+        var r = CliRunner.RunInProcess(args);
+        if (r.ExitCode == 0) return;
+        var lines = r.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => l.TrimEnd('\r')).ToList();
         var errors = lines.Where(l => l.StartsWith("error: ", StringComparison.Ordinal)).ToList();
-        string all = stdout + "\n" + stderr;
-        bool clean = code == 1 && errors.Count == 1 && lines[^1] == errors[0]
+        string all = r.Stdout + "\n" + r.Stderr;
+        bool clean = r.ExitCode == 1 && errors.Count == 1 && lines[^1] == errors[0]
             && !all.Contains("   at ") && !all.Contains("frame #") && !errors[0].Contains("Exception") && !errors[0].Contains("System.");
-        if (!clean) throw new InvalidOperationException($"`mola {shown}` exit {code}: {all.ReplaceLineEndings(" | ")}");
+        if (!clean) throw new InvalidOperationException($"`mola {shown}` exit {r.ExitCode}: {all.ReplaceLineEndings(" | ")}");
         throw new MolaException(errors[0]);
     }
 }

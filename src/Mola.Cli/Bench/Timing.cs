@@ -1,6 +1,6 @@
 using System.Diagnostics;
 
-namespace Mola.Performance;
+namespace Mola.Cli.Bench;
 
 /// <summary>Milliseconds of each repetition of one variant, and their median.</summary>
 public sealed record Timings(string Name, IReadOnlyList<double> Milliseconds)

@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 
-namespace Mola.Models;
+namespace Mola.Platform;
 
 /// <summary>
 /// glibc's malloc hands large freed blocks back to the kernel (unmapping them, trimming the heap), so the

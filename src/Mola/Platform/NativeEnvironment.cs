@@ -1,13 +1,12 @@
-using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
-namespace Mola;
+namespace Mola.Platform;
 
 /// <summary>
 /// Settings libtorch's OpenMP runtime reads once, when it is loaded: they must be in the native
-/// environment before the first TorchSharp call, so they are set when this assembly is first used.
+/// environment before the first TorchSharp call (<see cref="Native.Initialise"/> sets them first).
 /// </summary>
-public static class NativeEnvironment
+static class NativeEnvironment
 {
     [DllImport("libc", EntryPoint = "setenv")]
     static extern int SetEnv(string name, string value, int overwrite);
@@ -17,10 +16,7 @@ public static class NativeEnvironment
     // training steps of the llama-tiny fixture took 7.3 s with spinning and 1.3 s with PASSIVE on a
     // loaded 2-core machine. PASSIVE costs nothing measurable when the machine is idle. A value the
     // user set is kept (overwrite = 0).
-#pragma warning disable CA2255 // a library module initializer is the point: it must run before libtorch loads
-    [ModuleInitializer]
-#pragma warning restore CA2255
-    public static void Initialise()
+    public static void Set()
     {
         if (!OperatingSystem.IsLinux() && !OperatingSystem.IsMacOS()) return;
         try

@@ -6,7 +6,7 @@ using Mola.Training;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Mola.Performance;
+namespace Mola.Cli.Bench;
 
 /// <summary>Shapes and repetitions of <c>mola bench</c>. The layer shapes follow the reference case
 /// (one 4096 x 4096 linear, 512 tokens, 8 experts, top-2, rank 8); the decoder is a small LLaMA-shaped model.</summary>
@@ -141,7 +141,6 @@ public static class PerformanceBenchmark
     {
         o.Validate();
         log ??= _ => { };
-        TorchOptions.Initialise();   // what every command gets: threads, allocator settings
         if (o.Threads > 0) torch.set_num_threads(o.Threads);
         torch.manual_seed(o.Seed);
         using var _ = NewDisposeScope();
@@ -332,7 +331,7 @@ public static class PerformanceBenchmark
             foreach (var a in new[] { lora, mola })
                 foreach (var m in a.Modules) m.Target.Adapter = null;
             if (adapter is not null)
-                foreach (var m in adapter.Modules) m.Target.Adapter = (ILinearAdapter)m.Adapter;
+                foreach (var m in adapter.Modules) m.Target.Adapter = m.Adapter;
         }
 
         var times = Timing.Interleaved(

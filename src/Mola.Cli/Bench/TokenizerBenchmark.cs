@@ -1,7 +1,7 @@
 using Microsoft.ML.Tokenizers;
 using Mola.Tokenization;
 
-namespace Mola.Performance;
+namespace Mola.Cli.Bench;
 
 /// <summary>Encoding speed of <see cref="MolaTokenizer"/> against Microsoft.ML.Tokenizers' LlamaTokenizer (what
 /// the project used before) on the lines of a text file, one thread, and how many lines the two encode or

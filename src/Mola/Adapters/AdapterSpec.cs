@@ -1,0 +1,72 @@
+using System.Globalization;
+
+namespace Mola.Adapters;
+
+/// <summary>
+/// The adapter a run asks for, before the model's layer count is known: the kind, allocation specs
+/// (<see cref="ExpertAllocation"/>) and scalars, with the paper's defaults. <see cref="Build"/> is the one place an
+/// <see cref="AdapterConfig"/> is made from them.
+/// </summary>
+public sealed record AdapterSpec
+{
+    public const string DefaultExperts = "inverted-triangle";
+    public const string DefaultTopK = "2";
+    /// <summary>The paper's adapter (MOLA.md): what every command and the library default to.</summary>
+    public static readonly AdapterSpec Paper = new();
+
+    public string Kind { get; init; } = "mola";
+    /// <summary>Experts per layer; null: <see cref="DefaultExperts"/>. MoLA only: given for LoRA it is refused.</summary>
+    public string? Experts { get; init; }
+    /// <summary>Experts per token, per layer; null: <see cref="DefaultTopK"/>. MoLA only.</summary>
+    public string? TopK { get; init; }
+    public string Rank { get; init; } = "8";
+    public string Targets { get; init; } = "all";
+    public double Alpha { get; init; } = 16;
+    public double Dropout { get; init; } = 0.05;
+    public double AuxLossCoef { get; init; } = 0.001;
+
+    /// <summary>The scalars (NaN and Infinity parse, so they are refused here).</summary>
+    public void Validate()
+    {
+        Check(Alpha, "--alpha", v => v > 0 && double.IsFinite(v), "a positive finite number");
+        Check(Dropout, "--dropout", v => v is >= 0 and < 1, "in [0, 1)");
+        Check(AuxLossCoef, "--aux-loss-coef", v => v >= 0 && double.IsFinite(v), "a finite number, 0 or more");
+    }
+
+    static void Check(double v, string name, Func<double, bool> valid, string expected)
+    {
+        if (!valid(v)) throw new MolaException($"{name} must be {expected}, got {v.ToString(CultureInfo.InvariantCulture)}");
+    }
+
+    /// <summary>The adapter for a model of <paramref name="layers"/> layers; bad specs fail here, before any weight loads.</summary>
+    public AdapterConfig Build(int layers, string baseModel)
+    {
+        Validate();
+        var kind = AdapterKinds.Parse(Kind);
+        var ranks = ExpertAllocation.Parse(Rank, layers, "--rank");
+        int[] e = [], k = [];
+        if (kind == AdapterKind.Mola)
+        {
+            e = ExpertAllocation.ParseExperts(Experts ?? DefaultExperts, layers, "--experts");
+            k = ExpertAllocation.Parse(TopK ?? DefaultTopK, layers, "--top-k");
+            ExpertAllocation.Validate(e, k, ranks);
+        }
+        else if (Experts is not null || TopK is not null)
+        {
+            // Rejected rather than ignored, as in `mola params`: someone passing them expects them to count.
+            throw new MolaException("--experts and --top-k apply to --adapter-kind mola only (lora has one LoRA pair per module, no router)");
+        }
+        return new AdapterConfig
+        {
+            Kind = kind,
+            BaseModelNameOrPath = baseModel,
+            TargetModules = TargetModules.Parse(Targets),
+            Rank = ranks,
+            LoraAlpha = Alpha,
+            LoraDropout = Dropout,
+            NumExperts = e,
+            TopK = k,
+            AuxLossCoef = AuxLossCoef,
+        };
+    }
+}

@@ -1,0 +1,28 @@
+using System.Runtime.CompilerServices;
+using TorchSharp;
+
+namespace Mola.Platform;
+
+/// <summary>The process's native set-up, in one explicit call that the CLI, the tests and the tools make first,
+/// before anything touches TorchSharp: libtorch's environment, its CPU threads, and freed native memory kept for
+/// reuse (<see cref="GlibcMalloc"/>).</summary>
+public static class Native
+{
+    static bool _initialised;
+
+    public static void Initialise()
+    {
+        if (_initialised) return;
+        _initialised = true;
+        NativeEnvironment.Set();   // read once, when libtorch loads: so before the call below loads it
+        InitialiseTorch();
+    }
+
+    // A method of its own, so that libtorch is not touched (loaded) before the environment above is set.
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    static void InitialiseTorch()
+    {
+        torch.set_num_threads(Environment.ProcessorCount);
+        GlibcMalloc.KeepFreedMemory();
+    }
+}

@@ -1,0 +1,85 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Mola.Adapters;
+using Mola.Data;
+using static TorchSharp.torch;
+
+namespace Mola.Training;
+
+/// <summary>
+/// Everything a training run is: its paths, the optimisation, the tokenisation and the adapter asked for. The CLI
+/// maps its options to one; <see cref="TrainingRecipe"/> runs it; <see cref="TrainingArgs"/> is its record in the
+/// output directory (<c>training_args.json</c>).
+/// </summary>
+public sealed record RunDescription
+{
+    public required string BaseModel { get; init; }
+    /// <summary>Training records (JSON array or JSONL).</summary>
+    public required string Data { get; init; }
+    public required string Output { get; init; }
+    /// <summary><c>alpaca</c>, or a template JSON file.</summary>
+    public string Template { get; init; } = "alpaca";
+    public TrainingOptions Training { get; init; } = new();
+    public TokenizeOptions Tokenize { get; init; } = new();
+    public AdapterSpec Adapter { get; init; } = new();
+    /// <summary>Start from this trained adapter (its own experts, top-k, rank and targets); <see cref="Adapter"/> is then unused.</summary>
+    public string? InitAdapter { get; init; }
+    /// <summary>Records held out (seeded) for the evaluation loss.</summary>
+    public int ValSetSize { get; init; }
+    /// <summary>A checkpoint directory, or <c>latest</c> (the newest in <see cref="Output"/>); null: a new run.</summary>
+    public string? Resume { get; init; }
+    /// <summary>Replace a run already in <see cref="Output"/> (kept aside until this one finishes).</summary>
+    public bool Overwrite { get; init; }
+    public ScalarType DType { get; init; } = ScalarType.Float32;
+    public Device? Device { get; init; }
+    /// <summary>How the run was asked for, recorded as it was given.</summary>
+    public string CommandLine { get; init; } = "";
+
+    /// <summary>The values that need no file; every input file is checked next, by the recipe, before anything is touched.</summary>
+    public void Validate()
+    {
+        Training.Validate();
+        Adapter.Validate();
+        if (Tokenize.CutoffLen < 1) throw new MolaException($"--cutoff-len must be at least 1, got {Tokenize.CutoffLen}");
+        if (ValSetSize < 0) throw new MolaException($"--val-set-size must be 0 or more, got {ValSetSize}");
+    }
+
+    /// <summary><c>training_args.json</c>: this run with the adapter it trains (<paramref name="adapter"/>: the spec built
+    /// for the model, or the initial adapter's own).</summary>
+    public string TrainingArgs(AdapterConfig adapter)
+    {
+        var (o, t) = (Training, Tokenize);
+        var args = new JsonObject
+        {
+            ["base_model"] = BaseModel,
+            ["data"] = Data,
+            ["adapter_kind"] = adapter.Kind.Name(),
+            ["num_experts"] = Array(adapter.NumExperts),
+            ["top_k"] = Array(adapter.TopK),
+            ["rank"] = Array(adapter.Rank),
+            ["lora_alpha"] = adapter.LoraAlpha,
+            ["lora_dropout"] = adapter.LoraDropout,
+            ["target_modules"] = new JsonArray(adapter.TargetModules.Select(x => (JsonNode)x!).ToArray()),
+            ["aux_loss_coef"] = adapter.AuxLossCoef,
+            ["learning_rate"] = o.LearningRate,
+            ["warmup_steps"] = o.WarmupSteps,
+            ["epochs"] = o.Epochs,
+            ["max_steps"] = o.MaxSteps,
+            ["batch_size"] = o.BatchSize,
+            ["micro_batch_size"] = o.MicroBatchSize,
+            ["max_grad_norm"] = o.MaxGradNorm,
+            ["cutoff_len"] = t.CutoffLen,
+            ["add_eos"] = t.AddEos,
+            ["train_on_inputs"] = t.TrainOnInputs,
+            ["group_by_length"] = o.GroupByLength,
+            ["gradient_checkpointing"] = o.GradientCheckpointing,
+            ["save_steps"] = o.SaveSteps,
+            ["save_total_limit"] = o.SaveTotalLimit,
+            ["seed"] = o.Seed,
+            ["command_line"] = CommandLine,
+        };
+        return args.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n";
+    }
+
+    static JsonArray Array(int[] values) => new(values.Select(x => (JsonNode)x!).ToArray());
+}

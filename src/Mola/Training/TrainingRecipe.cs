@@ -1,0 +1,146 @@
+using System.Globalization;
+using Mola.Adapters;
+using Mola.Data;
+using Mola.Models;
+using Mola.Tokenization;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Mola.Training;
+
+/// <summary>
+/// A training run from its <see cref="RunDescription"/>, set-up and loop (as a torchtune recipe): every value, then
+/// every input file, then whether the adapter fits in memory, all before anything is touched; then the output
+/// directory is locked and tidied, a resume resolved, the model loaded and the adapter attached or loaded; a previous
+/// run in the directory steps aside only just before the first step, and comes back unless this run finishes.
+/// What the CLI, the embedded default and the tools call to train.
+/// </summary>
+public sealed class TrainingRecipe(RunDescription run)
+{
+    public RunDescription Run { get; } = run;
+    /// <summary>Human-readable lines: what was loaded, warnings, checkpoints, the result.</summary>
+    public Action<string> Log { get; init; } = _ => { };
+    /// <summary>Wraps the loop (a progress display): gets the run's total steps and the loop, which takes a per-step callback.</summary>
+    public Func<long, Func<Action<StepMetrics>?, TrainResult>, TrainResult> Progress { get; init; } = (_, loop) => loop(null);
+    /// <summary>Called with the model once it is ready, before the first step (the embedded default measures accuracy here).</summary>
+    public Action<RecipeModel>? BeforeTraining { get; init; }
+    /// <summary>Called with the trained model after the adapter is saved.</summary>
+    public Action<RecipeModel>? AfterTraining { get; init; }
+
+    public RecipeResult Execute(CancellationToken stop = default)
+    {
+        var r = Run;
+        r.Validate();
+        string outDir = r.Output;
+        var config = ModelConfig.Load(r.BaseModel);
+        var adapterConfig = r.InitAdapter is string init ? AdapterConfig.Load(init) : r.Adapter.Build(config.NumHiddenLayers, r.BaseModel);
+        adapterConfig = adapterConfig.ForModel(config.NumHiddenLayers, "--init-adapter");
+        adapterConfig.Validate("adapter", config.NumHiddenLayers);
+        CheckFitsInMemory(config, adapterConfig, r.DType, r.Device ?? CPU);
+        var tmpl = PromptTemplate.Load(r.Template);
+        var records = InstructionRecord.Load(r.Data);
+        var (trainRecords, valRecords) = InstructionDataset.Split(records, r.ValSetSize, r.Training.Seed);
+        var tok = MolaTokenizer.Load(r.BaseModel, config.BosTokenId, config.EosTokenId, config.VocabSize);
+        var tokenize = r.Tokenize;
+        if (tokenize.CutoffLen > config.MaxPositionEmbeddings)
+            Log($"warning: --cutoff-len {tokenize.CutoffLen} is past the model's {config.MaxPositionEmbeddings} positions (max_position_embeddings): " +
+                "longer examples train on positions the model never saw");
+        var trainSet = InstructionDataset.Create(trainRecords, tmpl, tok, tokenize);
+        var valSet = valRecords.Count > 0 ? InstructionDataset.Create(valRecords, tmpl, tok, tokenize) : null;
+
+        // One writer per run directory, from here to the end; then what a killed run left is sorted out.
+        using var runLock = RunLock.Acquire(outDir, $"--output {outDir}");
+        bool movedAside = false;
+        try
+        {
+            foreach (var line in RunDirectory.Tidy(outDir, resuming: r.Resume is not null)) Log(line);
+            bool replacing = CheckOutput(outDir, r.Resume is not null, r.Overwrite);
+            string? resumeDir = r.Resume is null ? null
+                : r.Resume == "latest" ? Checkpoints.Latest(outDir) ?? throw new MolaException($"{outDir}: no checkpoint to resume from")
+                : r.Resume;
+
+            using var model = ModelLoader.Load(r.BaseModel, r.DType, r.Device ?? CPU, Log);
+            torch.manual_seed(r.Training.Seed);
+            var adapter = r.InitAdapter is string initDir ? AdapterModel.Load(model, initDir) : AdapterModel.Attach(model, adapterConfig);
+            long trainable = adapter.parameters().Sum(t => t.numel());
+            Log($"base {r.BaseModel} ({config.ModelType}, {config.NumHiddenLayers} layers), data {r.Data}: {trainSet.Count} train / {valSet?.Count ?? 0} validation records");
+            Log(AdapterSummary(adapter.Config, trainable));
+            var ready = new RecipeModel(model, tok, tmpl);
+            BeforeTraining?.Invoke(ready);
+
+            // The previous run steps aside only now, when everything above has loaded, and comes back unless this run finishes.
+            if (replacing) movedAside = RunDirectory.MoveAside(outDir);
+            var options = r.Training;
+            var trainer = new Trainer(adapter, trainSet, valSet, options, outDir);
+            if (movedAside) trainer.FailureNote = $"this run is discarded and the run it was to replace is restored in {outDir}";
+            if (options.WarmupSteps >= trainer.TotalSteps)
+            {
+                double peak = options.LearningRate * LrSchedule.Factor(trainer.TotalSteps - 1, options.WarmupSteps, trainer.TotalSteps);   // still rising at the last step
+                Log($"warning: --warmup-steps {options.WarmupSteps} is not below the run's {trainer.TotalSteps} optimizer steps, so the learning rate " +
+                    $"peaks at {peak:G3} instead of {options.LearningRate:G3} (fewer --warmup-steps, a smaller --batch-size or more --epochs)");
+            }
+            trainer.OnStart = () =>
+            {
+                Directory.CreateDirectory(outDir);
+                RunDirectory.WriteFile(Path.Combine(outDir, "training_args.json"), r.TrainingArgs(adapter.Config));
+            };
+            trainer.Log = Log;
+            var result = Progress(trainer.TotalSteps, onStep =>
+            {
+                trainer.OnStep = onStep;
+                return trainer.Train(resumeDir, stop);
+            });
+            if (result.Interrupted)
+            {
+                if (result.Checkpoint is null && movedAside) RunDirectory.Restore(outDir);   // nothing of this run to continue
+                return new RecipeResult(result, trainable, movedAside);
+            }
+            RunDirectory.Commit(outDir);   // finished: the run it replaced goes
+            string trained = result.StartStep > 0
+                ? $"trained steps {result.StartStep + 1} to {result.Steps} ({result.Steps - result.StartStep} after resuming at step {result.StartStep})"
+                : $"trained {result.Steps} steps";
+            Log($"{trained} in {result.Seconds:F1} s; final loss {result.FinalLoss:F4}" + (result.EvalLoss is double ev ? $", eval loss {ev:F4}" : "") + $"; adapter saved to {outDir}");
+            AfterTraining?.Invoke(ready);
+            return new RecipeResult(result, trainable, movedAside);
+        }
+        catch when (movedAside || runLock.CreatedDirectory)
+        {
+            if (movedAside) RunDirectory.Restore(outDir);
+            runLock.RemoveIfEmpty();
+            throw;
+        }
+    }
+
+    /// <summary>Refuses to mix two runs in one directory unless asked to replace it or to resume. Moves nothing: returns
+    /// whether there is a run to replace, so that it steps aside only after every input has loaded.</summary>
+    static bool CheckOutput(string dir, bool resuming, bool overwrite)
+    {
+        var entries = RunDirectory.Entries(dir);
+        if (entries.Count == 0 || resuming) return false;
+        if (!overwrite)
+            throw new MolaException($"{dir}: holds another run ({entries[0]}); use --overwrite to replace it, --resume latest to continue it, or another --output");
+        return true;
+    }
+
+    /// <summary>Refuses, before the model loads, an adapter whose weights, gradients and AdamW moments plus the base
+    /// weights cannot fit in this machine's memory (activations come on top).</summary>
+    static void CheckFitsInMemory(ModelConfig config, AdapterConfig a, ScalarType dtype, Device device)
+    {
+        if (device.type != DeviceType.CPU) return;   // the device's memory is not known here
+        var counts = a.CountParameters(config);
+        var m = ParameterCount.EstimateTrainingMemory(config, counts, dtype, 1, 1);
+        ParameterCount.EnsureFitsInMemory(checked(m.BaseWeightsBytes + m.AdapterWeightsBytes + m.AdapterGradientsBytes + m.OptimizerStateBytes),
+            $"the {AdapterSummary(a, counts.Total)}, with its gradients, AdamW moments and the base weights,",
+            "fewer --experts or a lower --rank (mola params shows the counts)");
+    }
+
+    /// <summary>One line: kind, allocation (value x layers) and trainable parameters; LoRA has no experts or top-k.</summary>
+    static string AdapterSummary(AdapterConfig a, long trainable)
+    {
+        string rank = $"rank {ExpertAllocation.Describe(a.Rank)}";
+        string shape = a.Kind == AdapterKind.Mola
+            ? $"experts {ExpertAllocation.Describe(a.NumExperts)}; top-k {ExpertAllocation.Describe(a.TopK)}; {rank}"
+            : rank;
+        return $"adapter {a.Kind.Name()}: {shape} (value x layers); {trainable:N0} trainable parameters";
+    }
+}
