@@ -106,6 +106,8 @@ public sealed class OpenAiServer : IAsyncDisposable
         public string? Note;
     }
 
+    const string Disconnected = "client disconnected";
+
     RequestDelegate Handle(Func<HttpContext, Task> body) => async ctx =>
     {
         var clock = Stopwatch.StartNew();
@@ -124,7 +126,8 @@ public sealed class OpenAiServer : IAsyncDisposable
         }
         finally
         {
-            int status = ctx.RequestAborted.IsCancellationRequested && info.Note is null ? 499 : ctx.Response.StatusCode;
+            // 499 (nginx's "client closed request"): the client left before its answer was complete.
+            int status = info.Note == Disconnected ? 499 : ctx.Response.StatusCode;
             lock (_log)
                 _log.WriteLine($"{DateTimeOffset.UtcNow:yyyy-MM-ddTHH:mm:ss.fffZ} {ctx.Request.Method} {ctx.Request.Path} {status} model={info.Model} " +
                     $"prompt_tokens={info.PromptTokens} completion_tokens={info.CompletionTokens} {clock.Elapsed.TotalMilliseconds:F0}ms{(info.Note is null ? "" : " " + info.Note)}");
@@ -148,7 +151,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         };
         if (error is null)
         {
-            info.Note = "client disconnected";
+            info.Note = Disconnected;
             return;
         }
         info.Note = error.Code ?? error.Type;
@@ -167,7 +170,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         }
         catch (Exception) when (ctx.RequestAborted.IsCancellationRequested)
         {
-            info.Note = "client disconnected";
+            info.Note = Disconnected;
         }
     }
 
