@@ -287,4 +287,68 @@ public class ServeTests(ServerFixture f, ITestOutputHelper output) : IClassFixtu
         Assert.Equal(HttpStatusCode.OK, after.StatusCode);
         await server.StopAsync();
     }
+
+    [Fact]
+    public async Task TheInProcessChatClientEqualsTheServer()
+    {
+        Microsoft.Extensions.AI.IChatClient client = new MolaChatClient(f.Engine, PromptTemplate.Alpaca);
+        var options = new Microsoft.Extensions.AI.ChatOptions { ModelId = "mola", Temperature = 0, MaxOutputTokens = 10 };
+        Microsoft.Extensions.AI.ChatMessage[] messages = [new(Microsoft.Extensions.AI.ChatRole.User, "Name a rock.")];
+        var response = await client.GetResponseAsync(messages, options);
+        var tokens = OneAlone(PromptTemplate.Alpaca.Prompt("Name a rock."), 10);
+        Assert.Equal(f.Tokenizer.Decode(tokens), response.Text);
+        Assert.Equal(tokens.Count, response.Usage?.OutputTokenCount);
+        var streamed = new StringBuilder();
+        await foreach (var u in client.GetStreamingResponseAsync(messages, options)) streamed.Append(u.Text);
+        Assert.Equal(response.Text, streamed.ToString());
+        await Assert.ThrowsAsync<InvalidRequestException>(() => client.GetResponseAsync(messages, new Microsoft.Extensions.AI.ChatOptions { ModelId = "gpt-4" }));
+    }
+
+    /// <summary>Greedy tokens of <paramref name="text"/> with the MoLA adapter, from TextGenerator on a model of its own.</summary>
+    List<int> OneAlone(string text, int maxTokens)
+    {
+        using var model = ModelLoader.Load(f.ModelDir);
+        Mola.Adapters.AdapterModel.Load(model, ServerFixture.Mola).eval();
+        return TextGenerator.Generate(model, [f.Tokenizer.Encode(text, bos: true)], new GenerationOptions { MaxNewTokens = maxTokens }, f.Tokenizer.EosId)[0];
+    }
+
+    [Fact]
+    public async Task SigtermLetsTheRequestInFlightFinishAndExitsCleanly()
+    {
+        int port;
+        using (var probe = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0))
+        {
+            probe.Start();
+            port = ((IPEndPoint)probe.LocalEndpoint).Port;
+        }
+        string url = $"http://127.0.0.1:{port}";
+        Task<HttpResponseMessage>? inFlight = null;
+        var r = CliRunner.RunAndSignal(["serve", "--base-model", f.ModelDir, "--adapter", "mola=" + ServerFixture.Mola, "--port", port.ToString()], () =>
+        {
+            if (inFlight is null)
+            {
+                try
+                {
+                    using var health = Http.GetAsync(url + "/health").GetAwaiter().GetResult();
+                    if (health.StatusCode != HttpStatusCode.OK) return false;
+                }
+                catch (HttpRequestException)
+                {
+                    return false;   // not listening yet
+                }
+                var request = new HttpRequestMessage(HttpMethod.Post, url + "/v1/completions")
+                { Content = new StringContent("""{"model": "mola", "prompt": "a", "max_tokens": 200, "temperature": 0, "stream": true}""", Encoding.UTF8, "application/json") };
+                inFlight = Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+            }
+            return inFlight.IsCompleted;   // its headers are in: the request is being served
+        }, "TERM", TimeSpan.FromSeconds(60));
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.NotNull(inFlight);
+        using var response = await inFlight;
+        string body = await response.Content.ReadAsStringAsync();
+        Assert.EndsWith("data: [DONE]\n\n", body);
+        Assert.Contains("POST /v1/completions 200 model=mola", r.Stderr);
+        Assert.Contains("stopped", r.Stderr + r.Stdout);
+        Assert.DoesNotContain("   at ", r.Stderr);
+    }
 }
