@@ -209,6 +209,17 @@ public class ServeTests(ServerFixture f, ITestOutputHelper output) : IClassFixtu
         using var ok = await Http.PostAsync(server.Url + "/v1/completions", new StringContent("""{"prompt": "a", "max_tokens": 3}""", Encoding.UTF8, "application/json"));
         Assert.Equal(HttpStatusCode.OK, ok.StatusCode);
         await server.StopAsync();
+
+        // A request past --timeout: 408, and the engine drops its row.
+        await using var hasty = await OpenAiServer.StartAsync(engine, PromptTemplate.Alpaca, new ServerOptions { Port = 0, RequestTimeout = TimeSpan.FromMilliseconds(200) }, TextWriter.Null);
+        using var slow = await Http.PostAsync(hasty.Url + "/v1/completions", new StringContent("""{"prompt": "a", "max_tokens": 500}""", Encoding.UTF8, "application/json"));
+        Assert.Equal(HttpStatusCode.RequestTimeout, slow.StatusCode);
+        using (var doc = JsonDocument.Parse(await slow.Content.ReadAsStringAsync()))
+            Assert.Equal("timeout", doc.RootElement.GetProperty("error").GetProperty("code").GetString());
+        clock.Restart();
+        while (engine.Running > 0 && clock.Elapsed < TimeSpan.FromSeconds(20)) await Task.Delay(20);
+        Assert.Equal(0, engine.Running);
+        await hasty.StopAsync();
     }
 
     [Fact]

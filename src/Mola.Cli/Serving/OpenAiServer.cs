@@ -104,6 +104,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         public string Model = "-";
         public int PromptTokens, CompletionTokens;
         public string? Note;
+        public CancellationTokenSource? Timeout;
     }
 
     const string Disconnected = "client disconnected";
@@ -145,6 +146,8 @@ public sealed class OpenAiServer : IAsyncDisposable
             BadHttpRequestException { StatusCode: 413 } => new ApiError(413, $"the request body is larger than {_options.MaxRequestBytes} bytes", code: "request_too_large"),
             BadHttpRequestException b => new ApiError(b.StatusCode, Cli.Unexpected(b)),
             OperationCanceledException when ctx.RequestAborted.IsCancellationRequested => null,   // the client went away: nobody to answer
+            OperationCanceledException when info.Timeout?.IsCancellationRequested != true =>
+                new ApiError(503, "the server is shutting down", code: "shutting_down", type: "server_error"),
             OperationCanceledException => new ApiError(408, $"the request took longer than {_options.RequestTimeout.TotalSeconds:F0} s (the server's --timeout)", code: "timeout", type: "timeout_error"),
             MolaException m => new ApiError(500, m.Message.ReplaceLineEndings(" "), type: "server_error"),
             _ => new ApiError(500, Cli.Unexpected(e), type: "server_error"),
@@ -194,6 +197,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         string prompt = chat ? ChatPrompt.Render(_template, r.Messages!) : r.Prompt!;
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ctx.RequestAborted);
         timeout.CancelAfter(_options.RequestTimeout);
+        info.Timeout = timeout;
         // OpenAI's default for completions is 16 tokens; chat runs to the end of the model's positions.
         var request = _engine.Prepare(prompt, chat ? "messages" : "prompt", adapter, r.Settings, chat ? null : 16, timeout.Token);
         info.PromptTokens = request.PromptIds.Count;
