@@ -268,7 +268,8 @@ public class ServeTests(ServerFixture f, ITestOutputHelper output) : IClassFixtu
     public async Task AnApiKeyIsRequiredWhenSetAndAFullQueueIs429()
     {
         using var model = ModelLoader.Load(f.ModelDir);   // an engine owns its model: not the fixture's
-        using var engine = new BatchEngine(model, f.Tokenizer, null, "base", maxBatch: 1, maxQueue: 1);
+        // EOS never generated (-1): each request surely decodes its 100 tokens while the others arrive.
+        using var engine = new BatchEngine(model, MolaTokenizer.Load(f.ModelDir, eosId: -1), null, "base", maxBatch: 1, maxQueue: 1);
         await using var server = await OpenAiServer.StartAsync(engine, PromptTemplate.Alpaca, new ServerOptions { Port = 0, ApiKey = "sesame" }, TextWriter.Null);
         string json = """{"prompt": "the cell", "max_tokens": 100, "temperature": 0}""";
         HttpRequestMessage Request(string? key)
@@ -361,5 +362,17 @@ public class ServeTests(ServerFixture f, ITestOutputHelper output) : IClassFixtu
         Assert.Contains("POST /v1/completions 200 model=mola", r.Stderr);
         Assert.Contains("stopped", r.Stderr + r.Stdout);
         Assert.DoesNotContain("   at ", r.Stderr);
+    }
+
+    [Theory]
+    [InlineData("--adapter", "mola", "expected NAME=DIR")]
+    [InlineData("--adapter", "mola=/nonexistent", "adapter directory not found")]
+    [InlineData("--port", "70000", "--port must be from 0 to 65535")]
+    [InlineData("--max-batch", "0", "--max-batch must be 1 or more")]
+    [InlineData("--timeout", "-1", "--timeout must be")]
+    public void BadServeOptionsAreOneLineBeforeTheModelLoads(string option, string value, string message)
+    {
+        var r = CliRunner.Run("serve", "--base-model", f.ModelDir, option, value);
+        Assert.Contains(message, r.SingleErrorLine());
     }
 }
