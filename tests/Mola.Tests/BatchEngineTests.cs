@@ -128,6 +128,23 @@ public class BatchEngineTests
     }
 
     [Fact]
+    public async Task TextHeldBackForAStopStringGoesOutAtEos()
+    {
+        using var model = ModelLoader.Load(Llama);
+        var tok = MolaTokenizer.Load(Llama);
+        using var engine = new BatchEngine(model, tok, null);
+        // A seed whose sampled text ends at EOS, not at the length limit (greedy text here runs to the limit).
+        var prompt = tok.Encode("a", bos: true);
+        var (options, tokens) = Enumerable.Range(0, 50).Select(seed => new GenerationOptions { MaxNewTokens = 60, Greedy = false, Seed = seed })
+            .Select(o => (o, Alone(null, prompt, o, tok.EosId))).First(c => c.Item2.Count is > 0 and < 60);
+        string full = tok.Decode(tokens);
+        // A stop string that starts with the text's last character: that character waits to see whether the stop follows.
+        var result = await engine.Submit(new EngineRequest { PromptIds = prompt, Options = options, Stop = [full[^1] + "\u0001"] }).Result;
+        Assert.Equal(full, result.Text);
+        Assert.Equal("stop", result.FinishReason);
+    }
+
+    [Fact]
     public void PrepareChecksOpenAiParameters()
     {
         using var model = ModelLoader.Load(Llama);

@@ -336,11 +336,12 @@ public sealed class BatchEngine : IDisposable
         if (row.Finish is not null) return;
         var request = row.Job.Request;
         if (request.Cancellation.IsCancellationRequested) { row.Finish = "cancelled"; return; }
-        if (row.Next == _tokenizer.EosId) { row.Finish = "stop"; return; }
-        row.Tokens.Add((int)row.Next);
+        bool eos = row.Next == _tokenizer.EosId;
+        if (!eos) row.Tokens.Add((int)row.Next);
         string text = _tokenizer.Decode(row.Tokens);
-        int stopAt = StopIndex(text, request.Stop);
-        if (stopAt >= 0) row.Finish = "stop";
+        // At EOS the text held back (a possible start of a stop string, an unfinished character) goes out too.
+        int stopAt = eos ? -1 : StopIndex(text, request.Stop);
+        if (eos || stopAt >= 0) row.Finish = "stop";
         else if (row.Tokens.Count >= request.Options.MaxNewTokens) row.Finish = "length";
         int end = stopAt >= 0 ? stopAt : row.Finish is not null ? text.Length : Settled(text, request.Stop);
         if (end > row.Emitted)
