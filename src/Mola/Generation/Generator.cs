@@ -97,7 +97,7 @@ public static class TextGenerator
     }
 
     /// <summary>Temperature, then top-k, then top-p (nucleus) filtering, then one draw per row.</summary>
-    static Tensor Sample(Tensor logits, GenerationOptions o, torch.Generator generator)
+    internal static Tensor Sample(Tensor logits, GenerationOptions o, torch.Generator generator)
     {
         // Shifted so the largest logit is 0: a small temperature then sends the others to -inf, never to NaN.
         var scaled = (logits - logits.amax([-1], keepdim: true)) / o.Temperature;

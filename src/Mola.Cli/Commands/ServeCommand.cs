@@ -1,0 +1,80 @@
+using System.CommandLine;
+using Mola.Cli.Serving;
+using Mola.Data;
+using Mola.Generation;
+using Mola.Models;
+using Mola.Tokenization;
+
+namespace Mola.Cli.Commands;
+
+public static class ServeCommand
+{
+    public static Command Create()
+    {
+        var baseModel = Cli.BaseModelOption();
+        var adapters = new Option<string[]>("--adapter")
+        {
+            Description = "An adapter to serve, as NAME=DIR (repeat for several; a request's \"model\" picks one by NAME, the base model by its directory's name)",
+            AllowMultipleArgumentsPerToken = false,
+        };
+        var host = new Option<string>("--host") { Description = "Address to listen on (127.0.0.1: this machine only)", DefaultValueFactory = _ => "127.0.0.1" };
+        var port = new Option<int>("--port") { Description = "TCP port (0: any free port)", DefaultValueFactory = _ => 8000 };
+        var apiKey = new Option<string?>("--api-key") { Description = "Require Authorization: Bearer KEY on every /v1 request (default: MOLA_API_KEY, else none)" };
+        var template = new Option<string>("--template") { Description = "Template chat messages are rendered in: alpaca, or a JSON file (the adapter's training template)", DefaultValueFactory = _ => "alpaca" };
+        var maxBatch = new Option<int>("--max-batch") { Description = "Most requests decoding together", DefaultValueFactory = _ => 8 };
+        var maxQueue = new Option<int>("--max-queue") { Description = "Most requests waiting for a batch slot; more are answered 429", DefaultValueFactory = _ => 64 };
+        var maxBody = new Option<long>("--max-request-bytes") { Description = "Largest request body (413 past it)", DefaultValueFactory = _ => 1 << 20 };
+        var timeout = new Option<double>("--timeout") { Description = "Seconds a request may take before it is cancelled (408)", DefaultValueFactory = _ => 300 };
+        var dtype = Cli.DTypeOption();
+        var device = Cli.DeviceOption();
+        var cmd = new Command("serve", "Serve a base model and its MoLA/LoRA adapters over an OpenAI-compatible HTTP API " +
+            "(/v1/completions, /v1/chat/completions, /v1/models, /health); concurrent requests decode together in one batch. " +
+            "SIGTERM or Ctrl-C stops taking requests and lets those in flight finish (cancelled after 30 s).")
+        { baseModel, adapters, host, port, apiKey, template, maxBatch, maxQueue, maxBody, timeout, dtype, device };
+        cmd.SetAction(p => Cli.Run(p, null, o =>
+        {
+            var named = (p.GetValue(adapters) ?? []).Select(ParseAdapter).ToList();
+            string dir = p.GetValue(baseModel)!;
+            string baseName = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(dir)));
+            var duplicate = named.Select(a => a.Name).Append(baseName).GroupBy(n => n).FirstOrDefault(g => g.Count() > 1);
+            if (duplicate is not null)
+                throw new MolaException($"--adapter {duplicate.Key}=...: the name is given twice (the base model is called \"{baseName}\")");
+            if (p.GetValue(port) is < 0 or > 65535) throw new MolaException($"--port must be from 0 to 65535, got {p.GetValue(port)}");
+            if (p.GetValue(maxBatch) < 1) throw new MolaException($"--max-batch must be 1 or more, got {p.GetValue(maxBatch)}");
+            if (p.GetValue(maxQueue) < 1) throw new MolaException($"--max-queue must be 1 or more, got {p.GetValue(maxQueue)}");
+            if (p.GetValue(maxBody) < 1) throw new MolaException($"--max-request-bytes must be 1 or more, got {p.GetValue(maxBody)}");
+            if (!(p.GetValue(timeout) > 0 && p.GetValue(timeout) <= 86400)) throw new MolaException($"--timeout must be a number of seconds in (0, 86400], got {p.GetValue(timeout)}");
+            var tmpl = PromptTemplate.Load(p.GetValue(template)!);
+            foreach (var (name, adapterDir) in named)
+                if (!Directory.Exists(adapterDir)) throw new MolaException($"--adapter {name}={adapterDir}: adapter directory not found");
+
+            using var model = ModelLoader.Load(dir, Cli.DType(p, dtype), Cli.Device(p, device), o.Line);
+            var tok = MolaTokenizer.Load(dir, model.Config.BosTokenId, model.Config.EosTokenId, model.Config.VocabSize);
+            using var set = named.Count == 0 ? null : new AdapterSet(model, named);
+            using var engine = new BatchEngine(model, tok, set, baseName, p.GetValue(maxBatch), p.GetValue(maxQueue));
+            var options = new ServerOptions
+            {
+                Host = p.GetValue(host)!,
+                Port = p.GetValue(port),
+                ApiKey = p.GetValue(apiKey) ?? Environment.GetEnvironmentVariable("MOLA_API_KEY"),
+                MaxRequestBytes = p.GetValue(maxBody),
+                RequestTimeout = TimeSpan.FromSeconds(p.GetValue(timeout)),
+            };
+            var server = OpenAiServer.StartAsync(engine, tmpl, options, Console.Error).GetAwaiter().GetResult();
+            o.Line($"serving {string.Join(", ", engine.ModelNames)} on {server.Url}");
+            server.WaitForShutdownAsync().GetAwaiter().GetResult();
+            server.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            o.Line("stopped");
+            return null;
+        }));
+        return cmd;
+    }
+
+    static (string Name, string Directory) ParseAdapter(string spec)
+    {
+        int eq = spec.IndexOf('=');
+        if (eq <= 0 || eq == spec.Length - 1)
+            throw new MolaException($"--adapter {spec}: expected NAME=DIR (the name a request's \"model\" gives, and the adapter directory)");
+        return (spec[..eq], spec[(eq + 1)..]);
+    }
+}
