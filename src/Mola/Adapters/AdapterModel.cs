@@ -253,9 +253,9 @@ public sealed class AdapterModel : nn.Module
     /// its input, with the RNG state of its first forward put back so that dropout draws the same masks (routing
     /// reads the input before dropout, so it is the same too), and carries the gradient of the layer's output, plus
     /// that of its own balance loss, to its input. Activation memory is then the layer inputs plus one layer's graph
-    /// instead of every layer's graph. The first forward runs with autograd on, its graph dropped layer by layer, so
-    /// that it takes the very code path of the recompute (the adapters pick their product layout by whether a
-    /// backward follows); the balance loss is counted once, in the recompute. Gradients equal those of
+    /// instead of every layer's graph. The first forward runs without autograd but in the adapters' training layout
+    /// (<see cref="TrainingLayout.Force"/>), so that it takes the very code path, and rounding, of the recompute (the
+    /// adapters pick their product layout by whether a backward follows); the balance loss is counted once, in the recompute. Gradients equal those of
     /// <see cref="Forward"/> + backward, and the RNG ends where that leaves it (both tested). Returns the CE and
     /// the balance loss (detached), as <see cref="Forward"/> computes them.
     /// </summary>
@@ -277,12 +277,16 @@ public sealed class AdapterModel : nn.Module
         var inputs = new Tensor[L];
         var rng = new Tensor[L];
         var x = Base.Embed(inputIds).detach();
-        for (int l = 0; l < L; l++)
+        using (no_grad())
+        using (TrainingLayout.Force())   // the recompute's code path, so its rounding, without building a graph
         {
-            inputs[l] = x;
-            rng[l] = random.get_rng_state();
-            using var layerScope = NewDisposeScope();
-            x = layers[l].Forward(x, ctx).detach().MoveToOuterDisposeScope();
+            for (int l = 0; l < L; l++)
+            {
+                inputs[l] = x;
+                rng[l] = random.get_rng_state();
+                using var layerScope = NewDisposeScope();
+                x = layers[l].Forward(x, ctx).MoveToOuterDisposeScope();
+            }
         }
         var rngAfter = random.get_rng_state();
 

@@ -51,7 +51,7 @@ public sealed class LoraLayer : nn.Module<Tensor, Tensor>, IAdapterLayer
         var h = xf.mm(lora_A.t());                                           // [N, r]
         // As in MolaLayer: B^T contiguous when training on more tokens than B^T has rows, so that its
         // gradient comes as h^T g (the g^T h of a transposed view is an order of magnitude slower at r = 8).
-        var bT = torch.is_grad_enabled() && h.shape[0] > Rank ? lora_B.t().contiguous() : lora_B.t();
+        var bT = TrainingLayout.BackwardFollows && h.shape[0] > Rank ? lora_B.t().contiguous() : lora_B.t();
         var y = baseLayer.Base(x2);
         // y += scaling * h B^T in place, one product accumulating into the base output.
         if (y.dtype == ScalarType.Float32)

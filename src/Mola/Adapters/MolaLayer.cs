@@ -141,7 +141,7 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IAdapterLayer
         long N = xf.shape[0], ranks = (long)NumExperts * Rank;
         // Copying the small weights into the layouts the products want costs a pass over them: worth it
         // when the tokens outnumber their rows and a backward pass follows (training), not in decoding.
-        bool relayout = Relayout ?? (torch.is_grad_enabled() && N > NumExperts + ranks);
+        bool relayout = Relayout ?? (TrainingLayout.BackwardFollows && N > NumExperts + ranks);
         bool dropout = DropoutP > 0 && training;
         Tensor logits, h;
         if (relayout && !dropout)
