@@ -17,8 +17,7 @@ public static class JsonFile
     /// hold when it is not an object.</summary>
     public static JsonObject ReadObject(string path, string shape)
     {
-        if (!File.Exists(path)) throw new MolaException($"{path}: not found");
-        return ParseObject(File.ReadAllBytes(path), path, shape);
+        return ParseObject(InputFile.ReadAllBytes(path), path, shape);
     }
 
     /// <summary>Parses UTF-8 bytes that must hold one JSON object; errors name <paramref name="source"/>.</summary>

@@ -61,7 +61,7 @@ public sealed class SafeTensorsFile : IDisposable
         byte[] headerBytes;
         // The length of the opened file, not of the path: Hugging Face's cache links each snapshot file to its blob,
         // and a symbolic link's own length is that of the path it holds.
-        using (var fs = OpenForReading(path))
+        using (var fs = InputFile.OpenRead(path))
         {
             fileLength = fs.Length;
             if (fileLength < 8) throw new MolaException($"{path}: truncated safetensors file ({fileLength} bytes, less than the 8-byte header length)");
@@ -85,12 +85,6 @@ public sealed class SafeTensorsFile : IDisposable
             view = map.CreateViewAccessor(0, fileLength, MemoryMappedFileAccess.Read);
         }
         return new SafeTensorsFile(path, dataStart, tensors, metadata, map, view);
-    }
-
-    static FileStream OpenForReading(string path)
-    {
-        try { return File.OpenRead(path); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new MolaException($"{path}: cannot be read ({e.Message.TrimEnd('.')})"); }
     }
 
     /// <summary>The header's tensors and metadata, validated as the format's reference implementation (the

@@ -25,15 +25,7 @@ static class SentencePieceModelFile
 
     public static Vocabulary Read(string file)
     {
-        byte[] data;
-        try
-        {
-            data = File.ReadAllBytes(file);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new MolaException($"{file}: cannot be read ({e.Message})");
-        }
+        byte[] data = InputFile.ReadAllBytes(file);
         Spec spec;
         try
         {

@@ -12,15 +12,7 @@ static class TokenizerJsonFile
 
     public static Vocabulary Read(string file)
     {
-        byte[] bytes;
-        try
-        {
-            bytes = File.ReadAllBytes(file);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new MolaException($"{file}: cannot be read ({e.Message})");
-        }
+        byte[] bytes = InputFile.ReadAllBytes(file);
         using var doc = JsonFile.ParseDocument(bytes, file);
         try
         {
