@@ -58,7 +58,7 @@ public static class Cli
 
     public static Option<string> BaseModelOption(bool required = true) => new("--base-model")
     {
-        Description = "Base model directory in Hugging Face layout (config.json, model.safetensors or shards, tokenizer.model or tokenizer.json)",
+        Description = "Base model directory in Hugging Face layout (config.json, model.safetensors or pytorch_model.bin or their shards, tokenizer.model or tokenizer.json)",
         Required = required,
     };
 
