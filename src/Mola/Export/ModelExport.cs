@@ -41,6 +41,9 @@ public static class ModelExport
         if (type is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16))
             throw new MolaException($"{baseDirectory}: weights stored as {type}; export writes float32, bfloat16 or float16");
         using var model = ModelLoader.Load(baseDirectory, type, CPU, log);
+        if (ggufType is not null && model.Config.SlidingWindow is int window && window < model.Config.MaxPositionEmbeddings)
+            log?.Invoke($"warning: {baseDirectory}: sliding_window {window} is not written to GGUF (llama.cpp's llama architecture, as its own " +
+                $"converter writes Mistral, attends to the whole context): llama.cpp's outputs differ from mola's past {window} tokens");
         // The base parameters before the adapter is attached: merging changes them in place.
         var weights = model.named_parameters().Select(p => (p.name, (Tensor)p.parameter)).ToList();
         if (adapterDirectory is not null) AdapterModel.LoadForInference(model, adapterDirectory);   // LoRA: merged into the weights
