@@ -45,28 +45,24 @@ public class TorchBinTests
     }
 
     [Fact]
-    public void ATinyLlamaFromShardedBinGivesTheLogitsOfItsSafetensors()
-    {
-        using var ids = tensor(new long[] { 1, 17, 250, 3, 99, 42 }).unsqueeze(0);
-        using var st = ModelLoader.Load(TestUtil.Fixture("llama-tiny"));
-        using var bin = ModelLoader.Load(Bin("llama-tiny-bin"));
-        using var _ = no_grad();
-        using var a = st.Forward(ids);
-        using var b = bin.Forward(ids);
-        Assert.True(TestUtil.BitEqual(a, b));
-    }
+    public void ATinyLlamaFromShardedBinGivesTheLogitsOfItsSafetensors() =>
+        Assert.True(SameLogits(Bin("llama-tiny-bin"), ScalarType.Float32, [1, 17, 250, 3, 99, 42]));
 
+    // Python rounded the float32 weights to bf16 (nearest even); loading the float32 safetensors in bf16 does the same.
     [Fact]
-    public void ABf16BinEqualsTheSafetensorsWeightsRoundedToBf16()
+    public void ABf16BinEqualsTheSafetensorsWeightsRoundedToBf16() =>
+        Assert.True(SameLogits(Bin("llama-tiny-bin1"), ScalarType.BFloat16, [1, 5, 300, 7]));
+
+    /// <summary>Whether the model in <paramref name="dir"/> gives llama-tiny's logits, bit for bit, loaded in <paramref name="dtype"/>.</summary>
+    static bool SameLogits(string dir, ScalarType dtype, long[] prompt)
     {
-        // Python rounded the float32 weights to bf16 (nearest even); loading the float32 safetensors in bf16 does the same.
-        using var ids = tensor(new long[] { 1, 5, 300, 7 }).unsqueeze(0);
-        using var st = ModelLoader.Load(TestUtil.Fixture("llama-tiny"), ScalarType.BFloat16);
-        using var bin = ModelLoader.Load(Bin("llama-tiny-bin1"), ScalarType.BFloat16);
+        using var ids = tensor(prompt).unsqueeze(0);
+        using var st = ModelLoader.Load(TestUtil.Fixture("llama-tiny"), dtype);
+        using var bin = ModelLoader.Load(dir, dtype);
         using var _ = no_grad();
         using var a = st.Forward(ids);
         using var b = bin.Forward(ids);
-        Assert.True(TestUtil.BitEqual(a, b));
+        return TestUtil.BitEqual(a, b);
     }
 
     [Fact]
