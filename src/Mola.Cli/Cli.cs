@@ -33,6 +33,7 @@ public static class Cli
         root.Subcommands.Add(AnalyzeCommand.Create());
         root.Subcommands.Add(BenchCommand.Create());
         root.Subcommands.Add(ServeCommand.Create());
+        root.Subcommands.Add(ExportCommand.Create());
 
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)
@@ -58,7 +59,7 @@ public static class Cli
 
     public static Option<string> BaseModelOption(bool required = true) => new("--base-model")
     {
-        Description = "Base model directory in Hugging Face layout (config.json, model.safetensors or shards, tokenizer.model or tokenizer.json)",
+        Description = "Base model directory in Hugging Face layout (config.json, model.safetensors or pytorch_model.bin or their shards, tokenizer.model or tokenizer.json)",
         Required = required,
     };
 

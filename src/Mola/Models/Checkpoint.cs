@@ -7,12 +7,14 @@ namespace Mola.Models;
 
 /// <summary>
 /// The weights of a Hugging Face model directory: <c>model.safetensors</c>, or the shards named in
-/// <c>model.safetensors.index.json</c>. Tensors are read one at a time from memory-mapped files.
+/// <c>model.safetensors.index.json</c>, or else torch's <c>pytorch_model.bin</c> or the shards named in
+/// <c>pytorch_model.bin.index.json</c> (safetensors first where both are present, as Transformers does).
+/// Tensors are read one at a time from memory-mapped files.
 /// </summary>
 public sealed class Checkpoint : IDisposable
 {
-    readonly Dictionary<string, SafeTensorsFile> _byTensor = new();
-    readonly List<SafeTensorsFile> _files = new();
+    readonly Dictionary<string, ITensorFile> _byTensor = new();
+    readonly List<ITensorFile> _files = new();
     // The file that lists the tensors (model.safetensors or the shard index): errors about a missing tensor name it.
     string _weightsFile = "";
 
@@ -26,22 +28,27 @@ public sealed class Checkpoint : IDisposable
         var ckpt = new Checkpoint(directory);
         try
         {
-            string single = System.IO.Path.Combine(directory, "model.safetensors");
-            string index = System.IO.Path.Combine(directory, "model.safetensors.index.json");
-            if (File.Exists(single))
+            foreach (var (single, open) in Formats)
             {
-                ckpt._weightsFile = single;
-                var f = SafeTensorsFile.Open(single);
-                ckpt._files.Add(f);
-                foreach (var name in f.Tensors.Keys) ckpt._byTensor[name] = f;
+                string file = System.IO.Path.Combine(directory, single);
+                string index = file + ".index.json";
+                if (File.Exists(file))
+                {
+                    ckpt._weightsFile = file;
+                    var f = open(file);
+                    ckpt._files.Add(f);
+                    foreach (var name in f.Tensors.Keys) ckpt._byTensor[name] = f;
+                    return ckpt;
+                }
+                if (File.Exists(index))
+                {
+                    ckpt._weightsFile = index;
+                    ckpt.OpenShards(index, open);
+                    return ckpt;
+                }
             }
-            else if (File.Exists(index))
-            {
-                ckpt._weightsFile = index;
-                ckpt.OpenShards(index);
-            }
-            else throw new MolaException($"{directory}: no weights (expected model.safetensors or model.safetensors.index.json)");
-            return ckpt;
+            throw new MolaException($"{directory}: no weights (expected model.safetensors, model.safetensors.index.json, " +
+                "pytorch_model.bin or pytorch_model.bin.index.json)");
         }
         catch
         {
@@ -50,13 +57,17 @@ public sealed class Checkpoint : IDisposable
         }
     }
 
-    void OpenShards(string index)
+    // In the order Transformers prefers them.
+    static readonly (string File, Func<string, ITensorFile> Open)[] Formats =
+        [("model.safetensors", SafeTensorsFile.Open), ("pytorch_model.bin", TorchBinFile.Open)];
+
+    void OpenShards(string index, Func<string, ITensorFile> open)
     {
         var root = JsonFile.ReadObject(index, "an index with a \"weight_map\" object from tensor names to shard files");
         if (root["weight_map"] is not JsonObject wm)
             throw new MolaException($"{index}: missing \"weight_map\" object");
         var map = wm.ToDictionary(p => p.Key, p => JsonFile.StringOf(p.Value, $"weight_map.{p.Key}", index, "the name of a shard file"));
-        var shards = new Dictionary<string, SafeTensorsFile>();
+        var shards = new Dictionary<string, ITensorFile>();
         foreach (var (name, file) in map)
         {
             if (file.Contains('/') || file.Contains('\\') || file.Contains(".."))
@@ -65,7 +76,7 @@ public sealed class Checkpoint : IDisposable
             {
                 string path = System.IO.Path.Combine(Directory, file);
                 if (!File.Exists(path)) throw new MolaException($"{index}: shard \"{file}\" (holding \"{name}\") not found");
-                shard = SafeTensorsFile.Open(path);
+                shard = open(path);
                 shards[file] = shard;
                 _files.Add(shard);
             }

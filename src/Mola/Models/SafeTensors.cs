@@ -7,7 +7,8 @@ using static TorchSharp.torch;
 
 namespace Mola.Models;
 
-/// <summary>Where one tensor lies in a safetensors file.</summary>
+/// <summary>Where one tensor lies in a weights file: its dtype (safetensors names), shape and bytes (for a torch
+/// <c>.bin</c>, from its first element; a strided view need not fill them).</summary>
 public sealed record TensorInfo(string Name, string DType, long[] Shape, long Begin, long End)
 {
     public long NumElements => Shape.Aggregate(1L, (a, b) => a * b);
@@ -18,7 +19,7 @@ public sealed record TensorInfo(string Name, string DType, long[] Shape, long Be
 /// offsets inside the file and not overlapping) and each tensor is materialised only when read,
 /// so a checkpoint is never copied whole.
 /// </summary>
-public sealed class SafeTensorsFile : IDisposable
+public sealed class SafeTensorsFile : ITensorFile
 {
     static readonly Dictionary<string, (ScalarType Type, int Size)> DTypes = new()
     {
@@ -194,11 +195,7 @@ public sealed class SafeTensorsFile : IDisposable
     void Load(string name, Tensor destination, string needs, bool checkFinite, bool share)
     {
         var info = Tensors[name];
-        if (!info.Shape.SequenceEqual(destination.shape))
-            throw new MolaException($"{Path}: tensor \"{name}\" has shape {FormatShape(info.Shape)}, {needs} {FormatShape(destination.shape)}");
-        // Integers would convert silently into weights that mean nothing.
-        if (destination.is_floating_point() && info.DType is not ("F64" or "F32" or "F16" or "BF16"))
-            throw new MolaException($"{Path}: tensor \"{name}\" is stored as {info.DType}; weights must be F32, F16, BF16 or F64");
+        CheckFits(Path, info, destination, needs);
         using var _ = torch.no_grad();
         if (checkFinite) RequireFinite(name);
         if (share && destination.device.type == DeviceType.CPU && DTypes[info.DType].Type == destination.dtype && Map(name) is { } mapped)
@@ -213,7 +210,17 @@ public sealed class SafeTensorsFile : IDisposable
         if (checkFinite && Narrows(info.DType, destination.dtype)) RequireFinite(destination, Path, name);
     }
 
-    static bool Narrows(string stored, ScalarType to) => (stored, to) switch
+    /// <summary>The stored tensor has the destination's shape, and a floating-point destination gets floating-point values.</summary>
+    internal static void CheckFits(string path, TensorInfo info, Tensor destination, string needs)
+    {
+        if (!info.Shape.SequenceEqual(destination.shape))
+            throw new MolaException($"{path}: tensor \"{info.Name}\" has shape {FormatShape(info.Shape)}, {needs} {FormatShape(destination.shape)}");
+        // Integers would convert silently into weights that mean nothing.
+        if (destination.is_floating_point() && info.DType is not ("F64" or "F32" or "F16" or "BF16"))
+            throw new MolaException($"{path}: tensor \"{info.Name}\" is stored as {info.DType}; weights must be F32, F16, BF16 or F64");
+    }
+
+    internal static bool Narrows(string stored, ScalarType to) => (stored, to) switch
     {
         (_, ScalarType.Float64) => false,
         ("F16" or "BF16", ScalarType.Float32) => false,
