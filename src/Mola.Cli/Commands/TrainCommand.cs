@@ -80,12 +80,12 @@ public static class TrainCommand
         cmd.SetAction(p =>
         {
             using var interruption = new Interruption();
-            int exit = Cli.Run(p, json, o => Train(p, o, interruption));
+            int exit = DistributedRun.Run(parallel => Cli.Run(p, json, o => Train(p, o, interruption, parallel)));
             return interruption.ExitCode is int signalled && exit == 0 && interrupted ? signalled : exit;
         });
         return cmd;
 
-        object? Train(ParseResult p, Output o, Interruption interruption)
+        object? Train(ParseResult p, Output o, Interruption interruption, Mola.Distributed.DataParallel? parallel)
         {
             string? baseDir = p.GetValue(baseModel), dataPath = p.GetValue(data);
             bool embedded = baseDir is null && dataPath is null;
@@ -156,6 +156,7 @@ public static class TrainCommand
                     loop(m => report(m.Step, $"loss {m.Loss:F4} lr {m.Lr.ToString("0.00e+00", CultureInfo.InvariantCulture)} {m.TokensPerSecond:F0} tok/s"))),
                 BeforeTraining = embedded ? m => before = EvaluateDefault(m, testRecords!, o, "before") : null,
                 AfterTraining = embedded ? m => after = EvaluateDefault(m, testRecords!, o, "after") : null,
+                Parallel = parallel,
             };
             var (result, trainable, replaced) = recipe.Execute(interruption.Token);
             if (result.Interrupted)
