@@ -7,6 +7,9 @@ namespace Mola.Cli;
 /// aborting the job. Without mpirun the command runs as it is.</summary>
 static class DistributedRun
 {
+    /// <summary>Under mpirun, a rank other than 0: every rank parses the same command line, rank 0 says what is wrong with it.</summary>
+    public static bool OtherRank => Environment.GetEnvironmentVariable("OMPI_COMM_WORLD_RANK") is string r && r != "0";
+
     public static int Run(Func<DataParallel?, int> command)
     {
         if (!DataParallel.Launched && Environment.GetEnvironmentVariable("PMI_RANK") is null) return command(null);
