@@ -32,8 +32,12 @@ public sealed class DataParallel
     public int Size { get; }
     public bool IsRoot => Rank == 0;
     public TimeSpan Timeout { get; }
-    /// <summary>Seconds spent in gradient sums so far (the communication cost of data parallelism).</summary>
+    /// <summary>Seconds spent in gradient sums so far, once every rank had arrived (the communication cost).</summary>
     public double GradientSumSeconds { get; private set; }
+    /// <summary>Seconds spent waiting for the slowest rank before the gradient sums (uneven shares, a busy machine).</summary>
+    public double WaitSeconds { get; private set; }
+    /// <summary>Gradient sums so far.</summary>
+    public int GradientSums { get; private set; }
 
     DataParallel(OpenMpi mpi, int rank, int size, TimeSpan timeout)
     {
@@ -78,13 +82,23 @@ public sealed class DataParallel
     /// round robin, so every rank's share is known to all and a list shorter than the ranks leaves some idle.</summary>
     public bool Owns(int index) => index % Size == Rank;
 
-    /// <summary>Sums a float32 tensor over the ranks, in place; every rank gets the same sum.</summary>
+    /// <summary>Sums a float32 tensor (the gradients) over the ranks, in place; every rank gets the same sum. A barrier
+    /// first, so that the time of the sum itself and the time waiting for the other ranks are told apart.</summary>
     public void Sum(Tensor t, string what)
     {
         var clock = Stopwatch.StartNew();
+        Collective(what, _mpi.Barrier);
+        WaitSeconds += clock.Elapsed.TotalSeconds;
+        clock.Restart();
         OnHost(t, what, (p, n) => { unsafe { _mpi.SumFloats((float*)p, n); } });
         GradientSumSeconds += clock.Elapsed.TotalSeconds;
+        GradientSums++;
     }
+
+    /// <summary>One line on the cost so far: the sum's time and the wait per step.</summary>
+    public string Summary(long floats) => GradientSums == 0 ? $"data parallel over {Size} ranks" :
+        $"data parallel over {Size} ranks: gradient all-reduce of {floats:N0} floats {1000 * GradientSumSeconds / GradientSums:F2} ms a step, " +
+        $"waiting for the slowest rank {1000 * WaitSeconds / GradientSums:F1} ms a step";
 
     /// <summary>Rank 0's values of a float32 tensor, on every rank.</summary>
     public void Broadcast(Tensor t, string what) => OnHost(t, what, (p, n) => { unsafe { _mpi.BroadcastFloats((float*)p, n, 0); } });

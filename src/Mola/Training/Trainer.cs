@@ -174,6 +174,7 @@ public sealed class Trainer
             if (Writes) RunDirectory.WriteFile(Path.Combine(_out, "eval.jsonl"), JsonSerializer.Serialize(new { step = state.Step, eval_loss = lastEval }) + "\n", append: true);
         }
         if (Writes) SaveAdapter();
+        if (Parallel is not null) Log?.Invoke(Parallel.Summary(optimizer.FlatGradients.numel()));
         return new TrainResult(state.Step, lastLoss, lastEval, clock.Elapsed.TotalSeconds, _out, startStep);
     }
 
