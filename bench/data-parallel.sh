@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 model=$1 data=$2 rounds=${3:-2} ranks=${4:-2}
 shift $(( $# < 4 ? $# : 4 ))
 cli=src/Mola.Cli/bin/Release/net10.0/Mola.Cli.dll
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none TERM=dumb
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 TERM=dumb
 out=$(mktemp -d)
 mean_tps() { python3 -c "import json,sys; v=[json.loads(l)['tokens_per_second'] for l in open(sys.argv[1])][1:]; print(f'{sum(v)/len(v):.0f} tok/s over {len(v)} steps')" "$1"; }
 for r in $(seq "$rounds"); do

@@ -153,7 +153,8 @@ public sealed class DataParallel
     {
         _stderr.WriteLine($"error: rank {Rank}: {_waitingFor} did not complete within {Timeout.TotalSeconds:0.###} s: another of the {Size} ranks " +
             $"has stopped or hangs; the job is aborted (the last checkpoint is intact; {TimeoutVariable} sets the limit in seconds)");
-        Abort(1);
+        // No MPI call from this thread (the main one is inside MPI): mpirun ends the job when a rank exits non-zero.
+        _exit(1);
     }
 
     /// <summary>Ends this rank's part: a rank that finished (or stopped on a signal with the others) leaves MPI

@@ -12,7 +12,9 @@ namespace Mola.Distributed;
 sealed unsafe class OpenMpi
 {
     const int Success = 0;
-    const int ThreadMultiple = 3;   // MPI_THREAD_MULTIPLE: the watchdog aborts from its own thread
+    // MPI_THREAD_SERIALIZED, not MULTIPLE: measured here, MULTIPLE's locking made a 416,640-float all-reduce 2-6x
+    // slower (bench/NOTES.md); the watchdog makes no MPI call.
+    const int ThreadSerialized = 2;
     static readonly IntPtr InPlace = 1;   // Open MPI's MPI_IN_PLACE
 
     readonly delegate* unmanaged<int*, int> _initialized;
@@ -64,7 +66,7 @@ sealed unsafe class OpenMpi
     {
         int flag, provided, rank, size;
         Check(_initialized(&flag), "MPI_Initialized");
-        if (flag == 0) Check(_initThread(null, null, ThreadMultiple, &provided), "MPI_Init_thread");
+        if (flag == 0) Check(_initThread(null, null, ThreadSerialized, &provided), "MPI_Init_thread");
         Check(_commRank(_world, &rank), "MPI_Comm_rank");
         Check(_commSize(_world, &size), "MPI_Comm_size");
         return (rank, size);
