@@ -69,7 +69,9 @@ public static class TrainCommand
         var cmd = new Command("train", "Instruction-tune a MoLA (or LoRA) adapter on a frozen base model. " +
             "With no --base-model and no --data it trains the embedded default: a small LLaMA-architecture model on a " +
             "multiple-choice task, and prints held-out accuracy before and after. The defaults below are the paper's; the " +
-            "embedded default has its own (learning rate, batch, steps: assets/README.md), and an option given still wins.")
+            "embedded default has its own (learning rate, batch, steps: assets/README.md), and an option given still wins. " +
+            "Under Open MPI's mpirun -np N it trains data-parallel over N ranks, with the same options and results (README: distributed training; " +
+            "MOLA_MPI_TIMEOUT: seconds a rank waits for the others, default 300).")
         {
             baseModel, data, output, template, kind, experts, topK, rank, alpha, dropout, targets, auxCoef, lr, warmup, epochs,
             maxSteps, batch, micro, cutoff, valSize, trainOnInputs, addEos, groupByLength, saveSteps, saveLimit, evalSteps,
