@@ -40,7 +40,7 @@ public static class Cli
         {
             // One line, like every other user error; --help shows the options.
             string command = parse.CommandResult.Command.Name == root.Name ? "mola" : "mola " + parse.CommandResult.Command.Name;
-            Console.Error.WriteLine($"error: {string.Join("; ", parse.Errors.Select(e => OneLine(e.Message).TrimEnd('.')))} (see {command} --help)");
+            if (!DistributedRun.OtherRank) Console.Error.WriteLine($"error: {string.Join("; ", parse.Errors.Select(e => OneLine(e.Message).TrimEnd('.')))} (see {command} --help)");
             return 1;
         }
         return parse.Invoke();

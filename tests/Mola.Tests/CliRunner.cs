@@ -82,20 +82,30 @@ static class CliRunner
         kill.WaitForExit();
     }
 
-    static CliResult Run(IReadOnlyList<string> args, TimeSpan timeout, string? workingDirectory, Action<Process>? whileRunning)
+    /// <summary>Runs the CLI under a launcher (<c>mpirun -np 2</c>): <paramref name="launcher"/> is its command line up to the
+    /// program, <paramref name="environment"/> adds variables.</summary>
+    public static CliResult RunUnder(IReadOnlyList<string> launcher, IReadOnlyDictionary<string, string> environment, IReadOnlyList<string> args,
+        TimeSpan timeout, Action<Process>? whileRunning = null) =>
+        Run(args, timeout, null, whileRunning, launcher, environment);
+
+    static CliResult Run(IReadOnlyList<string> args, TimeSpan timeout, string? workingDirectory, Action<Process>? whileRunning,
+        IReadOnlyList<string>? launcher = null, IReadOnlyDictionary<string, string>? environment = null)
     {
-        var psi = new ProcessStartInfo(DotnetHost())
+        var psi = new ProcessStartInfo(launcher?[0] ?? DotnetHost())
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
             WorkingDirectory = workingDirectory ?? AppContext.BaseDirectory,
         };
+        if (launcher is not null)
+            foreach (var a in launcher.Skip(1).Append(DotnetHost())) psi.ArgumentList.Add(a);
         psi.ArgumentList.Add(CliDll);
         foreach (var a in args) psi.ArgumentList.Add(a);
         // The CLI prints stack traces only under MOLA_DEBUG; tests check what users see.
         psi.Environment.Remove("MOLA_DEBUG");
-        string commandLine = "mola " + string.Join(' ', args);
+        foreach (var (k, v) in environment ?? new Dictionary<string, string>()) psi.Environment[k] = v;
+        string commandLine = (launcher is null ? "" : string.Join(' ', launcher) + " ") + "mola " + string.Join(' ', args);
 
         using var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {psi.FileName}");
         // Read both pipes concurrently so a full pipe buffer can never block the child.

@@ -69,7 +69,9 @@ public static class TrainCommand
         var cmd = new Command("train", "Instruction-tune a MoLA (or LoRA) adapter on a frozen base model. " +
             "With no --base-model and no --data it trains the embedded default: a small LLaMA-architecture model on a " +
             "multiple-choice task, and prints held-out accuracy before and after. The defaults below are the paper's; the " +
-            "embedded default has its own (learning rate, batch, steps: assets/README.md), and an option given still wins.")
+            "embedded default has its own (learning rate, batch, steps: assets/README.md), and an option given still wins. " +
+            "Under Open MPI's mpirun -np N it trains data-parallel over N ranks, with the same options and results (README: distributed training; " +
+            "MOLA_MPI_TIMEOUT: seconds a rank waits for the others, default 300).")
         {
             baseModel, data, output, template, kind, experts, topK, rank, alpha, dropout, targets, auxCoef, lr, warmup, epochs,
             maxSteps, batch, micro, cutoff, valSize, trainOnInputs, addEos, groupByLength, saveSteps, saveLimit, evalSteps,
@@ -80,12 +82,12 @@ public static class TrainCommand
         cmd.SetAction(p =>
         {
             using var interruption = new Interruption();
-            int exit = Cli.Run(p, json, o => Train(p, o, interruption));
+            int exit = DistributedRun.Run(parallel => Cli.Run(p, json, o => Train(p, o, interruption, parallel)));
             return interruption.ExitCode is int signalled && exit == 0 && interrupted ? signalled : exit;
         });
         return cmd;
 
-        object? Train(ParseResult p, Output o, Interruption interruption)
+        object? Train(ParseResult p, Output o, Interruption interruption, Mola.Distributed.DataParallel? parallel)
         {
             string? baseDir = p.GetValue(baseModel), dataPath = p.GetValue(data);
             bool embedded = baseDir is null && dataPath is null;
@@ -156,6 +158,7 @@ public static class TrainCommand
                     loop(m => report(m.Step, $"loss {m.Loss:F4} lr {m.Lr.ToString("0.00e+00", CultureInfo.InvariantCulture)} {m.TokensPerSecond:F0} tok/s"))),
                 BeforeTraining = embedded ? m => before = EvaluateDefault(m, testRecords!, o, "before") : null,
                 AfterTraining = embedded ? m => after = EvaluateDefault(m, testRecords!, o, "after") : null,
+                Parallel = parallel,
             };
             var (result, trainable, replaced) = recipe.Execute(interruption.Token);
             if (result.Interrupted)

@@ -21,6 +21,11 @@ static class SeededPermutation
         return p;
     }
 
+    /// <summary>A generator seed that is a function of (seed, stream, index) alone: the same in every process and
+    /// after a resume, whatever ran before (the dropout of micro-batch <paramref name="index"/> of an epoch).</summary>
+    public static long DerivedSeed(int seed, uint stream, long index) =>
+        (long)(Mix(Mix(((ulong)(uint)seed << 32) | stream) ^ (ulong)index) >> 1);
+
     static ulong Next(ref ulong state) => Mix(state += 0x9E3779B97F4A7C15);
 
     static ulong Mix(ulong z)

@@ -22,7 +22,8 @@ public static class Native
     [MethodImpl(MethodImplOptions.NoInlining)]
     static void InitialiseTorch()
     {
-        torch.set_num_threads(Environment.ProcessorCount);
+        // Ranks that mpirun started on this machine share its cores.
+        torch.set_num_threads(Math.Max(1, Environment.ProcessorCount / Distributed.DataParallel.LocalRanks));
         GlibcMalloc.KeepFreedMemory();
     }
 }

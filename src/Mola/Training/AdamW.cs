@@ -94,6 +94,15 @@ public sealed class AdamW : IDisposable
         return storage.data_ptr();
     }
 
+    /// <summary>Every gradient in one flat float32 tensor (a view: changing it changes the gradients).</summary>
+    internal Tensor FlatGradients
+    {
+        get { AdoptGradients(); return _grad; }
+    }
+
+    /// <summary>Every parameter in one flat float32 tensor (a view, as <see cref="FlatGradients"/>).</summary>
+    internal Tensor FlatParameters => _flat;
+
     public void ZeroGrad()
     {
         AdoptGradients();

@@ -4,6 +4,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using Mola.Adapters;
 using Mola.Data;
+using Mola.Distributed;
 using Mola.Models;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -31,6 +32,10 @@ public sealed class Trainer
     public string? FailureNote { get; set; }
     /// <summary>Human-readable events (checkpoints, evaluation).</summary>
     public Action<string>? Log { get; set; }
+    /// <summary>Under mpirun: this rank's share of every step's micro-batches, gradients summed over the ranks,
+    /// and files written by rank 0 alone. Null: one process.</summary>
+    public DataParallel? Parallel { get; set; }
+    bool Writes => Parallel?.IsRoot ?? true;
 
     public long TotalSteps { get; }
     public int StepsPerEpoch { get; }
@@ -73,7 +78,7 @@ public sealed class Trainer
     /// result says <see cref="TrainResult.Interrupted"/>.</summary>
     public TrainResult Train(string? resumeCheckpoint = null, CancellationToken stop = default)
     {
-        Directory.CreateDirectory(_out);
+        if (Writes) Directory.CreateDirectory(_out);
         var device = _adapter.Base.Device;
         var parameters = _adapter.parameters().ToList();
         using var optimizer = new AdamW(parameters, _o.LearningRate) { WeightDecay = _o.WeightDecay };
@@ -81,12 +86,16 @@ public sealed class Trainer
         if (resumeCheckpoint is not null)
         {
             state = Checkpoints.Restore(resumeCheckpoint, _adapter, optimizer, RunSettings());
-            TruncateMetrics(state.Step);
+            if (Writes)
+            {
+                TruncateMetrics(state.Step);
+                // A run killed between saving a checkpoint and deleting the oldest left one too many.
+                Checkpoints.Prune(_out, _o.SaveTotalLimit, protect: resumeCheckpoint);
+            }
             Log?.Invoke($"resumed from {resumeCheckpoint} at step {state.Step}");
-            // A run killed between saving a checkpoint and deleting the oldest left one too many.
-            Checkpoints.Prune(_out, _o.SaveTotalLimit, protect: resumeCheckpoint);
         }
-        else if (File.Exists(MetricsPath)) File.Delete(MetricsPath);
+        else if (Writes && File.Exists(MetricsPath)) File.Delete(MetricsPath);
+        if (Parallel is not null) StartTogether(optimizer, state.Step);
 
         long startStep = state.Step, savedStep = state.Step;
         OnStart?.Invoke();
@@ -95,9 +104,9 @@ public sealed class Trainer
         var epochBatches = _sampler.MicroBatches(state.Epoch);
         while (state.Step < TotalSteps)
         {
-            if (stop.IsCancellationRequested)
+            if (Parallel?.Any(stop.IsCancellationRequested, $"the stop check before step {state.Step + 1}") ?? stop.IsCancellationRequested)
             {
-                string? checkpoint = savedStep == state.Step ? Checkpoints.Latest(_out)
+                string? checkpoint = savedStep == state.Step || !Writes ? Checkpoints.Latest(_out)
                     : Checkpoints.Save(_out, state, _adapter, optimizer, _o.SaveTotalLimit, RunSettings());
                 return new TrainResult(state.Step, lastLoss, lastEval, clock.Elapsed.TotalSeconds, _out, startStep, Interrupted: true, Checkpoint: checkpoint);
             }
@@ -109,7 +118,15 @@ public sealed class Trainer
             }
             var micro = epochBatches.Skip(state.MicroBatch).Take(_o.AccumulationSteps).Select(ix => ix.Select(i => _train.Examples[i]).ToList()).ToList();
             var stepClock = Stopwatch.StartNew();
-            var (loss, ce, aux, tokens) = AccumulateGradients(micro, device);
+            // Dropout seeded by the micro-batch's place alone: the same masks whichever rank runs it.
+            var (epoch, first) = (state.Epoch, state.MicroBatch);
+            var (loss, ce, aux, tokens) = AccumulateGradients(micro, device, j => SeededPermutation.DerivedSeed(_o.Seed, (uint)epoch, first + j));
+            if (Parallel is not null)
+            {
+                Parallel.Sum(optimizer.FlatGradients, $"the gradient sum of step {state.Step + 1}");
+                var sums = Parallel.Sum([loss, ce, aux, tokens], $"the loss sum of step {state.Step + 1}");
+                (loss, ce, aux, tokens) = (sums[0], sums[1], sums[2], (long)sums[3]);
+            }
             double lr = _o.LearningRate * LrSchedule.Factor(state.Step, _o.WarmupSteps, TotalSteps);
             optimizer.LearningRate = lr;
             double gradNorm = optimizer.ClipGradNorm(_o.MaxGradNorm);
@@ -141,9 +158,9 @@ public sealed class Trainer
                 TokensPerSecond = tokens / Math.Max(stepClock.Elapsed.TotalSeconds, 1e-9),
                 EvalLoss = evalLoss,
             };
-            AppendMetrics(metrics);
+            if (Writes) AppendMetrics(metrics);
             OnStep?.Invoke(metrics);
-            if (save)
+            if (save && Writes)
             {
                 string dir = Checkpoints.Save(_out, state, _adapter, optimizer, _o.SaveTotalLimit, RunSettings());
                 savedStep = state.Step;
@@ -154,9 +171,10 @@ public sealed class Trainer
         {
             lastEval = Evaluate();
             Log?.Invoke($"eval loss {lastEval:F6}");
-            RunDirectory.WriteFile(Path.Combine(_out, "eval.jsonl"), JsonSerializer.Serialize(new { step = state.Step, eval_loss = lastEval }) + "\n", append: true);
+            if (Writes) RunDirectory.WriteFile(Path.Combine(_out, "eval.jsonl"), JsonSerializer.Serialize(new { step = state.Step, eval_loss = lastEval }) + "\n", append: true);
         }
-        SaveAdapter();
+        if (Writes) SaveAdapter();
+        if (Parallel is not null) Log?.Invoke(Parallel.Summary(optimizer.FlatGradients.numel()));
         return new TrainResult(state.Step, lastLoss, lastEval, clock.Elapsed.TotalSeconds, _out, startStep);
     }
 
@@ -178,16 +196,22 @@ public sealed class Trainer
     /// is weighted by its share of the step's predicted tokens, so the accumulated gradient equals
     /// that of one big batch; the balance loss is averaged over micro-batches (as the original's
     /// gradient accumulation does: it is a per-forward statistic).
+    /// Under mpirun each rank runs its share of the micro-batches with the whole step's weights, so that the sum over
+    /// the ranks is the one-process gradient. <paramref name="dropoutSeed"/> (of a micro-batch's index) reseeds the
+    /// generator before each.
     /// </summary>
-    internal (double Loss, double Ce, double Aux, long Tokens) AccumulateGradients(List<List<TokenizedExample>> micro, Device device)
+    internal (double Loss, double Ce, double Aux, long Tokens) AccumulateGradients(List<List<TokenizedExample>> micro, Device device, Func<int, long>? dropoutSeed = null)
     {
         long predicted = micro.Sum(mb => mb.Sum(PredictedTokens));
         if (predicted == 0) throw new MolaException("a training batch has no tokens to learn (every label is -100): check --cutoff-len and --train-on-inputs");
         double loss = 0, ce = 0, aux = 0;
         long tokens = 0;
         _adapter.train();
-        foreach (var mb in micro)
+        for (int j = 0; j < micro.Count; j++)
         {
+            if (Parallel?.Owns(j) == false) continue;
+            var mb = micro[j];
+            if (dropoutSeed is not null) torch.manual_seed(dropoutSeed(j));
             using var scope = NewDisposeScope();
             using var batch = InstructionDataset.Collate(mb, device);
             double share = (double)mb.Sum(PredictedTokens) / predicted;
@@ -228,8 +252,10 @@ public sealed class Trainer
         long count = 0;
         using (no_grad())
         {
+            int index = 0;
             foreach (var chunk in _val.Examples.Chunk(_o.MicroBatchSize))
             {
+                if (Parallel?.Owns(index++) == false) continue;
                 using var scope = NewDisposeScope();
                 using var batch = InstructionDataset.Collate(chunk, _adapter.Base.Device);
                 var logits = _adapter.Base.Forward(batch.InputIds, batch.AttentionMask);
@@ -239,7 +265,22 @@ public sealed class Trainer
             }
         }
         _adapter.train();
+        if (Parallel is not null)
+        {
+            var sums = Parallel.Sum([sum, count], "the evaluation loss sum");
+            (sum, count) = (sums[0], (long)sums[1]);
+        }
         return count == 0 ? double.NaN : sum / count;
+    }
+
+    /// <summary>Every rank begins at the same step from rank 0's adapter; each restored its optimizer state from the
+    /// same checkpoint, which only a directory all of them read gives.</summary>
+    void StartTogether(AdamW optimizer, long step)
+    {
+        var range = Parallel!.Max([step, -step], "the start of the run");
+        if (range[0] != -range[1])
+            throw new MolaException($"{_out}: the ranks resume from different steps ({-range[1]} to {range[0]}): every rank must see the same output directory and checkpoints");
+        Parallel.Broadcast(optimizer.FlatParameters, "the broadcast of the adapter");
     }
 
     void AppendMetrics(StepMetrics m)

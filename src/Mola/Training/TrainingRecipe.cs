@@ -1,6 +1,7 @@
 using System.Globalization;
 using Mola.Adapters;
 using Mola.Data;
+using Mola.Distributed;
 using Mola.Models;
 using Mola.Tokenization;
 using TorchSharp;
@@ -26,6 +27,9 @@ public sealed class TrainingRecipe(RunDescription run)
     public Action<RecipeModel>? BeforeTraining { get; init; }
     /// <summary>Called with the trained model after the adapter is saved.</summary>
     public Action<RecipeModel>? AfterTraining { get; init; }
+    /// <summary>Under mpirun (<see cref="DataParallel.Start"/>): rank 0 alone locks, tidies and writes the output
+    /// directory; the other ranks only read it (a resume).</summary>
+    public DataParallel? Parallel { get; init; }
 
     public RecipeResult Execute(CancellationToken stop = default)
     {
@@ -49,12 +53,14 @@ public sealed class TrainingRecipe(RunDescription run)
         var valSet = valRecords.Count > 0 ? InstructionDataset.Create(valRecords, tmpl, tok, tokenize) : null;
 
         // One writer per run directory, from here to the end; then what a killed run left is sorted out.
-        using var runLock = RunLock.Acquire(outDir, $"--output {outDir}");
+        bool writes = Parallel?.IsRoot ?? true;
+        using var runLock = writes ? RunLock.Acquire(outDir, $"--output {outDir}") : null;
         bool movedAside = false;
         try
         {
-            foreach (var line in RunDirectory.Tidy(outDir, resuming: r.Resume is not null)) Log(line);
-            bool replacing = CheckOutput(outDir, r.Resume is not null, r.Overwrite);
+            if (writes)
+                foreach (var line in RunDirectory.Tidy(outDir, resuming: r.Resume is not null)) Log(line);
+            bool replacing = writes && CheckOutput(outDir, r.Resume is not null, r.Overwrite);
             string? resumeDir = r.Resume is null ? null
                 : r.Resume == "latest" ? Checkpoints.Latest(outDir) ?? throw new MolaException($"{outDir}: no checkpoint to resume from")
                 : r.Resume;
@@ -71,7 +77,7 @@ public sealed class TrainingRecipe(RunDescription run)
             // The previous run steps aside only now, when everything above has loaded, and comes back unless this run finishes.
             if (replacing) movedAside = RunDirectory.MoveAside(outDir);
             var options = r.Training;
-            var trainer = new Trainer(adapter, trainSet, valSet, options, outDir);
+            var trainer = new Trainer(adapter, trainSet, valSet, options, outDir) { Parallel = Parallel };
             if (movedAside) trainer.FailureNote = $"this run is discarded and the run it was to replace is restored in {outDir}";
             if (options.WarmupSteps >= trainer.TotalSteps)
             {
@@ -79,7 +85,7 @@ public sealed class TrainingRecipe(RunDescription run)
                 Log($"warning: --warmup-steps {options.WarmupSteps} is not below the run's {trainer.TotalSteps} optimizer steps, so the learning rate " +
                     $"peaks at {peak:G3} instead of {options.LearningRate:G3} (fewer --warmup-steps, a smaller --batch-size or more --epochs)");
             }
-            trainer.OnStart = () =>
+            if (writes) trainer.OnStart = () =>
             {
                 Directory.CreateDirectory(outDir);
                 RunDirectory.WriteFile(Path.Combine(outDir, "training_args.json"), r.TrainingArgs(adapter.Config));
@@ -95,7 +101,7 @@ public sealed class TrainingRecipe(RunDescription run)
                 if (result.Checkpoint is null && movedAside) RunDirectory.Restore(outDir);   // nothing of this run to continue
                 return new RecipeResult(result, trainable, movedAside);
             }
-            RunDirectory.Commit(outDir);   // finished: the run it replaced goes
+            if (writes) RunDirectory.Commit(outDir);   // finished: the run it replaced goes
             string trained = result.StartStep > 0
                 ? $"trained steps {result.StartStep + 1} to {result.Steps} ({result.Steps - result.StartStep} after resuming at step {result.StartStep})"
                 : $"trained {result.Steps} steps";
@@ -103,10 +109,10 @@ public sealed class TrainingRecipe(RunDescription run)
             AfterTraining?.Invoke(ready);
             return new RecipeResult(result, trainable, movedAside);
         }
-        catch when (movedAside || runLock.CreatedDirectory)
+        catch when (movedAside || runLock?.CreatedDirectory == true)
         {
             if (movedAside) RunDirectory.Restore(outDir);
-            runLock.RemoveIfEmpty();
+            runLock!.RemoveIfEmpty();
             throw;
         }
     }
