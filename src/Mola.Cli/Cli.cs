@@ -30,6 +30,7 @@ public static class Cli
         root.Subcommands.Add(EvalCommand.Create());
         root.Subcommands.Add(PerplexityCommand.Create());
         root.Subcommands.Add(ParamsCommand.Create());
+        root.Subcommands.Add(AllocateCommand.Create());
         root.Subcommands.Add(AnalyzeCommand.Create());
         root.Subcommands.Add(BenchCommand.Create());
         root.Subcommands.Add(ServeCommand.Create());
