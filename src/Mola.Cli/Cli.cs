@@ -32,6 +32,7 @@ public static class Cli
         root.Subcommands.Add(ParamsCommand.Create());
         root.Subcommands.Add(AllocateCommand.Create());
         root.Subcommands.Add(AnalyzeCommand.Create());
+        root.Subcommands.Add(PruneCommand.Create());
         root.Subcommands.Add(BenchCommand.Create());
         root.Subcommands.Add(ServeCommand.Create());
 
