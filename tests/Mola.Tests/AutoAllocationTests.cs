@@ -149,7 +149,7 @@ public class AutoAllocationTests
         string dir = LayerQualityTests.PrescribedModel([2, 3, 4]);
         var config = ModelConfig.Load(dir);
         // One q_proj expert at rank 8: 8 (64 + 64) + 64 router weights = 1088, the same in every layer: 10 experts fit 10,880.
-        var r = CliRunner.Run("allocate", "--base-model", dir, "--targets", "q_proj", "--budget-params", "11000", "--json");
+        var r = CliRunner.Run(["allocate", "--base-model", dir, "--targets", "q_proj", "--budget-params", "11000", "--json"], TimeSpan.FromMinutes(3));
         Assert.True(r.ExitCode == 0, r.ToString());
         var json = r.LastJson();
         Assert.Equal(10, json.GetProperty("total_experts").GetInt32());
@@ -158,7 +158,7 @@ public class AutoAllocationTests
         Assert.Equal(10, experts.Sum());
         Assert.Contains($"for train: --experts {string.Join(",", experts)}", r.Stderr + r.Stdout);
 
-        var p = CliRunner.Run("params", "--base-model", dir, "--targets", "q_proj", "--experts", "auto:10", "--json");
+        var p = CliRunner.Run(["params", "--base-model", dir, "--targets", "q_proj", "--experts", "auto:10", "--json"], TimeSpan.FromMinutes(3));
         Assert.True(p.ExitCode == 0, p.ToString());
         Assert.Equal(10 * 1088, p.LastJson().GetProperty("total").GetInt64());
         Assert.Equal(experts, p.LastJson().GetProperty("layers").EnumerateArray().Select(l => l.GetProperty("experts").GetInt32()).ToArray());

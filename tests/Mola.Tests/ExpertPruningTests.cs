@@ -182,14 +182,14 @@ public class ExpertPruningTests
     public void PruneCommand_WritesAnAdapterThatGenerateAndAnalyzeRead()
     {
         string output = Path.Combine(TestUtil.TempDir(), "pruned");
-        var r = CliRunner.Run("prune", "--adapter", TestUtil.Fixture("llama-tiny-mola"), "--output", output, "--keep-experts", "10", "--json");
+        var r = CliRunner.Run(["prune", "--adapter", TestUtil.Fixture("llama-tiny-mola"), "--output", output, "--keep-experts", "10", "--json"], TimeSpan.FromMinutes(3));
         Assert.True(r.ExitCode == 0, r.ToString());
         Assert.Equal(10, r.LastJson().GetProperty("experts_after").EnumerateArray().Sum(x => x.GetInt32()));
-        var g = CliRunner.Run("generate", "--base-model", Llama, "--adapter", output, "--prompt", "hello", "--max-new-tokens", "4");
+        var g = CliRunner.Run(["generate", "--base-model", Llama, "--adapter", output, "--prompt", "hello", "--max-new-tokens", "4"], TimeSpan.FromMinutes(3));
         Assert.True(g.ExitCode == 0, g.ToString());
-        var a = CliRunner.Run("analyze", "--adapter", output, "--output", Path.Combine(TestUtil.TempDir(), "an"));
+        var a = CliRunner.Run(["analyze", "--adapter", output, "--output", Path.Combine(TestUtil.TempDir(), "an")], TimeSpan.FromMinutes(3));
         Assert.True(a.ExitCode == 0, a.ToString());
-        var again = CliRunner.Run("prune", "--adapter", TestUtil.Fixture("llama-tiny-mola"), "--output", output, "--keep-experts", "10");
+        var again = CliRunner.Run(["prune", "--adapter", TestUtil.Fixture("llama-tiny-mola"), "--output", output, "--keep-experts", "10"], TimeSpan.FromMinutes(3));
         Assert.Equal(1, again.ExitCode);
         Assert.Contains($"--output {output}: already holds an adapter", again.Stderr);
     }

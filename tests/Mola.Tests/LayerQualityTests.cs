@@ -111,8 +111,8 @@ public class LayerQualityTests
     public void AnalyzeCommand_LayerQuality_WritesFiles_AndCorrelatesWithTheAdapter()
     {
         string output = Path.Combine(TestUtil.TempDir(), "out");
-        var r = CliRunner.Run("analyze", "--layer-quality", "--base-model", TestUtil.Fixture("llama-tiny"),
-            "--adapter", TestUtil.Fixture("llama-tiny-mola"), "--output", output, "--json");
+        var r = CliRunner.Run(["analyze", "--layer-quality", "--base-model", TestUtil.Fixture("llama-tiny"),
+            "--adapter", TestUtil.Fixture("llama-tiny-mola"), "--output", output, "--json"], TimeSpan.FromMinutes(3));
         Assert.True(r.ExitCode == 0, r.ToString());
         foreach (var f in new[] { "layer_quality.csv", "layer_quality.json", "layer_quality.png", "redundancy.csv", "analysis.json" })
             Assert.True(File.Exists(Path.Combine(output, f)), f);

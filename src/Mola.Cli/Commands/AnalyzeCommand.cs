@@ -47,15 +47,18 @@ public static class AnalyzeCommand
             var compareDirs = p.GetValue(compare) ?? [];
             string outputDir = Cli.OutputDirectory(p.GetValue(output)!, "--output");
             string? baseDir = p.GetValue(baseModel), dataPath = p.GetValue(data);
-            LayerQualityReport? quality = null;
+            // Layer quality is the slow part (one SVD a matrix): every option is checked first, and with --adapter the
+            // adapter is analysed before it, so a bad adapter fails at once.
+            Func<LayerQualityReport>? quality = null;
             if (p.GetValue(layerQuality))
             {
                 if (compareDirs.Length > 0) throw new MolaException("--layer-quality takes one --adapter, not --compare");
                 if (baseDir is null) throw new MolaException("--layer-quality needs --base-model DIR (the weights whose spectra it measures)");
                 var search = XminSearchOption.Parse(p.GetValue(xminSearch)!, "--xmin-search");
-                quality = LayerQualityRun(o, baseDir, TargetModules.Parse(p.GetValue(targets)!), search);
+                var targetList = TargetModules.Parse(p.GetValue(targets)!);
+                quality = () => LayerQualityRun(o, baseDir, targetList, search);
                 if (adapterDir is null)
-                    return WriteQuality(o, outputDir, quality, null, null);
+                    return WriteQuality(o, outputDir, quality(), null, null);
             }
             if ((adapterDir is null) == (compareDirs.Length == 0))
                 throw new MolaException("give either --adapter DIR or --compare DIR1 DIR2 ... (or --layer-quality with --base-model)");
@@ -79,9 +82,10 @@ public static class AnalyzeCommand
             // The --json object is analysis.json's, with the figures as paths a caller can open.
             var analysis = AnalysisRunner.ToJson(r) with { Figures = r.Figures.Select(f => Path.Combine(outputDir, f)).ToList() };
             if (quality is null) return analysis;
-            double? pearson = LayerQuality.CorrelateWithRedundancy(quality, r.Redundancy);
+            var q = quality();
+            double? pearson = LayerQuality.CorrelateWithRedundancy(q, r.Redundancy);
             o.Line($"Pearson r between layer PL_Alpha_Hill and the adapter's per-layer redundancy: {(pearson is { } rho ? rho.ToString("F4") : "- (fewer than two layers with several experts)")}");
-            return new { analysis, layer_quality = WriteQuality(o, outputDir, quality, adapterDir, pearson) };
+            return new { analysis, layer_quality = WriteQuality(o, outputDir, q, adapterDir, pearson) };
         }));
         return cmd;
     }
