@@ -30,7 +30,9 @@ public static class Cli
         root.Subcommands.Add(EvalCommand.Create());
         root.Subcommands.Add(PerplexityCommand.Create());
         root.Subcommands.Add(ParamsCommand.Create());
+        root.Subcommands.Add(AllocateCommand.Create());
         root.Subcommands.Add(AnalyzeCommand.Create());
+        root.Subcommands.Add(PruneCommand.Create());
         root.Subcommands.Add(BenchCommand.Create());
         root.Subcommands.Add(ServeCommand.Create());
         root.Subcommands.Add(ExportCommand.Create());

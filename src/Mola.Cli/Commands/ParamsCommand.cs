@@ -18,7 +18,7 @@ public static class ParamsCommand
         var experts = new Option<string>("--experts")
         {
             Description = $"Experts per layer (required for mola): {SpecHelp}; or a preset: square:N, " +
-                "inverted-triangle (2468), triangle (8642), hourglass (8228), diamond (2882)",
+                "inverted-triangle (2468), triangle (8642), hourglass (8228), diamond (2882)" + AllocationOptions.ExpertsHelp + " (reads the weights)",
         };
         var topK = new Option<string>("--top-k") { Description = $"Experts each token uses per layer (mola): {SpecHelp}", DefaultValueFactory = _ => AdapterSpec.DefaultTopK };
         var rank = new Option<string>("--rank") { Description = $"LoRA rank per layer: {SpecHelp}", DefaultValueFactory = _ => AdapterSpec.Paper.Rank };
@@ -32,10 +32,12 @@ public static class ParamsCommand
         dtype.Description = "Dtype of the frozen base weights in the memory estimate: float32, bfloat16 or float16";
         var microBatch = new Option<int>("--micro-batch-size") { Description = "Sequences per forward pass, for the activation estimate", DefaultValueFactory = _ => 8 };
         var cutoffLen = new Option<int>("--cutoff-len") { Description = "Tokens per sequence, for the activation estimate", DefaultValueFactory = _ => 256 };
+        var allocation = new AllocationOptions();
         var json = Cli.JsonOption();
         var cmd = new Command("params", "Exact trainable-parameter counts of a MoLA or LoRA adapter (LoRA matrices, routers, " +
-            "per layer) against the base model, and an estimate of training memory. Reads config.json only.")
+            "per layer) against the base model, and an estimate of training memory. Reads config.json only (and the weights for --experts auto).")
         { baseModel, experts, topK, rank, targets, kind, dtype, microBatch, cutoffLen, json };
+        foreach (var opt in allocation.All) cmd.Options.Add(opt);
 
         cmd.SetAction(p => Cli.Run(p, json, o =>
         {
@@ -43,14 +45,14 @@ public static class ParamsCommand
             int layers = config.NumHiddenLayers;
             bool mola = AdapterKinds.Parse(p.GetValue(kind)!) == AdapterKind.Mola;
             string? Given(Option<string> opt) => p.GetResult(opt) is { Implicit: false } ? p.GetValue(opt) : null;
-            var adapter = new AdapterSpec
+            var adapter = allocation.Apply(p, new AdapterSpec
             {
                 Kind = p.GetValue(kind)!,
                 Experts = mola ? p.GetValue(experts) ?? throw new MolaException("--experts is required for --adapter-kind mola (e.g. --experts 2468 or --experts square:8)") : Given(experts),
-                TopK = mola ? p.GetValue(topK) : Given(topK),
+                TopK = Given(topK),   // null: the default, or with --experts auto 2 where a layer has several experts, else 1
                 Rank = p.GetValue(rank)!,
                 Targets = p.GetValue(targets)!,
-            }.Build(layers, p.GetValue(baseModel)!);
+            }).Build(layers, p.GetValue(baseModel)!, o.Line);
             var adapterKind = adapter.Kind;
             var counts = adapter.CountParameters(config);
             var memory = ParameterCount.EstimateTrainingMemory(config, counts, Cli.DType(p, dtype), p.GetValue(microBatch), p.GetValue(cutoffLen));

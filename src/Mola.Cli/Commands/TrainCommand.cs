@@ -32,7 +32,7 @@ public static class TrainCommand
         };
         var template = new Option<string>("--template") { Description = "Prompt template: alpaca, or a JSON file with prompt_input, prompt_no_input, response_split", DefaultValueFactory = _ => "alpaca" };
         var kind = new Option<string>("--adapter-kind") { Description = "mola (mixture of LoRA experts) or lora (plain LoRA, the paper's baseline)", DefaultValueFactory = _ => Paper.Adapter.Kind };
-        var experts = new Option<string>("--experts") { Description = $"Experts per layer: {SpecHelp}; or square:N, inverted-triangle (2468, the paper's best), triangle (8642), hourglass (8228), diamond (2882)", DefaultValueFactory = _ => AdapterSpec.DefaultExperts };
+        var experts = new Option<string>("--experts") { Description = $"Experts per layer: {SpecHelp}; or square:N, inverted-triangle (2468, the paper's best), triangle (8642), hourglass (8228), diamond (2882)" + AllocationOptions.ExpertsHelp, DefaultValueFactory = _ => AdapterSpec.DefaultExperts };
         var topK = new Option<string>("--top-k") { Description = $"Experts per token, per layer: {SpecHelp}", DefaultValueFactory = _ => AdapterSpec.DefaultTopK };
         var rank = new Option<string>("--rank") { Description = $"LoRA rank per layer: {SpecHelp}", DefaultValueFactory = _ => Paper.Adapter.Rank };
         var alpha = new Option<double>("--alpha") { Description = "LoRA alpha (experts are scaled by alpha / rank)", DefaultValueFactory = _ => Paper.Adapter.Alpha };
@@ -65,6 +65,7 @@ public static class TrainCommand
         var device = Cli.DeviceOption();
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace a previous run in --output: it is kept aside until this run finishes and comes back if this one fails" };
         var json = Cli.JsonOption();
+        var allocation = new AllocationOptions();
 
         var cmd = new Command("train", "Instruction-tune a MoLA (or LoRA) adapter on a frozen base model. " +
             "With no --base-model and no --data it trains the embedded default: a small LLaMA-architecture model on a " +
@@ -77,6 +78,7 @@ public static class TrainCommand
             maxSteps, batch, micro, cutoff, valSize, trainOnInputs, addEos, groupByLength, saveSteps, saveLimit, evalSteps,
             resume, initAdapter, checkpointing, seed, dtype, device, overwrite, json,
         };
+        foreach (var opt in allocation.All) cmd.Options.Add(opt);
 
         bool interrupted = false;   // the run stopped on a signal: the command exits 130 or 143
         cmd.SetAction(p =>
@@ -120,7 +122,7 @@ public static class TrainCommand
                     GradientCheckpointing = p.GetValue(checkpointing),
                 },
                 Tokenize = new TokenizeOptions(Pick(cutoff, d?.CutoffLen), p.GetValue(addEos), Pick(trainOnInputs, d?.TrainOnInputs)),
-                Adapter = new AdapterSpec
+                Adapter = allocation.Apply(p, new AdapterSpec
                 {
                     Kind = p.GetValue(kind)!,
                     Experts = Given(experts),
@@ -130,7 +132,7 @@ public static class TrainCommand
                     Alpha = p.GetValue(alpha),
                     Dropout = p.GetValue(dropout),
                     AuxLossCoef = p.GetValue(auxCoef),
-                },
+                }),
                 InitAdapter = p.GetValue(initAdapter),
                 ValSetSize = p.GetValue(valSize),
                 Resume = p.GetValue(resume),

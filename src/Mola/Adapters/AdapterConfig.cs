@@ -20,6 +20,9 @@ public sealed record AdapterConfig
     /// <summary>Experts each token is routed to, per layer (MoLA).</summary>
     public int[] TopK { get; init; } = [];
     public double AuxLossCoef { get; init; } = AdapterSpec.Paper.AuxLossCoef;
+    /// <summary>How an automatic allocation was derived (<c>"allocation"</c>: method, total, beta, layer alpha,
+    /// budget, parameter count); kept as written, null for a fixed spec.</summary>
+    public JsonObject? Allocation { get; init; }
 
     public int NumLayers => Rank.Length;
 
@@ -91,6 +94,12 @@ public sealed record AdapterConfig
             TopK = kind == AdapterKind.Mola ? IntList(o, "top_k", path) : [],
             AuxLossCoef = JsonFile.Number(o, "aux_loss_coef", path) ?? 0,
             UniformRank = rankNode is not JsonArray ? JsonFile.IntValue(rankNode, "r", path) : null,
+            Allocation = o["allocation"] switch
+            {
+                null => null,
+                JsonObject a => (JsonObject)a.DeepClone(),
+                var other => throw JsonFile.Expected(path, "allocation", "an object (how the allocation was derived)", other),
+            },
         };
         cfg.Validate(path);
         return cfg;
@@ -119,6 +128,7 @@ public sealed record AdapterConfig
             o["num_experts"] = ToJson(NumExperts);
             o["top_k"] = ToJson(TopK);
             o["aux_loss_coef"] = AuxLossCoef;
+            if (Allocation is not null) o["allocation"] = Allocation.DeepClone();
         }
         o["bias"] = "none";
         o["task_type"] = "CAUSAL_LM";

@@ -24,6 +24,12 @@ public sealed record AdapterSpec
     public double Alpha { get; init; } = 16;
     public double Dropout { get; init; } = 0.05;
     public double AuxLossCoef { get; init; } = 0.001;
+    /// <summary><c>--experts auto</c>: the exponent of the layer quality in the split (<see cref="AutoAllocation"/>).</summary>
+    public double AllocationBeta { get; init; } = AutoAllocation.DefaultBeta;
+    /// <summary><c>--experts auto</c>: the largest total of experts whose trainable parameters fit this many.</summary>
+    public long? BudgetParams { get; init; }
+    /// <summary><c>--experts auto</c>: the x_min search of the layer-quality fit (<c>peak</c> or <c>all</c>).</summary>
+    public string XminSearch { get; init; } = "peak";
 
     /// <summary>The scalars (NaN and Infinity parse, so they are refused here).</summary>
     public void Validate()
@@ -31,6 +37,9 @@ public sealed record AdapterSpec
         Check(Alpha, "--alpha", v => v > 0 && double.IsFinite(v), "a positive finite number");
         Check(Dropout, "--dropout", v => v is >= 0 and < 1, "in [0, 1)");
         Check(AuxLossCoef, "--aux-loss-coef", v => v >= 0 && double.IsFinite(v), "a finite number, 0 or more");
+        Check(AllocationBeta, "--allocation-beta", v => v >= 0 && double.IsFinite(v), "a finite number, 0 or more");
+        if (BudgetParams is long b && b < 1) throw new MolaException($"--budget-params must be a positive parameter count, got {b}");
+        Analysis.XminSearchOption.Parse(XminSearch, "--xmin-search");
     }
 
     static void Check(double v, string name, Func<double, bool> valid, string expected)
@@ -38,14 +47,33 @@ public sealed record AdapterSpec
         if (!valid(v)) throw new MolaException($"{name} must be {expected}, got {v.ToString(CultureInfo.InvariantCulture)}");
     }
 
-    /// <summary>The adapter for a model of <paramref name="layers"/> layers; bad specs fail here, before any weight loads.</summary>
-    public AdapterConfig Build(int layers, string baseModel)
+    /// <summary>The adapter for a model of <paramref name="layers"/> layers; bad specs fail here, before any weight loads.
+    /// <c>--experts auto:T</c> (or <c>auto</c> with <see cref="BudgetParams"/>) reads the weights of
+    /// <paramref name="baseModel"/> for their layer quality (one SVD a matrix); <paramref name="log"/> gets its progress
+    /// and the allocation made.</summary>
+    public AdapterConfig Build(int layers, string baseModel, Action<string>? log = null)
     {
         Validate();
         var kind = AdapterKinds.Parse(Kind);
         var ranks = ExpertAllocation.Parse(Rank, layers, "--rank");
         int[] e = [], k = [];
-        if (kind == AdapterKind.Mola)
+        AutoAllocationResult? auto = null;
+        if (kind == AdapterKind.Mola && AutoAllocation.TryParse(Experts ?? "", "--experts", out int? total))
+        {
+            var targets = TargetModules.Parse(Targets);
+            var search = Analysis.XminSearchOption.Parse(XminSearch, "--xmin-search");
+            auto = AutoAllocation.Derive(baseModel, total, BudgetParams, AllocationBeta, search, ranks, targets,
+                (done, all, _) => { if (done == all || done % Math.Max(1, all / 10) == 0) log?.Invoke($"layer quality {done}/{all} matrices"); });
+            e = auto.Experts;
+            k = TopK is null ? auto.TopK : ExpertAllocation.Parse(TopK, layers, "--top-k");
+            ExpertAllocation.Validate(e, k, ranks);
+            log?.Invoke(auto.Describe());
+        }
+        else if (BudgetParams is not null)
+        {
+            throw new MolaException("--budget-params applies to --experts auto (the total of experts is then the largest that fits)");
+        }
+        else if (kind == AdapterKind.Mola)
         {
             e = ExpertAllocation.ParseExperts(Experts ?? DefaultExperts, layers, "--experts");
             k = ExpertAllocation.Parse(TopK ?? DefaultTopK, layers, "--top-k");
@@ -67,6 +95,7 @@ public sealed record AdapterSpec
             NumExperts = e,
             TopK = k,
             AuxLossCoef = AuxLossCoef,
+            Allocation = auto?.ToJson(),
         };
     }
 }

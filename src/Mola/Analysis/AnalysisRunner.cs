@@ -23,7 +23,7 @@ public static class AnalysisRunner
     public const string RoutingFile = "routing_frequency.png";
     public const string CompareFile = "compare_redundancy.png";
 
-    static readonly JsonSerializerOptions Json = new()
+    internal static readonly JsonSerializerOptions Json = new()
     {
         PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
         Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping,

@@ -142,6 +142,32 @@ public static class Figures
         plot.SavePng(path, WidthFor(layers * Math.Max(1, maxExperts / 2)) + 120, 540);
     }
 
+    /// <summary>PL_Alpha_Hill by layer: one thin line per module and the layer mean in black.</summary>
+    public static void LayerQuality(LayerQualityReport report, string path)
+    {
+        var plot = NewPlot("Layer quality: PL_Alpha_Hill of W^T W (lower = heavier tail, better trained)", "layer", "PL_Alpha_Hill");
+        var palette = new ScottPlot.Palettes.Category10();
+        var modules = report.Modules.Select(m => m.Module).Distinct().ToList();
+        for (int i = 0; i < modules.Count; i++)
+        {
+            var rows = report.Modules.Where(m => m.Module == modules[i]).ToList();
+            var line = plot.Add.Scatter(rows.Select(m => (double)m.Layer).ToArray(), rows.Select(m => m.Fit.Alpha).ToArray());
+            line.Color = palette.GetColor(i);
+            line.LineWidth = 1.5f;
+            line.MarkerSize = 5;
+            line.LegendText = modules[i];
+        }
+        var mean = plot.Add.Scatter(report.Layers.Select(l => (double)l.Layer).ToArray(), report.Layers.Select(l => l.Alpha).ToArray());
+        mean.Color = Colors.Black;
+        mean.LineWidth = 3;
+        mean.MarkerSize = 8;
+        mean.LegendText = "layer mean";
+        FinishLayerAxis(plot, report.Layers.Count);
+        plot.ShowLegend(Edge.Right);
+        plot.Legend.FontSize = TickSize;
+        plot.SavePng(path, WidthFor(report.Layers.Count) + 160, 560);
+    }
+
     static Plot NewPlot(string title, string xLabel, string yLabel)
     {
         var plot = new Plot();

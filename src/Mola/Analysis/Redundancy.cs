@@ -64,6 +64,22 @@ public static class Redundancy
     {
         int experts = a.Count;
         if (experts < 2) throw new ArgumentException("needs at least two experts", nameof(a));
+        var d = PairwiseDistances(a, b);
+        double sum = 0;
+        int pairs = 0;
+        for (int i = 0; i < experts; i++)
+            for (int j = i + 1; j < experts; j++)
+            {
+                sum += d[i, j];
+                pairs++;
+            }
+        return sum / pairs;
+    }
+
+    /// <summary>||B_i A_i - B_j A_j||_F for every pair of experts, from the Gram matrices of <see cref="MeanPairwiseDistance"/>.</summary>
+    public static double[,] PairwiseDistances(IReadOnlyList<Tensor> a, IReadOnlyList<Tensor> b)
+    {
+        int experts = a.Count;
         using var scope = NewDisposeScope();
         long r = a[0].shape[0];
         var aStack = torch.cat(a.Select(t => t.to(ScalarType.Float64)).ToList(), 0);        // [E r, in]
@@ -74,16 +90,12 @@ public static class Redundancy
         var inner = (gramA * gramB).reshape(experts, r, experts, r).sum([1, 3]);           // [E, E]
         var sq = inner.diagonal().unsqueeze(1) + inner.diagonal().unsqueeze(0) - 2 * inner;
         var g = sq.data<double>().ToArray();
-        double sum = 0;
-        int pairs = 0;
+        var d = new double[experts, experts];
         for (int i = 0; i < experts; i++)
-            for (int j = i + 1; j < experts; j++)
-            {
+            for (int j = 0; j < experts; j++)
                 // Rounding can leave a tiny negative where two experts are (nearly) equal.
-                sum += Math.Sqrt(Math.Max(0, g[i * experts + j]));
-                pairs++;
-            }
-        return sum / pairs;
+                d[i, j] = i == j ? 0 : Math.Sqrt(Math.Max(0, g[i * experts + j]));
+        return d;
     }
 
     static void CheckShapes(string path, AdapterTensors.Module m, List<Tensor> a, List<Tensor> b)

@@ -37,7 +37,7 @@ public sealed class TrainingRecipe(RunDescription run)
         r.Validate();
         string outDir = r.Output;
         var config = ModelConfig.Load(r.BaseModel);
-        var adapterConfig = r.InitAdapter is string init ? AdapterConfig.Load(init) : r.Adapter.Build(config.NumHiddenLayers, r.BaseModel);
+        var adapterConfig = r.InitAdapter is string init ? AdapterConfig.Load(init) : r.Adapter.Build(config.NumHiddenLayers, r.BaseModel, Log);
         adapterConfig = adapterConfig.ForModel(config.NumHiddenLayers, "--init-adapter");
         adapterConfig.Validate("adapter", config.NumHiddenLayers);
         CheckFitsInMemory(config, adapterConfig, r.DType, r.Device ?? CPU);

@@ -1,0 +1,68 @@
+using Mola.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Mola.Adapters;
+
+/// <summary>
+/// PiSSA experts (the paper's Appendix G): every expert of a module starts from the top-r singular triplets of its
+/// frozen W, <c>A = S^(1/2) V^T / sqrt(s)</c> and <c>B = U S^(1/2) / sqrt(s)</c> with s = alpha / r, so that
+/// <c>s B A = U_r S_r V_r^T</c>; W is replaced by the residual <c>W - s B A</c>. The router's weights sum to 1 over the
+/// chosen experts and all experts are equal, so the adapted model computes W x at step 0, whatever the routing.
+/// </summary>
+public static class PissaInit
+{
+    /// <summary>Initialises every MoLA module of <paramref name="adapter"/> and writes the residuals into the base weights.
+    /// Returns the initial factors per module, under <c>{prefix}.pissa_A.weight</c> [r, in] and
+    /// <c>{prefix}.pissa_B.weight</c> [out, r] (float32): with the unchanged base checkpoint they rebuild the residual
+    /// exactly (<see cref="ApplyResidual"/>).</summary>
+    public static Dictionary<string, Tensor> Apply(AdapterModel adapter)
+    {
+        var factors = new Dictionary<string, Tensor>();
+        using var _ = torch.no_grad();
+        foreach (var (layer, module, target, adapterLayer) in adapter.Modules)
+        {
+            if (adapterLayer is not MolaLayer mola)
+                throw new MolaException("PiSSA initialisation applies to MoLA adapters (peft_type MOLA)");
+            using var scope = NewDisposeScope();
+            var (u, s, vh) = torch.linalg.svd(target.weight.to(ScalarType.Float64), fullMatrices: false);
+            int r = mola.Rank;
+            var root = (s[..r] / mola.Scaling).sqrt();
+            var a = (root.unsqueeze(1) * vh[..r]).to(ScalarType.Float32);          // [r, in]
+            var b = (u[.., ..r] * root).to(ScalarType.Float32);                     // [out, r]
+            mola.lora_A.copy_(a.repeat(mola.NumExperts, 1));
+            mola.lora_B.copy_(b.repeat(1, mola.NumExperts));
+            string prefix = AdapterConfig.Prefix(layer, module);
+            factors[$"{prefix}.pissa_A.weight"] = a.detach().clone().MoveToOuterDisposeScope();
+            factors[$"{prefix}.pissa_B.weight"] = b.detach().clone().MoveToOuterDisposeScope();
+            Subtract(target.weight, mola.Scaling, a, b);
+        }
+        return factors;
+    }
+
+    /// <summary>Replaces each adapted base weight W by <c>W - s B A</c> from stored initial factors (a PiSSA adapter
+    /// loaded onto the unchanged base checkpoint).</summary>
+    public static void ApplyResidual(AdapterModel adapter, IReadOnlyDictionary<string, Tensor> factors, string source)
+    {
+        using var _ = torch.no_grad();
+        foreach (var (layer, module, target, adapterLayer) in adapter.Modules)
+        {
+            string prefix = AdapterConfig.Prefix(layer, module);
+            if (!factors.TryGetValue($"{prefix}.pissa_A.weight", out var a) || !factors.TryGetValue($"{prefix}.pissa_B.weight", out var b))
+                throw new MolaException($"{source}: \"{prefix}.pissa_A.weight\" or \"{prefix}.pissa_B.weight\" missing (a PiSSA adapter stores the initial factors of every module)");
+            var scaling = adapterLayer is MolaLayer m ? m.Scaling : throw new MolaException($"{source}: PiSSA factors on a LoRA adapter");
+            if (a.shape[1] != target.InFeatures || b.shape[0] != target.OutFeatures || a.shape[0] != b.shape[1])
+                throw new MolaException($"{source}: \"{prefix}.pissa_A.weight\" {SafeTensorsFile.FormatShape(a.shape)} and pissa_B {SafeTensorsFile.FormatShape(b.shape)} do not fit the weight [{target.OutFeatures}, {target.InFeatures}]");
+            Subtract(target.weight, scaling, a, b);
+        }
+    }
+
+    // In float64 and then rounded once to the weight's dtype: the residual plus s B A gives W back to that rounding.
+    // The weight may use a mapped file's pages (a private mapping): writing it never changes the file.
+    static void Subtract(Tensor weight, double scaling, Tensor a, Tensor b)
+    {
+        using var scope = NewDisposeScope();
+        var update = b.to(ScalarType.Float64).matmul(a.to(ScalarType.Float64)) * scaling;
+        weight.copy_((weight.to(ScalarType.Float64) - update).to(weight.dtype));
+    }
+}
