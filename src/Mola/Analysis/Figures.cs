@@ -142,7 +142,7 @@ public static class Figures
         plot.SavePng(path, WidthFor(layers * Math.Max(1, maxExperts / 2)) + 120, 540);
     }
 
-    static Plot NewPlot(string title, string xLabel, string yLabel)
+    internal static Plot NewPlot(string title, string xLabel, string yLabel)
     {
         var plot = new Plot();
         plot.Title(title);
