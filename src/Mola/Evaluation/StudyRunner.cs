@@ -121,9 +121,7 @@ public sealed class StudyRunner(StudySpec spec, string output)
 
     CellResult? RunCell(StudyVariant variant, StudyTask? task, int seed, int epochs, string dir, CancellationToken stop)
     {
-        EvalScores? scores = null;
         double seconds = 0;
-        long trainable = 0;
         if (!RunDirectory.Finished(dir))
         {
             var run = new RunDescription
@@ -144,23 +142,14 @@ public sealed class StudyRunner(StudySpec spec, string output)
             {
                 Log = line => { if (line.StartsWith("warning", StringComparison.Ordinal)) Log(line); },
                 Progress = (_, loop) => loop(OnStep),
-                AfterTraining = task is null ? null : m => scores = Score(m, task),
             };
             var result = recipe.Execute(stop);
             if (result.Train.Interrupted) return null;
-            (seconds, trainable) = (result.Train.Seconds, result.TrainableParameters);
+            seconds = result.Train.Seconds;
         }
         if (task is null) return null;
-        if (scores is null)
-        {
-            // Trained before a kill, never scored: score its saved adapter.
-            using var model = ModelLoader.Load(spec.BaseModel);
-            var adapter = AdapterModel.Load(model, dir);
-            trainable = adapter.parameters().Sum(p => p.numel());
-            var tok = MolaTokenizer.Load(spec.BaseModel, model.Config.BosTokenId, model.Config.EosTokenId, model.Config.VocabSize);
-            scores = Score(new RecipeModel(model, tok, PromptTemplate.Load(spec.Template)), task);
-        }
-        var cell = new CellResult(variant.Name, task.Name, seed, epochs, scores.Validation, scores.Test, trainable, Math.Round(seconds, 2));
+        var (validation, test, trainable) = Score(dir, task);
+        var cell = new CellResult(variant.Name, task.Name, seed, epochs, validation, test, trainable, Math.Round(seconds, 2));
         RunDirectory.WriteFile(Path.Combine(dir, CellFile), JsonSerializer.Serialize(cell, StudyReport.Json) + "\n");
         Log($"  {cell.Variant} {cell.Task} seed {seed} epochs {epochs}: validation {Percent(cell.ValidationAccuracy)}, test {cell.TestAccuracy:F2}% ({seconds:F0} s)");
         return cell;
@@ -168,13 +157,19 @@ public sealed class StudyRunner(StudySpec spec, string output)
 
     static string Percent(double? v) => v is double x ? $"{x:F2}%" : "-";
 
-    sealed record EvalScores(double? Validation, double Test);
-
-    EvalScores Score(RecipeModel m, StudyTask task)
+    /// <summary>Validation and test accuracy (%) of the adapter a cell saved, loaded as `mola eval` loads one (dropout
+    /// off, LoRA merged): the same whether the cell just trained or was trained before a kill. The model the recipe
+    /// trained is not reused because its adapter layers are still in training mode there.</summary>
+    (double? Validation, double Test, long Trainable) Score(string dir, StudyTask task)
     {
+        using var model = ModelLoader.Load(spec.BaseModel);
+        var adapter = AdapterModel.LoadForInference(model, dir);
+        long trainable = adapter.Config.CountParameters(model.Config).Total;
+        var tok = MolaTokenizer.Load(spec.BaseModel, model.Config.BosTokenId, model.Config.EosTokenId, model.Config.VocabSize);
+        var template = PromptTemplate.Load(spec.Template);
         double Accuracy(string file) =>
-            100 * Evaluator.Run(m.Model, m.Tokenizer, m.Template, task.Benchmark, InstructionRecord.Load(file), spec.Scoring).Metrics.Accuracy;
-        return new EvalScores(task.Validation is string v ? Accuracy(v) : null, Accuracy(task.Test));
+            100 * Evaluator.Run(model, tok, template, task.Benchmark, InstructionRecord.Load(file), spec.Scoring).Metrics.Accuracy;
+        return (task.Validation is string v ? Accuracy(v) : null, Accuracy(task.Test), trainable);
     }
 
     static CellResult ReadCell(string dir)

@@ -55,6 +55,11 @@ public sealed record StudySpec
         {
             throw new MolaException($"{path}:{e.Start.Line}: {(e.InnerException ?? e).Message}");
         }
+        catch (InvalidOperationException e)
+        {
+            // YamlDotNet's parser state errors (an unclosed flow list) carry no position.
+            throw new MolaException($"{path}: not valid YAML or JSON ({e.Message.TrimEnd('.')})");
+        }
         return new Reader(path).Study(root);
     }
 
