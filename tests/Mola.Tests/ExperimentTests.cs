@@ -184,4 +184,47 @@ public class ExperimentTests
         var changed = StudySpec.Load(spec.Path);
         Assert.Contains("holds a study of another spec", Assert.Throws<MolaException>(() => new StudyRunner(changed, stopped).Run()).Message);
     }
+
+    [Fact]
+    [Trait("Category", "Slow")]
+    public void ContinualLearningStagesGiveTheMatrixAndOpPd()
+    {
+        string dir = TempDir(), output = Path.Combine(dir, "study");
+        string spec = File.ReadAllText(WriteSpec(dir));
+        int tasksAt = spec.IndexOf("tasks:", StringComparison.Ordinal);
+        spec = spec[..tasksAt].Replace("  - name: mola-2\n    experts: 2\n    rank: 4\n", "") + $"""
+            continual:
+              benchmark: openbookqa
+              epochs: 1
+              domains:
+                - name: first
+                  train: {Study("train.jsonl")}
+                  test: {Study("test.jsonl")}
+                - name: second
+                  train: {Study("validation.jsonl")}
+                  test: {Study("validation.jsonl")}
+            """;
+        string path = Path.Combine(dir, "continual.yaml");
+        File.WriteAllText(path, spec);
+        var outcome = new StudyRunner(StudySpec.Load(path), output).Run();
+        var report = outcome.Report!;
+        Assert.Equal(["first", "second"], report.Domains);
+        var row = Assert.Single(report.Continual);
+
+        // R by hand: each stage's saved adapter scored anew on both domains' test records.
+        var template = PromptTemplate.Load(Study("template.json"));
+        var files = new[] { Study("test.jsonl"), Study("validation.jsonl") };
+        var r = new List<IReadOnlyList<double>>();
+        foreach (var stage in new[] { "1-first", "2-second" })
+        {
+            using var model = ModelLoader.Load(Llama);
+            AdapterModel.LoadForInference(model, Path.Combine(output, "lora-r4", "continual", "seed-3", stage));
+            var tok = MolaTokenizer.Load(Llama, 1, 2);
+            r.Add(files.Select(f => 100 * Evaluator.Run(model, tok, template, Benchmarks.Get("openbookqa"), InstructionRecord.Load(f), Scoring.Likelihood).Metrics.Accuracy).ToList());
+        }
+        Assert.Equal(r, row.R);
+        Assert.Equal((r[1][0] + r[1][1]) / 2, row.OverallPerformance, 9);
+        Assert.Equal(r[1][0] - r[0][0], row.PerformanceDrop, 9);
+        Assert.Contains("Continual learning, lora-r4", File.ReadAllText(Path.Combine(output, "table.md")));
+    }
 }

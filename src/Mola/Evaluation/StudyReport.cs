@@ -11,6 +11,9 @@ public sealed record PairTest(string A, string B, TestResult Test, double Adjust
 /// <summary>A variant's row of the table: test accuracy per task (mean over seeds, 95% interval), their average.</summary>
 public sealed record VariantRow(string Variant, long TrainableParameters, IReadOnlyList<MeanInterval> Tasks, double Average);
 
+/// <summary>A variant's continual-learning result: R (rows trained-on, columns tested-on, mean over seeds), OP and PD.</summary>
+public sealed record ContinualRow(string Variant, IReadOnlyList<IReadOnlyList<double>> R, double OverallPerformance, double PerformanceDrop);
+
 /// <summary>
 /// A study's results: for every variant, task and seed the cell whose epochs scored best on validation (ties: fewer
 /// epochs; no validation: the only epochs value), the Table 1 layout over those, and the paper's statistics: a Friedman
@@ -20,6 +23,10 @@ public sealed record VariantRow(string Variant, long TrainableParameters, IReadO
 public sealed record StudyReport(IReadOnlyList<string> Tasks, IReadOnlyList<CellResult> Cells, IReadOnlyList<CellResult> Selected,
     IReadOnlyList<VariantRow> Rows, TestResult? Friedman, IReadOnlyList<PairTest> Pairs)
 {
+    public IReadOnlyList<string> Domains { get; init; } = [];
+    public IReadOnlyList<StageResult> Stages { get; init; } = [];
+    public IReadOnlyList<ContinualRow> Continual { get; init; } = [];
+
     public static readonly JsonSerializerOptions Json = new()
     {
         PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
@@ -33,9 +40,23 @@ public sealed record StudyReport(IReadOnlyList<string> Tasks, IReadOnlyList<Cell
             .Select(g => g.OrderByDescending(c => c.ValidationAccuracy ?? 0).ThenBy(c => c.Epochs).First())
             .ToList();
 
-    public static StudyReport Build(StudySpec spec, IReadOnlyList<CellResult> cells)
+    public static StudyReport Build(StudySpec spec, IReadOnlyList<CellResult> cells, IReadOnlyList<StageResult> stages)
+    {
+        var domains = spec.Continual?.Domains.Select(d => d.Name).ToList() ?? [];
+        var continual = domains.Count == 0 ? [] : spec.Variants.Select(v =>
+        {
+            // R averaged over seeds; OP and PD are linear in R, so they equal the mean of the per-seed values.
+            var r = Enumerable.Range(0, domains.Count).Select(k => (IReadOnlyList<double>)Enumerable.Range(0, domains.Count)
+                .Select(i => stages.Where(x => x.Variant == v.Name && x.Stage == k).Average(x => x.Accuracy[i])).ToList()).ToList();
+            return new ContinualRow(v.Name, r, ContinualMetrics.OverallPerformance(r), ContinualMetrics.PerformanceDrop(r));
+        }).ToList();
+        return BuildTable(spec, cells) with { Domains = domains, Stages = stages, Continual = continual };
+    }
+
+    static StudyReport BuildTable(StudySpec spec, IReadOnlyList<CellResult> cells)
     {
         var selected = SelectEpochs(cells);
+        if (spec.Tasks.Count == 0) return new StudyReport([], cells, selected, [], null, []);
         var tasks = spec.Tasks.Select(t => t.Name).ToList();
         var variants = spec.Variants.Select(v => v.Name).ToList();
         double Score(string v, string t, int s) => selected.Single(c => c.Variant == v && c.Task == t && c.Seed == s).TestAccuracy;
@@ -76,10 +97,13 @@ public sealed record StudyReport(IReadOnlyList<string> Tasks, IReadOnlyList<Cell
     public string Markdown()
     {
         var sb = new StringBuilder();
-        sb.AppendLine("Test accuracy (%), mean over seeds ± 1.96 standard errors; epochs chosen on validation.");
-        sb.AppendLine();
-        sb.Append(Table());
-        sb.AppendLine();
+        if (Rows.Count > 0)
+        {
+            sb.AppendLine("Test accuracy (%), mean over seeds ± 1.96 standard errors; epochs chosen on validation.");
+            sb.AppendLine();
+            sb.Append(Table());
+            sb.AppendLine();
+        }
         int blocks = Selected.Count / Math.Max(1, Rows.Count);
         if (Friedman is TestResult f)
             sb.AppendLine($"Friedman test across {Rows.Count} variants over {blocks} (task, seed) blocks: chi2 = {F(f.Statistic, "F3")}, p = {F(f.PValue, "G4")}");
@@ -90,6 +114,16 @@ public sealed record StudyReport(IReadOnlyList<string> Tasks, IReadOnlyList<Cell
             sb.AppendLine("| --- | ---: | ---: | ---: | ---: |");
             foreach (var p in Pairs)
                 sb.AppendLine($"| {p.A} vs {p.B} | {F(p.Test.Statistic, "G4")} | {p.Test.N} | {F(p.Test.PValue, "G4")} ({p.Test.Method}) | {F(p.AdjustedP, "G4")} |");
+        }
+        foreach (var c in Continual)
+        {
+            sb.AppendLine();
+            sb.AppendLine($"Continual learning, {c.Variant} (rows: trained through; columns: tested on; mean over seeds): " +
+                $"OP {F(c.OverallPerformance)}, PD {F(c.PerformanceDrop)}");
+            sb.AppendLine();
+            sb.AppendLine($"| trained \\ tested | {string.Join(" | ", Domains)} |");
+            sb.AppendLine($"| --- | {string.Join(" | ", Domains.Select(_ => "---:"))} |");
+            for (int k = 0; k < Domains.Count; k++) sb.AppendLine($"| {Domains[k]} | {string.Join(" | ", c.R[k].Select(x => F(x)))} |");
         }
         return sb.ToString();
     }
@@ -104,6 +138,6 @@ public sealed record StudyReport(IReadOnlyList<string> Tasks, IReadOnlyList<Cell
         Training.RunDirectory.WriteFile(Path.Combine(dir, "results.csv"), csv.ToString());
         Training.RunDirectory.WriteFile(Path.Combine(dir, "results.json"), JsonSerializer.Serialize(this, Json) + "\n");
         Training.RunDirectory.WriteFile(Path.Combine(dir, "table.md"), Markdown());
-        StudyFigures.Write(this, dir);
+        if (Rows.Count > 0) StudyFigures.Write(this, dir);
     }
 }

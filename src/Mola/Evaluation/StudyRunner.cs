@@ -13,6 +13,10 @@ namespace Mola.Evaluation;
 public sealed record CellResult(string Variant, string Task, int Seed, int Epochs, double? ValidationAccuracy, double TestAccuracy,
     long TrainableParameters, double TrainSeconds);
 
+/// <summary>Row <paramref name="Stage"/> of a continual-learning matrix R: accuracy (%) on every domain after training
+/// through domain <paramref name="Domain"/>.</summary>
+public sealed record StageResult(string Variant, int Seed, int Stage, string Domain, IReadOnlyList<double> Accuracy);
+
 /// <summary>What a study run did: every cell scored (null when interrupted), and the report built from them.</summary>
 public sealed record StudyOutcome(bool Interrupted, IReadOnlyList<CellResult> Cells, StudyReport? Report);
 
@@ -30,21 +34,34 @@ public sealed class StudyRunner(StudySpec spec, string output)
     /// <summary>Called after each optimizer step of a cell (tests stop a study mid-cell with it).</summary>
     public Action<StepMetrics>? OnStep { get; init; }
 
-    /// <summary>Every training run of the study in order: instruction stages (transfer) first, then the cells.</summary>
-    public IReadOnlyList<(StudyVariant Variant, StudyTask? Task, int Seed, int Epochs, string Dir)> Plan()
+    /// <summary>One training run of a study: an instruction stage (no task), a cell, or a continual-learning stage
+    /// (<paramref name="Stage"/> its index in the sequence, starting from the adapter of the stage before).</summary>
+    public sealed record PlannedRun(StudyVariant Variant, StudyTask? Task, int Seed, int Epochs, string Dir, int? Stage = null);
+
+    /// <summary>Every training run of the study in order: instruction stages (transfer) first, then the cells, then
+    /// the continual-learning stages.</summary>
+    public IReadOnlyList<PlannedRun> Plan()
     {
-        var plan = new List<(StudyVariant, StudyTask?, int, int, string)>();
+        var plan = new List<PlannedRun>();
         if (spec.InstructionData is not null)
             foreach (var v in spec.Variants)
                 foreach (int s in spec.Seeds)
-                    plan.Add((v, null, s, spec.InstructionEpochs, InstructionDir(v, s)));
+                    plan.Add(new(v, null, s, spec.InstructionEpochs, InstructionDir(v, s)));
         foreach (var v in spec.Variants)
             foreach (var t in spec.Tasks)
                 foreach (int s in spec.Seeds)
                     foreach (int e in spec.Epochs)
-                        plan.Add((v, t, s, e, Path.Combine(output, v.Name, t.Name, $"seed-{s}", $"epochs-{e}")));
+                        plan.Add(new(v, t, s, e, Path.Combine(output, v.Name, t.Name, $"seed-{s}", $"epochs-{e}")));
+        if (spec.Continual is { } c)
+            foreach (var v in spec.Variants)
+                foreach (int s in spec.Seeds)
+                    for (int k = 0; k < c.Domains.Count; k++)
+                        plan.Add(new(v, c.Domains[k], s, c.Epochs, ContinualDir(v, s, k), k));
         return plan;
     }
+
+    string ContinualDir(StudyVariant v, int seed, int stage) =>
+        Path.Combine(output, v.Name, "continual", $"seed-{seed}", $"{stage + 1}-{spec.Continual!.Domains[stage].Name}");
 
     string InstructionDir(StudyVariant v, int seed) => Path.Combine(output, v.Name, "instruction", $"seed-{seed}");
 
@@ -67,32 +84,39 @@ public sealed class StudyRunner(StudySpec spec, string output)
     public StudyOutcome Run(CancellationToken stop = default)
     {
         Estimates();
-        foreach (var t in spec.Tasks)
+        foreach (var t in spec.Tasks.Concat(spec.Continual?.Domains ?? []))
             foreach (var file in new[] { t.Train, t.Validation, t.Test }.OfType<string>()) CheckRecords(file, t.Benchmark);
         Directory.CreateDirectory(output);
         using var studyLock = RunLock.Acquire(output, $"--output {output}");
         CheckSameSpec();
         var plan = Plan();
         var cells = new List<CellResult>();
+        var stages = new List<StageResult>();
         var clock = Stopwatch.StartNew();
         int ranHere = 0;
         for (int i = 0; i < plan.Count; i++)
         {
-            var (variant, task, seed, epochs, dir) = plan[i];
-            string what = task is null ? $"{variant.Name} instruction tuning seed {seed}" : $"{variant.Name} on {task.Name} seed {seed} epochs {epochs}";
+            var (variant, task, seed, epochs, dir, stage) = plan[i];
+            string what = task is null ? $"{variant.Name} instruction tuning seed {seed}"
+                : stage is int k ? $"{variant.Name} continual stage {k + 1} ({task.Name}) seed {seed}"
+                : $"{variant.Name} on {task.Name} seed {seed} epochs {epochs}";
             if (task is null ? RunDirectory.Finished(dir) : File.Exists(Path.Combine(dir, CellFile)))
             {
-                if (task is not null) cells.Add(ReadCell(dir));
+                if (stage is not null) stages.Add(Read<StageResult>(dir));
+                else if (task is not null) cells.Add(Read<CellResult>(dir));
                 continue;
             }
             string left = ranHere == 0 ? "" : $"; about {TimeSpan.FromSeconds(clock.Elapsed.TotalSeconds / ranHere * (plan.Count - i)):h\\:mm\\:ss} left";
             Log($"cell {i + 1} of {plan.Count}: {what}{left}");
-            var cell = RunCell(variant, task, seed, epochs, dir, stop);
+            var init = task is null || spec.InstructionData is null ? null : InstructionDir(variant, seed);
+            if (stage is int s) init = s == 0 ? null : ContinualDir(variant, seed, s - 1);
+            if (!Train(plan[i], init, stop, out double seconds)) return new StudyOutcome(true, cells, null);
             ranHere++;
-            if (cell is null && stop.IsCancellationRequested) return new StudyOutcome(true, cells, null);
-            if (cell is not null) cells.Add(cell);
+            if (task is null) continue;
+            if (stage is int st) stages.Add(ScoreStage(plan[i], st));
+            else cells.Add(ScoreCell(plan[i], seconds));
         }
-        var report = StudyReport.Build(spec, cells);
+        var report = StudyReport.Build(spec, cells, stages);
         report.Write(output);
         return new StudyOutcome(false, cells, report);
     }
@@ -119,63 +143,76 @@ public sealed class StudyRunner(StudySpec spec, string output)
         foreach (var r in records) b.GoldLabel(r.Answer, r.Output, $"{file}:{r.Line}");
     }
 
-    CellResult? RunCell(StudyVariant variant, StudyTask? task, int seed, int epochs, string dir, CancellationToken stop)
+    /// <summary>Trains one planned run unless its adapter is already saved; false when stopped (its checkpoint continues it).</summary>
+    bool Train(PlannedRun p, string? initAdapter, CancellationToken stop, out double seconds)
     {
-        double seconds = 0;
-        if (!RunDirectory.Finished(dir))
+        seconds = 0;
+        if (RunDirectory.Finished(p.Dir)) return true;
+        var run = new RunDescription
         {
-            var run = new RunDescription
-            {
-                BaseModel = spec.BaseModel,
-                Data = task?.Train ?? spec.InstructionData!,
-                Output = dir,
-                Template = spec.Template,
-                Training = spec.Training with { Seed = seed, Epochs = epochs },
-                Tokenize = spec.Tokenize,
-                Adapter = variant.Adapter,
-                InitAdapter = task is not null && spec.InstructionData is not null ? InstructionDir(variant, seed) : null,
-                Resume = Checkpoints.Latest(dir) is not null ? "latest" : null,
-                Overwrite = true,   // what a killed cell left before its first checkpoint is replaced
-                CommandLine = $"mola experiment --spec {spec.Path}",
-            };
-            var recipe = new TrainingRecipe(run)
-            {
-                Log = line => { if (line.StartsWith("warning", StringComparison.Ordinal)) Log(line); },
-                Progress = (_, loop) => loop(OnStep),
-            };
-            var result = recipe.Execute(stop);
-            if (result.Train.Interrupted) return null;
-            seconds = result.Train.Seconds;
-        }
-        if (task is null) return null;
-        var (validation, test, trainable) = Score(dir, task);
-        var cell = new CellResult(variant.Name, task.Name, seed, epochs, validation, test, trainable, Math.Round(seconds, 2));
-        RunDirectory.WriteFile(Path.Combine(dir, CellFile), JsonSerializer.Serialize(cell, StudyReport.Json) + "\n");
-        Log($"  {cell.Variant} {cell.Task} seed {seed} epochs {epochs}: validation {Percent(cell.ValidationAccuracy)}, test {cell.TestAccuracy:F2}% ({seconds:F0} s)");
+            BaseModel = spec.BaseModel,
+            Data = p.Task?.Train ?? spec.InstructionData!,
+            Output = p.Dir,
+            Template = spec.Template,
+            Training = spec.Training with { Seed = p.Seed, Epochs = p.Epochs },
+            Tokenize = spec.Tokenize,
+            Adapter = p.Variant.Adapter,
+            InitAdapter = initAdapter,
+            Resume = Checkpoints.Latest(p.Dir) is not null ? "latest" : null,
+            Overwrite = true,   // what a killed run left before its first checkpoint is replaced
+            CommandLine = $"mola experiment --spec {spec.Path}",
+        };
+        var recipe = new TrainingRecipe(run)
+        {
+            Log = line => { if (line.StartsWith("warning", StringComparison.Ordinal)) Log(line); },
+            Progress = (_, loop) => loop(OnStep),
+        };
+        var result = recipe.Execute(stop);
+        seconds = result.Train.Seconds;
+        return !result.Train.Interrupted;
+    }
+
+    CellResult ScoreCell(PlannedRun p, double seconds)
+    {
+        var task = p.Task!;
+        var (accuracy, trainable) = Score(p.Dir, task.Benchmark, task.Validation is string v ? [v, task.Test] : [task.Test]);
+        var cell = new CellResult(p.Variant.Name, task.Name, p.Seed, p.Epochs, task.Validation is null ? null : accuracy[0], accuracy[^1], trainable, Math.Round(seconds, 2));
+        RunDirectory.WriteFile(Path.Combine(p.Dir, CellFile), JsonSerializer.Serialize(cell, StudyReport.Json) + "\n");
+        Log($"  {cell.Variant} {cell.Task} seed {cell.Seed} epochs {cell.Epochs}: validation {Percent(cell.ValidationAccuracy)}, test {cell.TestAccuracy:F2}% ({seconds:F0} s)");
         return cell;
+    }
+
+    /// <summary>After stage k every domain's test records are scored: row k of the matrix R.</summary>
+    StageResult ScoreStage(PlannedRun p, int stage)
+    {
+        var domains = spec.Continual!.Domains;
+        var (row, _) = Score(p.Dir, spec.Continual.Benchmark, domains.Select(d => d.Test).ToList());
+        var result = new StageResult(p.Variant.Name, p.Seed, stage, p.Task!.Name, row);
+        RunDirectory.WriteFile(Path.Combine(p.Dir, CellFile), JsonSerializer.Serialize(result, StudyReport.Json) + "\n");
+        Log($"  {p.Variant.Name} seed {p.Seed} after {p.Task.Name}: {string.Join(" ", row.Select(x => x.ToString("F2", System.Globalization.CultureInfo.InvariantCulture)))}");
+        return result;
     }
 
     static string Percent(double? v) => v is double x ? $"{x:F2}%" : "-";
 
-    /// <summary>Validation and test accuracy (%) of the adapter a cell saved, loaded as `mola eval` loads one (dropout
-    /// off, LoRA merged): the same whether the cell just trained or was trained before a kill. The model the recipe
+    /// <summary>Accuracy (%) on each record file of the adapter a run saved, loaded as `mola eval` loads one (dropout
+    /// off, LoRA merged): the same whether the run just trained or was trained before a kill. The model the recipe
     /// trained is not reused because its adapter layers are still in training mode there.</summary>
-    (double? Validation, double Test, long Trainable) Score(string dir, StudyTask task)
+    (IReadOnlyList<double> Accuracy, long Trainable) Score(string dir, Benchmark benchmark, IReadOnlyList<string> files)
     {
         using var model = ModelLoader.Load(spec.BaseModel);
         var adapter = AdapterModel.LoadForInference(model, dir);
         long trainable = adapter.Config.CountParameters(model.Config).Total;
         var tok = MolaTokenizer.Load(spec.BaseModel, model.Config.BosTokenId, model.Config.EosTokenId, model.Config.VocabSize);
         var template = PromptTemplate.Load(spec.Template);
-        double Accuracy(string file) =>
-            100 * Evaluator.Run(model, tok, template, task.Benchmark, InstructionRecord.Load(file), spec.Scoring).Metrics.Accuracy;
-        return (task.Validation is string v ? Accuracy(v) : null, Accuracy(task.Test), trainable);
+        var accuracy = files.Select(f => 100 * Evaluator.Run(model, tok, template, benchmark, InstructionRecord.Load(f), spec.Scoring).Metrics.Accuracy).ToList();
+        return (accuracy, trainable);
     }
 
-    static CellResult ReadCell(string dir)
+    static T Read<T>(string dir)
     {
         string path = Path.Combine(dir, CellFile);
-        try { return JsonSerializer.Deserialize<CellResult>(File.ReadAllText(path), StudyReport.Json) ?? throw new JsonException("null"); }
+        try { return JsonSerializer.Deserialize<T>(File.ReadAllText(path), StudyReport.Json) ?? throw new JsonException("null"); }
         catch (JsonException e) { throw new MolaException($"{path}: not a cell result ({e.Message}); delete it to run the cell again"); }
     }
 }

@@ -14,6 +14,10 @@ public sealed record StudyVariant(string Name, AdapterSpec Adapter);
 /// <summary>One task of a study (a column of Table 1): its benchmark (labels, answer reading) and record files.</summary>
 public sealed record StudyTask(string Name, Benchmark Benchmark, string Train, string? Validation, string Test);
 
+/// <summary>A continual-learning sequence: every domain's records are scored as <paramref name="Benchmark"/>; each
+/// stage trains <paramref name="Epochs"/> epochs on one domain starting from the adapter of the stage before.</summary>
+public sealed record ContinualSpec(Benchmark Benchmark, int Epochs, IReadOnlyList<StudyTask> Domains);
+
 /// <summary>
 /// A study (`mola experiment --spec FILE`): every variant x task x seed x epochs value is one ordinary training run,
 /// scored on validation (to choose the epochs) and on test. Read from YAML or JSON (JSON is read as the YAML it is),
@@ -36,6 +40,8 @@ public sealed record StudySpec
     /// <summary>Transfer (Appendix B): instruction records every variant is first tuned on, then each task starts from it.</summary>
     public string? InstructionData { get; init; }
     public int InstructionEpochs { get; init; } = 3;
+    /// <summary>Continual learning (Appendix C): domains trained one after another, each stage from the previous adapter.</summary>
+    public ContinualSpec? Continual { get; init; }
 
     static readonly Regex NamePattern = new("^[A-Za-z0-9._-]+$");
 
@@ -126,7 +132,7 @@ public sealed record StudySpec
             return NamePattern.IsMatch(name) ? name : throw Error(node, $"key \"{key}\": \"{name}\" names a directory of the study; use letters, digits, '.', '_' or '-'");
         }
 
-        static readonly string[] StudyKeys = ["base_model", "template", "scoring", "seeds", "epochs", "training", "variants", "tasks", "instruction"];
+        static readonly string[] StudyKeys = ["base_model", "template", "scoring", "seeds", "epochs", "training", "variants", "tasks", "instruction", "continual"];
         static readonly string[] TrainingKeys = ["learning_rate", "warmup_steps", "batch_size", "micro_batch_size", "max_steps", "cutoff_len",
             "train_on_inputs", "add_eos", "group_by_length", "gradient_checkpointing", "save_steps", "save_total_limit"];
         static readonly string[] VariantKeys = ["name", "kind", "experts", "top_k", "rank", "targets", "alpha", "dropout", "aux_loss_coef"];
@@ -139,7 +145,10 @@ public sealed record StudySpec
             var tokenize = new TokenizeOptions();
             if (m.TryGetValue("training", out var t)) (training, tokenize) = Training(t);
             var epochs = Ints(Required(m, "epochs", root, "the study"), "epochs", 1);
-            var tasks = Seq(Required(m, "tasks", root, "the study"), "tasks").Select((n, i) => Task(n, $"tasks[{i}]", epochs.Count)).ToList();
+            ContinualSpec? continual = m.TryGetValue("continual", out var cn) ? Continual(cn) : null;
+            var tasks = m.TryGetValue("tasks", out var tn) || continual is null
+                ? Seq(Required(m, "tasks", root, "the study"), "tasks").Select((n, i) => Task(n, $"tasks[{i}]", epochs.Count)).ToList()
+                : [];
             var variants = Seq(Required(m, "variants", root, "the study"), "variants").Select((n, i) => Variant(n, $"variants[{i}]")).ToList();
             Unique(variants.Select(v => v.Name), root, "variants");
             Unique(tasks.Select(x => x.Name), root, "tasks");
@@ -165,6 +174,7 @@ public sealed record StudySpec
                 Tasks = tasks,
                 InstructionData = instruction,
                 InstructionEpochs = instructionEpochs,
+                Continual = continual,
             };
         }
 
@@ -230,6 +240,23 @@ public sealed record StudySpec
             // The specs that need no layer count are checked here; the allocation itself once config.json is read.
             Wrap(node, () => { a.Validate(); AdapterKinds.Parse(a.Kind); return 0; });
             return new StudyVariant(Name(Required(m, "name", node, where), "name"), a);
+        }
+
+        ContinualSpec Continual(YamlNode node)
+        {
+            var m = Map(node, "continual", "benchmark", "epochs", "domains");
+            var bench = Required(m, "benchmark", node, "continual");
+            var benchmark = Wrap(bench, () => Benchmarks.Get(Scalar(bench, "benchmark")));
+            int epochs = m.TryGetValue("epochs", out var e) ? Int(e, "epochs") : 1;
+            var domains = Seq(Required(m, "domains", node, "continual"), "domains").Select((n, i) =>
+            {
+                var d = Map(n, $"continual.domains[{i}]", "name", "train", "test");
+                return new StudyTask(Name(Required(d, "name", n, $"continual.domains[{i}]"), "name"), benchmark,
+                    PathOf(d, "train") ?? throw Error(n, $"continual.domains[{i}]: missing key \"train\""), null,
+                    PathOf(d, "test") ?? throw Error(n, $"continual.domains[{i}]: missing key \"test\""));
+            }).ToList();
+            Unique(domains.Select(d => d.Name), node, "continual.domains");
+            return new ContinualSpec(benchmark, epochs, domains);
         }
 
         StudyTask Task(YamlNode node, string where, int epochChoices)
