@@ -228,3 +228,38 @@ public class ExperimentTests
         Assert.Contains("Continual learning, lora-r4", File.ReadAllText(Path.Combine(output, "table.md")));
     }
 }
+
+/// <summary>`mola experiment` as a user runs it: bad specs are one error line, --dry-run lists the embedded study.</summary>
+[Trait("Category", "Slow")]
+public class ExperimentCliTests
+{
+    [Fact]
+    public void BadSpecIsOneErrorLineNamingFileAndLine()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "mola-expcli-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(dir);
+        string spec = Path.Combine(dir, "s.yaml");
+        File.WriteAllText(spec, "base_model: m\nseeds: [1]\nepochs: [1]\nvariant: []\n");
+        Assert.Contains("s.yaml:4: unknown key \"variant\" in the study", CliRunner.Run("experiment", "--spec", spec).SingleErrorLine());
+        Assert.Contains("nothing.yaml: not found", CliRunner.Run("experiment", "--spec", Path.Combine(dir, "nothing.yaml")).SingleErrorLine());
+        Assert.False(Directory.Exists(Path.Combine(dir, "runs")));
+    }
+
+    [Fact]
+    public void DryRunListsTheEmbeddedStudysCellsWithExactParameterCounts()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "mola-expcli-" + Guid.NewGuid().ToString("N"));
+        var r = CliRunner.Run("experiment", "--dry-run", "--json", "--output", dir);
+        Assert.Equal(0, r.ExitCode);
+        var json = r.LastJson();
+        Assert.Equal(16, json.GetProperty("cells").GetArrayLength());   // 4 variants x 2 tasks x 2 seeds x 1 epochs value
+        // The embedded model (4 layers, hidden 128, intermediate 352, all seven modules): LoRA r40 per layer
+        // 40 x (4 x 256 + 2 x 480 + 480) = 98,560, x 4 = 394,240; 20 experts of r 8 hold the same LoRA parameters plus
+        // routers of 20 experts' rows over inputs 6 x 128 + 352 = 1,120 wide: 394,240 + 22,400 = 416,640.
+        var variants = json.GetProperty("variants").EnumerateArray().ToDictionary(v => v.GetProperty("name").GetString()!, v => v.GetProperty("trainable_parameters").GetInt64());
+        Assert.Equal(394_240, variants["lora-r40"]);
+        Assert.Equal(416_640, variants["2468"]);
+        Assert.Equal(416_640, variants["8642"]);
+        Assert.False(Directory.Exists(dir));   // a dry run trains and writes nothing
+    }
+}
