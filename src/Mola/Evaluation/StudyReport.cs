@@ -117,7 +117,7 @@ public sealed record StudyReport(IReadOnlyList<string> Tasks, IReadOnlyList<Cell
         }
         foreach (var c in Continual)
         {
-            sb.AppendLine();
+            if (sb.Length > 0) sb.AppendLine();
             sb.AppendLine($"Continual learning, {c.Variant} (rows: trained through; columns: tested on; mean over seeds): " +
                 $"OP {F(c.OverallPerformance)}, PD {F(c.PerformanceDrop)}");
             sb.AppendLine();
