@@ -36,6 +36,7 @@ public static class Cli
         root.Subcommands.Add(BenchCommand.Create());
         root.Subcommands.Add(ServeCommand.Create());
         root.Subcommands.Add(ExportCommand.Create());
+        root.Subcommands.Add(ExperimentCommand.Create());
 
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)

@@ -189,3 +189,93 @@ public static class PretrainingCorpus
         }
     }
 }
+
+/// <summary>
+/// The embedded default study's two tasks (`mola experiment` with no spec). The shipped default task reaches 100% and
+/// cannot tell variants apart; these keep its learnable rule (a word's group, options always in the same order) but a
+/// quarter of their records are about words outside the groups, labelled at random, so held-out accuracy stays well
+/// below 100% (at most 81.25% and 87.5%) and a variant shows how much of the rule it learned in the study's short
+/// budget. Outputs are written as the scorer's continuation ("Answer: The answer is B."), so generation and likelihood
+/// scoring read the same text. (Harder rules, the group most of four words belong to with options in a new order,
+/// or which of two numbers is larger, stayed at chance after 100 steps with this model.)
+/// </summary>
+public static class StudyTasks
+{
+    public const string GroupInstruction = KeywordTask.Instruction;
+    public const string TwoClassInstruction = "Does the premise entail the hypothesis?";
+
+    /// <summary>Words outside the shipped task's four groups: a record about one gets a random label, so no rule can
+    /// get it right more often than chance; they are a quarter of the records, which caps accuracy below 100%.</summary>
+    static readonly string[] Ambiguous = ["sand", "clay", "snow", "wind", "fox", "owl", "seed", "root"];
+
+    static string ContextWords(Random rnd) => string.Join(" ", rnd.Shuffled(KeywordTask.Context).Take(3));
+
+    /// <summary>A word and its group, as in the shipped task (KeywordTask's 28 words, options always A-D water, energy,
+    /// earth, life), plus the ambiguous words with random letters: held-out accuracy at most 75% + 25% / 4 = 81.25%.</summary>
+    static (string Word, int Group) WordAndGroup(Random rnd, int groups)
+    {
+        if (rnd.Next(4) == 0) return (rnd.Pick(Ambiguous), rnd.Next(groups));
+        var letters = KeywordTask.Groups.Keys.ToList();
+        int g = rnd.Next(letters.Count);
+        return (rnd.Pick(KeywordTask.Groups[letters[g]]), g);
+    }
+
+    public static TaskRecord GroupOfWord(Random rnd)
+    {
+        var (word, g) = WordAndGroup(rnd, 4);
+        string letter = Words.Letters[g];
+        return new TaskRecord(GroupInstruction,
+            $"Question: Which group does the word {word} belong to? Context: {ContextWords(rnd)}. Options: (A) water (B) energy (C) earth (D) life",
+            $"Answer: The answer is {letter}.", letter);
+    }
+
+    /// <summary>Is the word a water or energy word (groups A, B) rather than earth or life (C, D)? Ambiguous words get a
+    /// random label: held-out accuracy at most 75% + 25% / 2 = 87.5%. Labels as RTE's (entailment / not_entailment).</summary>
+    public static TaskRecord WaterOrEnergy(Random rnd)
+    {
+        var (word, g) = WordAndGroup(rnd, 4);
+        string label = g < 2 ? "entailment" : "not_entailment";
+        return new TaskRecord(TwoClassInstruction,
+            $"Premise: the word is {word}. Context: {ContextWords(rnd)}. Hypothesis: it is a water or energy word.",
+            $"Answer: The answer is {label}.", label);
+    }
+
+    /// <summary>Writes DIR/study-tasks/{group-of-word,water-or-energy}/{train,validation,test}.jsonl; no validation or test
+    /// input occurs in train, none of test in validation.</summary>
+    public static void Write(string assets, int seed, int train, int validation, int test)
+    {
+        foreach (var (name, make) in new (string, Func<Random, TaskRecord>)[] { ("group-of-word", GroupOfWord), ("water-or-energy", WaterOrEnergy) })
+        {
+            var rnd = new Random(seed);
+            var seen = new HashSet<string>();
+            List<TaskRecord> Draw(int n, bool unique)
+            {
+                var list = new List<TaskRecord>();
+                for (int tries = 0; list.Count < n; tries++)
+                {
+                    var r = make(rnd);
+                    if (seen.Add(r.Input) || !unique) list.Add(r);
+                    if (tries > 100 * n) throw new InvalidOperationException($"{name}: not enough distinct records for {n}");
+                }
+                return list;
+            }
+            // Held-out sets first and unique; train may repeat an input among its own records but never a held-out one.
+            var testSet = Draw(test, unique: true);
+            var validationSet = Draw(validation, unique: true);
+            var held = seen.ToHashSet();
+            var trainSet = new List<TaskRecord>();
+            while (trainSet.Count < train)
+            {
+                var r = make(rnd);
+                if (!held.Contains(r.Input)) trainSet.Add(r);
+            }
+            string dir = Path.Combine(assets, "study-tasks", name);
+            Directory.CreateDirectory(dir);
+            foreach (var (file, records) in new[] { ("train", trainSet), ("validation", validationSet), ("test", testSet) })
+                File.WriteAllLines(Path.Combine(dir, $"{file}.jsonl"), records.Select(r => System.Text.Json.JsonSerializer.Serialize(
+                    new Dictionary<string, string> { ["instruction"] = r.Instruction, ["input"] = r.Input, ["output"] = r.Output, ["answer"] = r.Answer })));
+            File.WriteAllText(Path.Combine(dir, "template.json"), KeywordTask.TemplateJson + "\n");
+            Console.WriteLine($"wrote {name}: {trainSet.Count} train, {validationSet.Count} validation, {testSet.Count} test records to {dir}");
+        }
+    }
+}

@@ -11,7 +11,7 @@ namespace MakeDefault;
 /// </summary>
 public static class KeywordTask
 {
-    static readonly Dictionary<string, string[]> Groups = new()
+    internal static readonly Dictionary<string, string[]> Groups = new()
     {
         ["A"] = ["water", "river", "ocean", "liquid", "solution", "mixture", "weather"],
         ["B"] = ["energy", "light", "heat", "force", "motion", "sound", "magnet"],
@@ -19,7 +19,7 @@ public static class KeywordTask
         ["D"] = ["plant", "animal", "cell", "trait", "inherited", "acquired", "learn"],
     };
 
-    static readonly string[] Context = "value number score test layer model router adapter experts rank low train answer question option".Split(' ');
+    internal static readonly string[] Context = "value number score test layer model router adapter experts rank low train answer question option".Split(' ');
 
     public const string Instruction = "Answer the question with the letter of the correct option.";
 

@@ -12,6 +12,7 @@ const string Usage = """
     usage: dotnet run --project tools/MakeDefault -- COMMAND [--assets DIR] [options]
       all          task, then pretrain (the whole regeneration)
       task         writes DIR/default-task/{train,test}.jsonl and template.json (KeywordTask: the shipped task)
+      study-tasks  writes DIR/study-tasks/{group-of-word,water-or-energy}/ (StudyTasks: the embedded default study of mola experiment)
       group-task   writes the earlier, harder "same group" task (DefaultTask) instead
       pretrain     pretrains the model and writes DIR/default-model    [--steps N --batch N --lr X --seed N]
       stats        token lengths of the task records and of pretraining documents
@@ -36,6 +37,9 @@ switch (command)
         break;
     case "task":
         KeywordTask.Write(assets, TaskSeed, 1200, TestRecords);
+        break;
+    case "study-tasks":
+        StudyTasks.Write(assets, TaskSeed, 800, 100, 200);
         break;
     case "group-task":
         WriteTask();

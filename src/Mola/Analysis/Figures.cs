@@ -168,7 +168,7 @@ public static class Figures
         plot.SavePng(path, WidthFor(report.Layers.Count) + 160, 560);
     }
 
-    static Plot NewPlot(string title, string xLabel, string yLabel)
+    internal static Plot NewPlot(string title, string xLabel, string yLabel)
     {
         var plot = new Plot();
         plot.Title(title);
