@@ -121,7 +121,7 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
     public Tensor Head(Tensor hidden)
     {
         var x = model.norm.forward(hidden);
-        return lm_head is null ? nn.functional.linear(x, model.embed_tokens.weight) : lm_head.forward(x);
+        return lm_head is null ? Linear.Product(x, model.embed_tokens.weight) : lm_head.forward(x);
     }
 
     /// <summary>[B, 1, T, past + T]: causal, not padding, inside Mistral's sliding window; a query may
