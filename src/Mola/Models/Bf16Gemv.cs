@@ -5,17 +5,18 @@ using static TorchSharp.torch;
 namespace Mola.Models;
 
 /// <summary>
-/// <c>x W^T</c> for a few rows of x over bfloat16 weights, the product of decoding: each weight is read once and
-/// used for every row, so the time is that of reading W. libtorch 2.10's bfloat16 matrix-vector product reads
+/// <c>x W^T</c> for one row of x over bfloat16 weights, the product of batch-1 decoding: each weight is read once and
+/// used once, so the time is that of reading W. libtorch 2.10's bfloat16 matrix-vector product reads
 /// about 11 GB/s of weights on this project's machine where the memory gives 26 (one thread; bench/NOTES.md), which
-/// made bfloat16 decoding slower per byte than float32. Here each 16 weights are widened to float32 (a bfloat16 is
+/// made bfloat16 decoding slower per byte than float32. Here each 32 weights are widened to float32 (a bfloat16 is
 /// the top half of a float32) and multiplied into float32 sums, one per output; the sums are rounded to bfloat16
 /// once at the end, as libtorch's own product does. Only without autograd (decoding, evaluation), on the CPU.
 /// </summary>
 public static class Bf16Gemv
 {
-    /// <summary>Most rows of x taken this way; past it a matrix product (prefill) reuses each weight far better.</summary>
-    public const int MaxRows = 8;
+    /// <summary>Most rows of x taken this way. Measured (bench/NOTES.md): at 4 and 8 rows a dot product per row and
+    /// output, the weights re-read from cache, ran at half libtorch's rate; batch-1 decoding is the case that gains.</summary>
+    public const int MaxRows = 1;
 
     /// <summary>Whether <see cref="Linear"/> computes <c>linear(x, w)</c>: bfloat16 on the CPU, no gradient wanted,
     /// at most <see cref="MaxRows"/> rows, a contiguous weight, and 256-bit vectors on this machine.</summary>
@@ -59,22 +60,25 @@ public static class Bf16Gemv
         var w = (ushort*)wPtr;
         var x = (float*)xPtr;
         var y = (float*)yPtr;
-        long vectorEnd = inF - inF % 16;
+        long vectorEnd = inF - inF % 32;
         for (long o = from; o < to; o++)
         {
             ushort* row = w + o * inF;
             for (int t = 0; t < rows; t++)
             {
                 float* xt = x + t * inF;
-                var acc0 = Vector256<float>.Zero;
-                var acc1 = Vector256<float>.Zero;
-                for (long i = 0; i < vectorEnd; i += 16)
+                // Four independent sums, so that the multiply-adds do not wait on each other's latency.
+                Vector256<float> acc0 = default, acc1 = default, acc2 = default, acc3 = default;
+                for (long i = 0; i < vectorEnd; i += 32)
                 {
-                    var (lo, hi) = Vector256.Widen(Vector256.Load(row + i));
-                    acc0 = Vector256.FusedMultiplyAdd(Vector256.ShiftLeft(lo, 16).AsSingle(), Vector256.Load(xt + i), acc0);
-                    acc1 = Vector256.FusedMultiplyAdd(Vector256.ShiftLeft(hi, 16).AsSingle(), Vector256.Load(xt + i + 8), acc1);
+                    var (a, b) = Vector256.Widen(Vector256.Load(row + i));
+                    var (c, d) = Vector256.Widen(Vector256.Load(row + i + 16));
+                    acc0 = Vector256.FusedMultiplyAdd(Vector256.ShiftLeft(a, 16).AsSingle(), Vector256.Load(xt + i), acc0);
+                    acc1 = Vector256.FusedMultiplyAdd(Vector256.ShiftLeft(b, 16).AsSingle(), Vector256.Load(xt + i + 8), acc1);
+                    acc2 = Vector256.FusedMultiplyAdd(Vector256.ShiftLeft(c, 16).AsSingle(), Vector256.Load(xt + i + 16), acc2);
+                    acc3 = Vector256.FusedMultiplyAdd(Vector256.ShiftLeft(d, 16).AsSingle(), Vector256.Load(xt + i + 24), acc3);
                 }
-                float sum = Vector256.Sum(acc0 + acc1);
+                float sum = Vector256.Sum((acc0 + acc1) + (acc2 + acc3));
                 for (long i = vectorEnd; i < inF; i++)
                     sum += BitConverter.Int32BitsToSingle(row[i] << 16) * xt[i];
                 y[t * outF + o] = sum;
