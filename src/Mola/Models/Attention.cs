@@ -39,7 +39,7 @@ public sealed class Attention : nn.Module<Tensor, Tensor>
             k = k.repeat_interleave(_heads / _kvHeads, dim: 1);
             v = v.repeat_interleave(_heads / _kvHeads, dim: 1);
         }
-        var o = nn.functional.scaled_dot_product_attention(q, k, v, ctx.Mask);
+        var o = nn.functional.scaled_dot_product_attention(q, k, v, ctx.Mask, is_casual: ctx.Causal);
         o = o.transpose(1, 2).reshape(B, T, _heads * _headDim);
         return o_proj.forward(o).MoveToOuterDisposeScope();
     }

@@ -105,7 +105,12 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
             throw new ArgumentException($"attention mask covers {valid.shape[1]} positions, expected {total}");
         var positions = (valid.to(ScalarType.Int64).cumsum(1, ScalarType.Int64) - 1).clamp_min(0)[.., (int)past..];
         var (cos, sin) = _rotary.Angles(positions, DType);
-        return new ForwardContext { Cos = cos, Sin = sin, Mask = BuildMask(valid, past, T), Cache = cache };
+        // Without padding or a window that hides keys, causality is all the mask says: libtorch's attention then
+        // needs no [T, total] mask (a single new token sees every key; a whole sequence is its causal case).
+        bool plain = (attentionMask is null || valid.all().item<bool>())
+            && (Config.SlidingWindow is not int window || total <= window)
+            && (past == 0 || T == 1);
+        return new ForwardContext { Cos = cos, Sin = sin, Mask = plain ? null : BuildMask(valid, past, T), Causal = plain && T > 1, Cache = cache };
     }
 
     /// <summary>Token embeddings [B, T, D], scaled by sqrt(D) for Gemma.</summary>

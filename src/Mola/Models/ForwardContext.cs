@@ -8,8 +8,11 @@ public sealed class ForwardContext
 {
     public required Tensor Cos { get; init; }
     public required Tensor Sin { get; init; }
-    /// <summary>[B, 1, T, past + T], true where a query may attend to a key.</summary>
-    public required Tensor Mask { get; init; }
+    /// <summary>[B, 1, T, past + T], true where a query may attend to a key; null when <see cref="Causal"/> says
+    /// it all (or, for one new token, when it may see every key).</summary>
+    public Tensor? Mask { get; init; }
+    /// <summary>Each query sees itself and the keys before it, no others: no padding, no cache, no window in effect.</summary>
+    public bool Causal { get; init; }
     public KvCache? Cache { get; init; }
 }
 
