@@ -60,6 +60,29 @@ public class BenchCommandTests
         Assert.Equal(layerFrozen + extraMs, floor.GetProperty("floor_ms").GetDouble(), 1e-9);
         Assert.Equal((layerFrozen + extraMs) / layerFrozen, floor.GetProperty("floor_ratio").GetDouble(), 1e-9);
         Assert.Contains("floor:", run.Stderr);
+
+        // The step's operations, counted by hand for the quick decoder: 2 layers, hidden 256 (2 heads of 128),
+        // intermediate 704, vocab 512, 128 tokens. Linear weights per layer 4 x 256^2 + 3 x 256 x 704 = 802,816, with
+        // the head 2 x 802,816 + 512 x 256 = 1,736,704; forward and input gradient 4 x weights x tokens; causal
+        // attention 6 x 128^2 x 256 per layer. LoRA r 8 on all seven modules: 8 x (in + out) per module,
+        // 8 x (4 x 512 + 3 x 960) = 39,424 per layer; MoLA 2,4 experts: E x that plus E x in for the router
+        // (in: 256 for six modules, 704 for down_proj: 2240 per expert). The adapter's products: 6 x weights x tokens.
+        var stepRun = json.GetProperty("runs")[0];
+        Assert.Equal("float32", stepRun.GetProperty("dtype").GetString());
+        var stepFlop = stepRun.GetProperty("step");
+        double frozen = 4.0 * 1_736_704 * 128 + 2 * 6.0 * 128 * 128 * 256;
+        double loraWeights = 2 * 39_424, molaWeights = (2 + 4) * (39_424 + 2240);
+        Assert.Equal(frozen, stepFlop.GetProperty("frozen_flop").GetDouble());
+        Assert.Equal(frozen + 6.0 * loraWeights * 128, stepFlop.GetProperty("lora_flop").GetDouble());
+        Assert.Equal(frozen + 6.0 * molaWeights * 128, stepFlop.GetProperty("mola_flop").GetDouble());
+        double matmul = stepRun.GetProperty("matmul_gflops").GetDouble();
+        Assert.Equal(frozen / step.GetProperty("frozen_ms").GetDouble() / 1e6 / matmul, stepFlop.GetProperty("frozen_utilisation").GetDouble(), 1e-9);
+        // Decoding reads each linear weight once per token, 4 bytes in float32; MoLA adds its float32 weights.
+        var decode = stepRun.GetProperty("decode");
+        Assert.Equal(4.0 * 1_736_704, decode.GetProperty("base_bytes_per_token").GetDouble());
+        Assert.Equal(4.0 * (1_736_704 + molaWeights), decode.GetProperty("mola_bytes_per_token").GetDouble());
+        foreach (var f in new[] { "base_tokens_per_second", "mola_tokens_per_second", "read_gb_per_second", "base_bandwidth_share", "prefill_tokens_per_second" })
+            Positive(decode, f);
         // The human table went to stderr, so stdout holds the result object alone.
         Assert.Contains("mola_loop", run.Stderr);
     }
@@ -69,5 +92,13 @@ public class BenchCommandTests
     {
         var message = CliRunner.Run("bench", "--quick", "--top-k", "9", "--experts", "8").SingleErrorLine();
         Assert.Contains("--top-k", message);
+    }
+
+    [Fact]
+    public void UnknownShapeIsAUserError()
+    {
+        var message = CliRunner.Run("bench", "--shape", "gpt-5").SingleErrorLine();
+        Assert.Contains("--shape gpt-5", message);
+        Assert.Contains("tinyllama-1.1b", message);
     }
 }

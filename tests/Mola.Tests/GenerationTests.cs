@@ -53,6 +53,21 @@ public class GenerationTests
         }
     }
 
+    /// <summary>One prompt, so no padding: the decoding steps take the attention without a mask (grouped key heads
+    /// read in place for gemma-tiny's 4 query heads over 1 key head) and the cache grows in place (4 positions, then
+    /// 8, then 16), and still give the full sequence's argmax at every step.</summary>
+    [Theory]
+    [InlineData("llama-tiny")]
+    [InlineData("gemma-tiny")]
+    [InlineData("mistral-tiny")]   // 2 key heads for 4 query heads; past the window of 5 the mask returns
+    public void CachedSinglePromptEqualsFullSequenceArgmax(string name)
+    {
+        using var model = ModelLoader.Load(TestUtil.Fixture(name));
+        const int newTokens = 14;
+        var cached = TextGenerator.Generate(model, [Prompts[0]], new GenerationOptions { MaxNewTokens = newTokens }, eosId: -1)[0];
+        Assert.Equal(NaiveGreedy(model, Prompts[0], newTokens, eos: -1), cached);
+    }
+
     [Fact]
     public void StopsAtEosAndMaxNewTokens()
     {

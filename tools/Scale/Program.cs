@@ -24,14 +24,14 @@ return args.Length > 0 && args[0] == "make" ? Make(args[1..])
 
 static int Usage()
 {
-    Console.Error.WriteLine("usage: scale make SHAPE DIR [--dtype bfloat16|float16|float32] [--seed N]   (shapes: " + string.Join(", ", Shapes.All.Keys) + ")");
+    Console.Error.WriteLine("usage: scale make SHAPE DIR [--dtype bfloat16|float16|float32] [--seed N]   (shapes: " + string.Join(", ", ModelShapes.All.Keys) + ")");
     Console.Error.WriteLine("       scale measure [--cli PATH] -- MOLA-ARGS...");
     return 2;
 }
 
 static int Make(string[] a)
 {
-    if (a.Length < 2 || !Shapes.All.TryGetValue(a[0], out var shape)) return Usage();
+    if (a.Length < 2 || !ModelShapes.All.TryGetValue(a[0], out var shape)) return Usage();
     string dir = a[1];
     string dtypeName = Opt(a, "--dtype") ?? "bfloat16";
     var dtype = TorchNames.ParseDType(dtypeName);

@@ -30,6 +30,13 @@ public sealed record BenchOptions
     public string Allocation { get; init; } = "2468";
     public int GenerateTokens { get; init; } = 32;
     public int PromptTokens { get; init; } = 16;
+    /// <summary>Tokens of the prompt whose prefill (one forward pass into an empty KV cache, no adapter) is timed.</summary>
+    public int PrefillTokens { get; init; } = 512;
+    /// <summary>A real model shape (<see cref="ModelShapes.All"/>) for the step and decoding benchmarks, random
+    /// weights made in memory; the layer benchmark and its products are then skipped (they do not depend on it).</summary>
+    public string? Shape { get; init; }
+    /// <summary>Base-model dtypes of the step and decoding benchmarks, one after the other (adapters stay float32).</summary>
+    public IReadOnlyList<ScalarType> DTypes { get; init; } = [ScalarType.Float32];
     public int Warmup { get; init; } = 2;
     public int Rounds { get; init; } = 7;
     public int StepRounds { get; init; } = 5;
@@ -55,6 +62,18 @@ public sealed record BenchOptions
         Rounds = 3,
         StepRounds = 2,
         Threads = 1,
+        PrefillTokens = 32,
+    };
+
+    /// <summary>Defaults for <c>--shape</c>: a few steps of fewer tokens (a 1.1B step takes seconds and gigabytes),
+    /// float32 and bfloat16.</summary>
+    public static BenchOptions ForShape(string shape) => new()
+    {
+        Shape = shape,
+        StepTokens = 256,
+        StepRounds = 2,
+        Warmup = 1,
+        DTypes = [ScalarType.Float32, ScalarType.BFloat16],
     };
 
     public void Validate()
@@ -72,13 +91,16 @@ public sealed record BenchOptions
         Positive(StepTokens, "--step-tokens");
         Positive(Vocab, "--vocab");
         Positive(GenerateTokens, "--generate-tokens");
+        Positive(PrefillTokens, "--prefill-tokens");
+        if (Shape is not null && !ModelShapes.All.ContainsKey(Shape))
+            throw new MolaException($"--shape {Shape}: unknown shape (known: {string.Join(", ", ModelShapes.All.Keys)})");
         Positive(Rounds, "--rounds");
         if (Threads < 0) throw new MolaException($"--threads must be 0 (libtorch's default) or more, got {Threads}");
         if (TopK < 1 || TopK > Experts) throw new MolaException($"--top-k must be between 1 and --experts ({Experts}), got {TopK}");
         if (Dropout is < 0 or >= 1) throw new MolaException($"--dropout must be in [0, 1), got {Dropout}");
         if (StepTokens < 2) throw new MolaException($"--step-tokens must be at least 2 (the loss predicts the next token), got {StepTokens}");
         if (StepHidden % 2 != 0) throw new MolaException($"--step-hidden must be even (rotary embeddings), got {StepHidden}");
-        var experts = ExpertAllocation.ParseExperts(Allocation, StepLayers, "--allocation");
+        var experts = ExpertAllocation.ParseExperts(Allocation, PerformanceBenchmark.DecoderConfig(this).NumHiddenLayers, "--allocation");
         if (experts.Any(e => e < TopK))
             throw new MolaException($"--allocation {Allocation}: every layer needs at least --top-k ({TopK}) experts");
         CheckFitsInMemory(experts);
@@ -89,24 +111,63 @@ public sealed record BenchOptions
     /// float32; the step benchmark what <see cref="ParameterCount.EstimateTrainingMemory"/> gives its decoder.</summary>
     void CheckFitsInMemory(int[] experts)
     {
-        long layerBytes;
-        try { layerBytes = checked(4L * Hidden * Hidden * 2 + 4L * 4 * (Experts + 1) * Rank * 2 * Hidden + 4L * 16 * Tokens * Hidden); }
-        catch (OverflowException) { layerBytes = long.MaxValue; }
+        long layerBytes = 0;
+        if (Shape is null)
+        {
+            try { layerBytes = checked(4L * Hidden * Hidden * 2 + 4L * 4 * (Experts + 1) * Rank * 2 * Hidden + 4L * 16 * Tokens * Hidden); }
+            catch (OverflowException) { layerBytes = long.MaxValue; }
+        }
         ParameterCount.EnsureFitsInMemory(layerBytes, $"the layer benchmark (--hidden {Hidden}, --tokens {Tokens}, --experts {Experts}, --rank {Rank})", "smaller shapes");
         var config = PerformanceBenchmark.DecoderConfig(this);
         var counts = ParameterCount.Mola(config, experts, [.. experts.Select(_ => TopK)], [.. experts.Select(_ => Rank)], TargetModules.All);
         var step = ParameterCount.EstimateTrainingMemory(config, counts, ScalarType.Float32, 1, StepTokens);
         ParameterCount.EnsureFitsInMemory(step.TotalBytes,
-            $"the training-step benchmark (--step-layers {StepLayers}, --step-hidden {StepHidden}, --step-tokens {StepTokens}, --vocab {Vocab})", "smaller shapes");
+            Shape is null ? $"the training-step benchmark (--step-layers {StepLayers}, --step-hidden {StepHidden}, --step-tokens {StepTokens}, --vocab {Vocab})"
+                : $"the training-step benchmark (--shape {Shape}, --step-tokens {StepTokens})", "smaller shapes");
     }
 }
 
 public sealed record LayerTimes(double FrozenMs, double LoraMs, double MolaMs, double MolaLoopMs);
-public sealed record StepTimes(double FrozenMs, double LoraMs, double MolaMs, double TokensPerSecond);
+
+/// <summary>Matrix-product operations of one training step of each variant (<see cref="ModelFlop.Step"/>).</summary>
+public sealed record StepFlop(double Frozen, double Lora, double Mola);
+
+public sealed record StepTimes(double FrozenMs, double LoraMs, double MolaMs, double TokensPerSecond, StepFlop Flop)
+{
+    public double FrozenGflops => Flop.Frozen / FrozenMs / 1e6;
+    public double LoraGflops => Flop.Lora / LoraMs / 1e6;
+    public double MolaGflops => Flop.Mola / MolaMs / 1e6;
+}
+
+/// <summary>Decoding and prefill speed, and what decoding reads: the weights of every linear map (and of the
+/// adapter) once per token, over <see cref="BandwidthGBs"/>, the read rate measured in the same run.</summary>
+public sealed record DecodeTimes(double BaseTokensPerSecond, double MolaTokensPerSecond, double BaseBytesPerToken, double MolaBytesPerToken,
+    double BandwidthGBs, double PrefillTokensPerSecond)
+{
+    public double BaseBandwidthShare => BaseBytesPerToken * BaseTokensPerSecond / (BandwidthGBs * 1e9);
+    public double MolaBandwidthShare => MolaBytesPerToken * MolaTokensPerSecond / (BandwidthGBs * 1e9);
+}
+
+/// <summary>The step and decoding benchmarks of one base dtype; <see cref="MatmulGflops"/> is the product rate in
+/// that dtype measured in the same run, the denominator of the model-FLOP utilisation.</summary>
+public sealed record ModelRun(ScalarType DType, double MatmulGflops, StepTimes Step, DecodeTimes Decode, IReadOnlyDictionary<string, double> PairedRatios)
+{
+    public double FrozenUtilisation => Step.FrozenGflops / MatmulGflops;
+    public double LoraUtilisation => Step.LoraGflops / MatmulGflops;
+    public double MolaUtilisation => Step.MolaGflops / MatmulGflops;
+}
+
 public sealed record BenchShapes(int Tokens, int Hidden, int Experts, int TopK, int Rank, double Dropout,
-    int StepLayers, int StepHidden, int StepIntermediate, int StepTokens, int Vocab, int[] StepExperts, int Threads);
-public sealed record BenchReport(LayerTimes Layer, StepTimes Step, double MatmulGflops, double GenerateTokensPerSecond,
-    BenchShapes Shapes, Clock Clock, IReadOnlyDictionary<string, double> PairedRatios, ProductFloor Floor);
+    int StepLayers, int StepHidden, int StepIntermediate, int StepTokens, int Vocab, int[] StepExperts, int Threads, string? Shape);
+
+/// <summary>Everything one <c>mola bench</c> run measured. <see cref="Layer"/> and <see cref="Floor"/> are null with
+/// <c>--shape</c>; <see cref="PairedRatios"/> holds the layer's ratios and the first model run's.</summary>
+public sealed record BenchReport(LayerTimes? Layer, IReadOnlyList<ModelRun> Runs, double MatmulGflops, BenchShapes Shapes, Clock Clock,
+    IReadOnlyDictionary<string, double> PairedRatios, ProductFloor? Floor)
+{
+    public StepTimes Step => Runs[0].Step;
+    public double GenerateTokensPerSecond => Runs[0].Decode.MolaTokensPerSecond;
+}
 
 /// <summary>One matrix product (or pass) of a layer timed alone: median milliseconds and the floating-point
 /// operations it does (0 for the dX add, which is a memory pass).</summary>
@@ -145,31 +206,63 @@ public static class PerformanceBenchmark
         torch.manual_seed(o.Seed);
         using var _ = NewDisposeScope();
 
-        log($"matmul rate ({o.Tokens} x {o.Hidden} x {o.Hidden})...");
-        double gflops = MatmulGflops(o.Tokens, o.Hidden, Math.Max(3, o.Rounds), o.Clock);
-        log($"layer: {o.Hidden} x {o.Hidden}, {o.Tokens} tokens, {o.Experts} experts, top-{o.TopK}, rank {o.Rank}...");
-        var (layer, layerRatios) = Layer(o);
-        log("layer products one by one...");
-        var floor = Floor(o, layer.FrozenMs);
         var config = DecoderConfig(o);
-        var allocation = ExpertAllocation.ParseExperts(o.Allocation, o.StepLayers, "--allocation");
-        log($"step: {o.StepLayers} layers, hidden {o.StepHidden}, {o.StepTokens} tokens, MoLA {string.Join(",", allocation)}...");
-        var (step, stepRatios, generate) = StepAndGenerate(o, config, allocation, log);
+        LayerTimes? layer = null;
+        ProductFloor? floor = null;
+        var ratios = new Dictionary<string, double>();
+        // The rate of the products that dominate the work benchmarked: the layer's without a shape, the MLP's with one.
+        (long n, long k, long m) matmul = o.Shape is null ? (o.Tokens, o.Hidden, o.Hidden) : (o.StepTokens, config.HiddenSize, config.IntermediateSize);
+        double Rate(ScalarType dtype)
+        {
+            log($"matmul rate ({matmul.n} x {matmul.k} x {matmul.m}, {DTypeName(dtype)})...");
+            return MatmulGflops(matmul.n, matmul.k, matmul.m, dtype, Math.Max(3, o.Rounds), o.Clock);
+        }
+        double gflops = Rate(ScalarType.Float32);
+        if (o.Shape is null)
+        {
+            log($"layer: {o.Hidden} x {o.Hidden}, {o.Tokens} tokens, {o.Experts} experts, top-{o.TopK}, rank {o.Rank}...");
+            var (layerTimes, layerRatios) = Layer(o);
+            layer = layerTimes;
+            foreach (var (key, value) in layerRatios) ratios[key] = value;
+            log("layer products one by one...");
+            floor = Floor(o, layer.FrozenMs);
+        }
+        log("memory read rate...");
+        double bandwidth = ReadBandwidthGBs(Math.Max(3, o.Rounds), o.Clock);
+        var allocation = ExpertAllocation.ParseExperts(o.Allocation, config.NumHiddenLayers, "--allocation");
+        var runs = new List<ModelRun>();
+        foreach (var dtype in o.DTypes)
+        {
+            double rate = dtype == ScalarType.Float32 ? gflops : Rate(dtype);
+            log($"step ({DTypeName(dtype)}): {config.NumHiddenLayers} layers, hidden {config.HiddenSize}, {o.StepTokens} tokens, MoLA {string.Join(",", allocation)}...");
+            runs.Add(StepAndGenerate(o, config, dtype, allocation, rate, bandwidth, log));
+        }
+        foreach (var (key, value) in runs[0].PairedRatios) ratios[key] = value;
 
-        var ratios = layerRatios.Concat(stepRatios).ToDictionary(kv => kv.Key, kv => kv.Value);
         var shapes = new BenchShapes(o.Tokens, o.Hidden, o.Experts, o.TopK, o.Rank, o.Dropout,
-            o.StepLayers, o.StepHidden, config.IntermediateSize, o.StepTokens, o.Vocab, allocation, torch.get_num_threads());
-        return new BenchReport(layer, step, gflops, generate, shapes, o.Clock, ratios, floor);
+            config.NumHiddenLayers, config.HiddenSize, config.IntermediateSize, o.StepTokens, config.VocabSize, allocation, torch.get_num_threads(), o.Shape);
+        return new BenchReport(layer, runs, gflops, shapes, o.Clock, ratios, floor);
     }
 
-    /// <summary>float32 GFLOP/s of the frozen layer's own product, [N, D] x [D, D].</summary>
-    public static double MatmulGflops(int n, int d, int repeats, Clock clock = Clock.Wall)
+    /// <summary>GFLOP/s of one product [n, k] x [k, m] in <paramref name="dtype"/>.</summary>
+    public static double MatmulGflops(long n, long k, long m, ScalarType dtype, int repeats, Clock clock = Clock.Wall)
     {
         using var scope = NewDisposeScope();
-        var a = randn(n, d);
-        var b = randn(d, d);
+        var a = randn(n, k).to(dtype);
+        var b = randn(k, m).to(dtype);
         var t = Timing.Interleaved([("matmul", () => { using var c = a.matmul(b); })], 1, repeats, clock)[0];
-        return 2.0 * n * d * d / (t.Median / 1000) / 1e9;
+        return 2.0 * n * k * m / (t.Median / 1000) / 1e9;
+    }
+
+    /// <summary>GB/s at which this process reads memory: a sum over 512 MiB of float32, far past every cache, as
+    /// decoding reads its weights (once per token, in order).</summary>
+    public static double ReadBandwidthGBs(int repeats, Clock clock = Clock.Wall)
+    {
+        using var scope = NewDisposeScope();
+        const long count = 128L << 20;
+        var x = ones(count);
+        var t = Timing.Interleaved([("read", () => { using var s = x.sum(); })], 1, repeats, clock)[0];
+        return 4.0 * count / (t.Median / 1000) / 1e9;
     }
 
     static (LayerTimes, Dictionary<string, double>) Layer(BenchOptions o)
@@ -257,6 +350,7 @@ public static class PerformanceBenchmark
     /// as LLaMA-7B's (11008 / 4096), rounded to a multiple of 64.</summary>
     public static ModelConfig DecoderConfig(BenchOptions o)
     {
+        if (o.Shape is not null) return ModelShapes.All[o.Shape].Config();
         int headDim = o.StepHidden % 128 == 0 ? 128 : o.StepHidden % 64 == 0 ? 64 : o.StepHidden;
         int intermediate = Math.Max(64, (int)Math.Round(o.StepHidden * 2.6875 / 64) * 64);
         return new ModelConfig
@@ -273,18 +367,22 @@ public static class PerformanceBenchmark
         };
     }
 
-    static (StepTimes, Dictionary<string, double>, double) StepAndGenerate(BenchOptions o, ModelConfig config, int[] allocation, Action<string> log)
+    static ModelRun StepAndGenerate(BenchOptions o, ModelConfig config, ScalarType dtype, int[] allocation, double matmulGflops, double bandwidthGBs, Action<string> log)
     {
         using var scope = NewDisposeScope();
-        using var model = new CausalLM(config, ScalarType.Float32, CPU);
+        using var model = new CausalLM(config, dtype, CPU);
         using (no_grad())
         {
             foreach (var p in model.parameters())
-                p.copy_(p.dim() == 1 ? ones_like(p) : randn_like(p) / Math.Sqrt(p.shape[^1]));
+            {
+                if (p.dim() == 1) p.fill_(1);
+                else p.normal_(0, 1 / Math.Sqrt(p.shape[^1]));   // in place: a 1.1B model has no room for a float32 copy
+            }
         }
+        int layers = config.NumHiddenLayers;
         string[] all = [.. TargetModules.All];
-        var loraConfig = new AdapterConfig { Kind = AdapterKind.Lora, TargetModules = all, Rank = Fill(o.Rank, o.StepLayers), LoraAlpha = o.Alpha, LoraDropout = o.Dropout };
-        var molaConfig = loraConfig with { Kind = AdapterKind.Mola, NumExperts = allocation, TopK = Fill(o.TopK, o.StepLayers) };
+        var loraConfig = new AdapterConfig { Kind = AdapterKind.Lora, TargetModules = all, Rank = Fill(o.Rank, layers), LoraAlpha = o.Alpha, LoraDropout = o.Dropout };
+        var molaConfig = loraConfig with { Kind = AdapterKind.Mola, NumExperts = allocation, TopK = Fill(o.TopK, layers) };
         var lora = AdapterModel.Attach(model, loraConfig, "bench");
         lora.DetachFromBase();
         var mola = AdapterModel.Attach(model, molaConfig, "bench");
@@ -346,20 +444,44 @@ public static class PerformanceBenchmark
             ["step_mola_over_lora"] = Timing.PairedRatio(times[2], times[1]),
             ["step_lora_over_frozen"] = Timing.PairedRatio(times[1], times[0]),
         };
-        var step = new StepTimes(times[0].Median, times[1].Median, times[2].Median, o.StepTokens / (times[2].Median / 1000));
-
-        log($"generation: {o.PromptTokens}-token prompt, {o.GenerateTokens} new tokens, MoLA adapter, KV cache...");
-        Use(mola);
-        mola.eval();
+        var flop = new StepFlop(ModelFlop.Step(config, o.StepTokens, 0), ModelFlop.Step(config, o.StepTokens, Count(lora)), ModelFlop.Step(config, o.StepTokens, Count(mola)));
+        var step = new StepTimes(times[0].Median, times[1].Median, times[2].Median, o.StepTokens / (times[2].Median / 1000), flop);
         embeddings.weight.requires_grad = false;
+
+        log($"generation: {o.PromptTokens}-token prompt, {o.GenerateTokens} new tokens, base model and MoLA adapter, KV cache...");
+        mola.eval();
         var prompt = Enumerable.Range(0, o.PromptTokens).Select(i => 3 + i % (config.VocabSize - 3)).ToList();
         // EOS -1 never comes, so every run generates exactly the number of tokens asked for.
         var options = new GenerationOptions { MaxNewTokens = o.GenerateTokens };
+        Action Generate(AdapterModel? adapter) => () =>
+        {
+            Use(adapter);
+            TextGenerator.Generate(model, [prompt], options, eosId: -1);
+        };
+        Use(mola);
         TextGenerator.Generate(model, [prompt], options with { MaxNewTokens = Math.Min(4, o.GenerateTokens) }, eosId: -1);
-        var gen = Timing.Interleaved([("generate", () => TextGenerator.Generate(model, [prompt], options, eosId: -1))], 0, Math.Max(1, o.StepRounds / 2), o.Clock);
+        var gen = Timing.Interleaved([("base", Generate(null)), ("mola", Generate(mola))], 0, Math.Max(1, o.StepRounds / 2), o.Clock);
+
+        log($"prefill: {o.PrefillTokens} tokens into an empty KV cache, base model...");
         Use(null);
-        return (step, ratios, o.GenerateTokens / (gen[0].Median / 1000));
+        var prefillIds = randint(config.VocabSize, [1, o.PrefillTokens], dtype: ScalarType.Int64);
+        var prefill = Timing.Interleaved([("prefill", () =>
+        {
+            using var _ = no_grad();
+            using var s = NewDisposeScope();
+            using var cache = new KvCache(layers);
+            model.Forward(prefillIds, null, cache);
+        })], 1, Math.Max(1, o.StepRounds / 2), o.Clock)[0];
+
+        long baseBytes = ModelFlop.LinearWeights(config) * ParameterCount.BytesPerElement(dtype);
+        var decode = new DecodeTimes(o.GenerateTokens / (gen[0].Median / 1000), o.GenerateTokens / (gen[1].Median / 1000),
+            baseBytes, baseBytes + 4 * Count(mola), bandwidthGBs, o.PrefillTokens / (prefill.Median / 1000));
+        return new ModelRun(dtype, matmulGflops, step, decode, ratios);
     }
 
+    static long Count(AdapterModel adapter) => adapter.parameters().Sum(p => p.numel());
+
     static int[] Fill(int value, int count) => Enumerable.Repeat(value, count).ToArray();
+
+    public static string DTypeName(ScalarType dtype) => dtype.ToString().ToLowerInvariant();
 }

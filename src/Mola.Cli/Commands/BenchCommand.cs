@@ -36,17 +36,30 @@ public static class BenchCommand
                 "and how many lines the two encode differently",
         };
         var text = new Option<string?>("--text") { Description = "UTF-8 text for --tokenizer; each line is encoded as one text" };
+        var prefill = new Option<int?>("--prefill-tokens") { Description = $"Tokens of the prompt whose prefill is timed (default {d.PrefillTokens})" };
+        var shape = new Option<string?>("--shape")
+        {
+            Description = "Run the training step and decoding at a real model shape, random weights made in memory (" +
+                string.Join(", ", Mola.Models.ModelShapes.All.Keys) + "; tinyllama-1.1b needs about 10 GB, the 7B shapes several times that), " +
+                "in float32 and bfloat16; skips the layer benchmark. Defaults then: --step-tokens 256, --step-rounds 2",
+        };
+        var dtype = new Option<string?>("--dtype")
+        {
+            Description = "Base-model dtypes of the step and decoding benchmarks, comma-separated (default float32; with --shape float32,bfloat16)",
+        };
         var quick = new Option<bool>("--quick") { Description = "Small shapes, few rounds, one thread: a smoke run of a few seconds (flags given still apply)" };
         var json = Cli.JsonOption();
         var cmd = new Command("bench", "Performance of the adapters on this machine, in one run so ratios compare like with like: " +
             "one adapted linear (forward + backward) frozen, LoRA, MoLA and the original's per-expert loop; that layer's matrix products " +
             "one by one (added to the frozen layer, the floor of the batched MoLA path); a whole training step " +
-            "of a small decoder; the float32 matmul rate; generation speed with the KV cache. Random weights, no checkpoint needed.")
-        { tokens, hidden, experts, topK, rank, dropout, stepLayers, stepHidden, stepTokens, vocab, allocation, rounds, stepRounds, threads, clock, tokenizer, text, quick, json };
+            "of a small decoder (or of a real shape, --shape) with its FLOP/s over the matmul rate of the same run; the matmul rate; " +
+            "decoding speed with the KV cache (base and MoLA) with its weight bytes read per second over the memory read rate of the same run; " +
+            "prefill speed. Random weights, no checkpoint needed.")
+        { tokens, hidden, experts, topK, rank, dropout, stepLayers, stepHidden, stepTokens, vocab, allocation, rounds, stepRounds, threads, clock, prefill, shape, dtype, tokenizer, text, quick, json };
 
         cmd.SetAction(p => Cli.Run(p, json, o =>
         {
-            var b = p.GetValue(quick) ? BenchOptions.Quick : new BenchOptions();
+            var b = p.GetValue(quick) ? BenchOptions.Quick : p.GetValue(shape) is string name ? BenchOptions.ForShape(name) : new BenchOptions();
             b = b with
             {
                 Tokens = p.GetValue(tokens) ?? b.Tokens,
@@ -63,6 +76,11 @@ public static class BenchCommand
                 Rounds = p.GetValue(rounds) ?? b.Rounds,
                 StepRounds = p.GetValue(stepRounds) ?? b.StepRounds,
                 Threads = p.GetValue(threads) ?? b.Threads,
+                PrefillTokens = p.GetValue(prefill) ?? b.PrefillTokens,
+                Shape = p.GetValue(shape),
+                DTypes = p.GetValue(dtype) is string list
+                    ? [.. list.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(Mola.Platform.TorchNames.ParseDType)]
+                    : b.DTypes,
                 Clock = p.GetValue(clock) switch
                 {
                     "wall" => Clock.Wall,
@@ -78,18 +96,48 @@ public static class BenchCommand
             var s = r.Shapes;
             return new
             {
-                layer = new { frozen_ms = r.Layer.FrozenMs, lora_ms = r.Layer.LoraMs, mola_ms = r.Layer.MolaMs, mola_loop_ms = r.Layer.MolaLoopMs },
+                layer = r.Layer is { } l ? new { frozen_ms = l.FrozenMs, lora_ms = l.LoraMs, mola_ms = l.MolaMs, mola_loop_ms = l.MolaLoopMs } : null,
                 step = new { frozen_ms = r.Step.FrozenMs, lora_ms = r.Step.LoraMs, mola_ms = r.Step.MolaMs, tokens_per_second = r.Step.TokensPerSecond },
                 matmul_gflops = r.MatmulGflops,
                 generate_tokens_per_second = r.GenerateTokensPerSecond,
                 ratios = r.PairedRatios,
-                layer_floor = new
+                runs = r.Runs.Select(run => new
                 {
-                    frozen_products_ms = r.Floor.FrozenProductsMs,
-                    mola_extra_ms = r.Floor.MolaExtraMs,
-                    floor_ms = r.Floor.FloorMs,
-                    floor_ratio = r.Floor.FloorRatio,
-                    ops = r.Floor.Frozen.Concat(r.Floor.Mola).Select(op => new { name = op.Name, ms = op.Ms, flop = op.Flop, gflops = op.Gflops }),
+                    dtype = PerformanceBenchmark.DTypeName(run.DType),
+                    matmul_gflops = run.MatmulGflops,
+                    step = new
+                    {
+                        frozen_ms = run.Step.FrozenMs,
+                        lora_ms = run.Step.LoraMs,
+                        mola_ms = run.Step.MolaMs,
+                        tokens_per_second = run.Step.TokensPerSecond,
+                        frozen_flop = run.Step.Flop.Frozen,
+                        lora_flop = run.Step.Flop.Lora,
+                        mola_flop = run.Step.Flop.Mola,
+                        frozen_utilisation = run.FrozenUtilisation,
+                        lora_utilisation = run.LoraUtilisation,
+                        mola_utilisation = run.MolaUtilisation,
+                    },
+                    decode = new
+                    {
+                        base_tokens_per_second = run.Decode.BaseTokensPerSecond,
+                        mola_tokens_per_second = run.Decode.MolaTokensPerSecond,
+                        base_bytes_per_token = run.Decode.BaseBytesPerToken,
+                        mola_bytes_per_token = run.Decode.MolaBytesPerToken,
+                        read_gb_per_second = run.Decode.BandwidthGBs,
+                        base_bandwidth_share = run.Decode.BaseBandwidthShare,
+                        mola_bandwidth_share = run.Decode.MolaBandwidthShare,
+                        prefill_tokens_per_second = run.Decode.PrefillTokensPerSecond,
+                    },
+                    ratios = run.PairedRatios,
+                }),
+                layer_floor = r.Floor is not { } floor ? null : new
+                {
+                    frozen_products_ms = floor.FrozenProductsMs,
+                    mola_extra_ms = floor.MolaExtraMs,
+                    floor_ms = floor.FloorMs,
+                    floor_ratio = floor.FloorRatio,
+                    ops = floor.Frozen.Concat(floor.Mola).Select(op => new { name = op.Name, ms = op.Ms, flop = op.Flop, gflops = op.Gflops }),
                 },
                 shapes = new
                 {
@@ -106,6 +154,7 @@ public static class BenchCommand
                         rank = s.Rank,
                     },
                     threads = s.Threads,
+                    shape = s.Shape,
                 },
                 clock = r.Clock == Clock.Cpu ? "cpu" : "wall",
             };
@@ -145,25 +194,41 @@ public static class BenchCommand
         var c = CultureInfo.InvariantCulture;
         var s = r.Shapes;
         string Row(string name, double ms, double baseMs) => string.Format(c, "  {0,-12} {1,10:F1} ms  {2,6:F3}x", name, ms, ms / baseMs);
-        o.Line(string.Format(c, "adapted linear {0} x {0}, {1} tokens, {2} experts, top-{3}, rank {4}, dropout {5} (forward + backward, median {6} time)",
-            s.Hidden, s.Tokens, s.Experts, s.TopK, s.Rank, s.Dropout, r.Clock == Clock.Cpu ? "CPU" : "wall"));
-        o.Line(Row("frozen", r.Layer.FrozenMs, r.Layer.FrozenMs));
-        o.Line(Row("lora", r.Layer.LoraMs, r.Layer.FrozenMs));
-        o.Line(Row("mola", r.Layer.MolaMs, r.Layer.FrozenMs));
-        o.Line(Row("mola_loop", r.Layer.MolaLoopMs, r.Layer.FrozenMs));
-        o.Line("the same layer's products timed one by one (median): the floor of the batched MoLA path");
-        foreach (var op in r.Floor.Frozen.Concat(r.Floor.Mola))
-            o.Line(string.Format(c, "  {0,-22} {1,8:F2} ms  {2}", op.Name, op.Ms, op.Flop > 0 ? string.Format(c, "{0,5:F0} GFLOP/s", op.Gflops) : "memory pass"));
-        o.Line(string.Format(c, "  floor: the frozen layer {0:F1} ms + MoLA's extra products {1:F1} ms = {2:F1} ms = {3:F3}x frozen; mola {4:F1} ms " +
-            "(above the floor: routing, glue, autograd)", r.Layer.FrozenMs, r.Floor.MolaExtraMs, r.Floor.FloorMs, r.Floor.FloorRatio, r.Layer.MolaMs));
-        o.Line(string.Format(c, "training step: {0} layers, hidden {1}, intermediate {2}, {3} tokens, vocab {4}, MoLA {5} (median)",
-            s.StepLayers, s.StepHidden, s.StepIntermediate, s.StepTokens, s.Vocab, string.Join(",", s.StepExperts)));
-        o.Line(Row("frozen", r.Step.FrozenMs, r.Step.FrozenMs));
-        o.Line(Row("lora", r.Step.LoraMs, r.Step.FrozenMs));
-        o.Line(Row("mola", r.Step.MolaMs, r.Step.FrozenMs) + string.Format(c, "  {0:F0} tokens/s", r.Step.TokensPerSecond));
-        o.Line(string.Format(c, "paired ratios (median over rounds of the ratio within a round): {0}",
-            string.Join(", ", r.PairedRatios.Select(kv => string.Format(c, "{0} {1:F3}", kv.Key, kv.Value)))));
-        o.Line(string.Format(c, "matmul {0:F1} GFLOP/s float32, {1} thread{2}; generation {3:F1} tokens/s (KV cache, batch 1)",
+        if (r.Layer is { } layer && r.Floor is { } floor)
+        {
+            o.Line(string.Format(c, "adapted linear {0} x {0}, {1} tokens, {2} experts, top-{3}, rank {4}, dropout {5} (forward + backward, median {6} time)",
+                s.Hidden, s.Tokens, s.Experts, s.TopK, s.Rank, s.Dropout, r.Clock == Clock.Cpu ? "CPU" : "wall"));
+            o.Line(Row("frozen", layer.FrozenMs, layer.FrozenMs));
+            o.Line(Row("lora", layer.LoraMs, layer.FrozenMs));
+            o.Line(Row("mola", layer.MolaMs, layer.FrozenMs));
+            o.Line(Row("mola_loop", layer.MolaLoopMs, layer.FrozenMs));
+            o.Line("the same layer's products timed one by one (median): the floor of the batched MoLA path");
+            foreach (var op in floor.Frozen.Concat(floor.Mola))
+                o.Line(string.Format(c, "  {0,-22} {1,8:F2} ms  {2}", op.Name, op.Ms, op.Flop > 0 ? string.Format(c, "{0,5:F0} GFLOP/s", op.Gflops) : "memory pass"));
+            o.Line(string.Format(c, "  floor: the frozen layer {0:F1} ms + MoLA's extra products {1:F1} ms = {2:F1} ms = {3:F3}x frozen; mola {4:F1} ms " +
+                "(above the floor: routing, glue, autograd)", layer.FrozenMs, floor.MolaExtraMs, floor.FloorMs, floor.FloorRatio, layer.MolaMs));
+        }
+        foreach (var run in r.Runs)
+        {
+            string Utilisation(double gflops, double share) => string.Format(c, "  {0,6:F1} GFLOP/s = {1:F2} of matmul", gflops, share);
+            o.Line(string.Format(c, "training step{0}, {1}: {2} layers, hidden {3}, intermediate {4}, {5} tokens, vocab {6}, MoLA {7} (median; matmul {8:F1} GFLOP/s in {1})",
+                s.Shape is null ? "" : " at " + s.Shape, PerformanceBenchmark.DTypeName(run.DType), s.StepLayers, s.StepHidden, s.StepIntermediate, s.StepTokens, s.Vocab,
+                string.Join(",", s.StepExperts), run.MatmulGflops));
+            o.Line(Row("frozen", run.Step.FrozenMs, run.Step.FrozenMs) + Utilisation(run.Step.FrozenGflops, run.FrozenUtilisation));
+            o.Line(Row("lora", run.Step.LoraMs, run.Step.FrozenMs) + Utilisation(run.Step.LoraGflops, run.LoraUtilisation));
+            o.Line(Row("mola", run.Step.MolaMs, run.Step.FrozenMs) + Utilisation(run.Step.MolaGflops, run.MolaUtilisation) +
+                string.Format(c, "  {0:F0} tokens/s", run.Step.TokensPerSecond));
+            var d = run.Decode;
+            o.Line(string.Format(c, "  decoding (KV cache, batch 1): base {0:F1} tokens/s x {1:F0} MB = {2:F2} of the read rate {3:F1} GB/s; " +
+                "MoLA {4:F1} tokens/s x {5:F0} MB = {6:F2}; prefill {7:F0} tokens/s",
+                d.BaseTokensPerSecond, d.BaseBytesPerToken / 1e6, d.BaseBandwidthShare, d.BandwidthGBs,
+                d.MolaTokensPerSecond, d.MolaBytesPerToken / 1e6, d.MolaBandwidthShare, d.PrefillTokensPerSecond));
+            o.Line(string.Format(c, "  paired ratios: {0}", string.Join(", ", run.PairedRatios.Select(kv => string.Format(c, "{0} {1:F3}", kv.Key, kv.Value)))));
+        }
+        if (r.Layer is not null)
+            o.Line(string.Format(c, "paired ratios of the layer (median over rounds of the ratio within a round): {0}",
+                string.Join(", ", r.PairedRatios.Where(kv => kv.Key.StartsWith("layer_", StringComparison.Ordinal)).Select(kv => string.Format(c, "{0} {1:F3}", kv.Key, kv.Value)))));
+        o.Line(string.Format(c, "matmul {0:F1} GFLOP/s float32, {1} thread{2}; generation {3:F1} tokens/s (KV cache, batch 1, MoLA)",
             r.MatmulGflops, s.Threads, s.Threads == 1 ? "" : "s", r.GenerateTokensPerSecond));
     }
 }

@@ -34,13 +34,23 @@ public sealed class Attention : nn.Module<Tensor, Tensor>
         q = Rotary.Apply(q, ctx.Cos, ctx.Sin);
         k = Rotary.Apply(k, ctx.Cos, ctx.Sin);
         if (ctx.Cache is not null) (k, v) = ctx.Cache.Append(layer, k, v);
-        if (_kvHeads != _heads)
+        Tensor o;
+        if (_kvHeads != _heads && T == 1 && ctx.Mask is null)
         {
-            k = k.repeat_interleave(_heads / _kvHeads, dim: 1);
-            v = v.repeat_interleave(_heads / _kvHeads, dim: 1);
+            // One new token that sees every key: the query heads sharing a key head attend as that head's queries,
+            // so the cache is read in place instead of copied once per query head at every token.
+            o = nn.functional.scaled_dot_product_attention(q.reshape(B, _kvHeads, _heads / _kvHeads, _headDim), k, v);
         }
-        var o = nn.functional.scaled_dot_product_attention(q, k, v, ctx.Mask);
-        o = o.transpose(1, 2).reshape(B, T, _heads * _headDim);
+        else
+        {
+            if (_kvHeads != _heads)
+            {
+                k = k.repeat_interleave(_heads / _kvHeads, dim: 1);
+                v = v.repeat_interleave(_heads / _kvHeads, dim: 1);
+            }
+            o = nn.functional.scaled_dot_product_attention(q, k, v, ctx.Mask, is_casual: ctx.Causal).transpose(1, 2);
+        }
+        o = o.reshape(B, T, _heads * _headDim);
         return o_proj.forward(o).MoveToOuterDisposeScope();
     }
 }

@@ -105,7 +105,12 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
             throw new ArgumentException($"attention mask covers {valid.shape[1]} positions, expected {total}");
         var positions = (valid.to(ScalarType.Int64).cumsum(1, ScalarType.Int64) - 1).clamp_min(0)[.., (int)past..];
         var (cos, sin) = _rotary.Angles(positions, DType);
-        return new ForwardContext { Cos = cos, Sin = sin, Mask = BuildMask(valid, past, T), Cache = cache };
+        // Without padding or a window that hides keys, causality is all the mask says: libtorch's attention then
+        // needs no [T, total] mask (a single new token sees every key; a whole sequence is its causal case).
+        bool plain = (attentionMask is null || valid.all().item<bool>())
+            && (Config.SlidingWindow is not int window || total <= window)
+            && (past == 0 || T == 1);
+        return new ForwardContext { Cos = cos, Sin = sin, Mask = plain ? null : BuildMask(valid, past, T), Causal = plain && T > 1, Cache = cache };
     }
 
     /// <summary>Token embeddings [B, T, D], scaled by sqrt(D) for Gemma.</summary>
@@ -121,7 +126,7 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
     public Tensor Head(Tensor hidden)
     {
         var x = model.norm.forward(hidden);
-        return lm_head is null ? nn.functional.linear(x, model.embed_tokens.weight) : lm_head.forward(x);
+        return lm_head is null ? Linear.Product(x, model.embed_tokens.weight) : lm_head.forward(x);
     }
 
     /// <summary>[B, 1, T, past + T]: causal, not padding, inside Mistral's sliding window; a query may

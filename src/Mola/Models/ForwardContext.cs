@@ -8,38 +8,67 @@ public sealed class ForwardContext
 {
     public required Tensor Cos { get; init; }
     public required Tensor Sin { get; init; }
-    /// <summary>[B, 1, T, past + T], true where a query may attend to a key.</summary>
-    public required Tensor Mask { get; init; }
+    /// <summary>[B, 1, T, past + T], true where a query may attend to a key; null when <see cref="Causal"/> says
+    /// it all (or, for one new token, when it may see every key).</summary>
+    public Tensor? Mask { get; init; }
+    /// <summary>Each query sees itself and the keys before it, no others: no padding, no cache, no window in effect.</summary>
+    public bool Causal { get; init; }
     public KvCache? Cache { get; init; }
 }
 
-/// <summary>Keys and values of earlier positions, per layer, for incremental decoding.</summary>
+/// <summary>Keys and values of earlier positions, per layer, for incremental decoding. Each layer's keys and values
+/// live in a buffer with room for more positions, so that a new token's are copied in place instead of the whole
+/// cache being copied into a new tensor at every token; the buffer doubles when full.</summary>
 public sealed class KvCache : IDisposable
 {
     readonly Tensor?[] _k, _v;
+    readonly long[] _length;
 
     public KvCache(int layers)
     {
         _k = new Tensor?[layers];
         _v = new Tensor?[layers];
+        _length = new long[layers];
     }
 
     /// <summary>Positions already cached.</summary>
-    public long Length => _k[0] is { } k ? k.shape[2] : 0;
+    public long Length => _length[0];
 
-    /// <summary>Appends this step's keys and values [B, kv_heads, T, hd] and returns the whole sequence's.</summary>
+    /// <summary>Appends this step's keys and values [B, kv_heads, T, hd] and returns the whole sequence's (views of
+    /// the cache: valid until the next append).</summary>
     public (Tensor K, Tensor V) Append(int layer, Tensor k, Tensor v)
     {
-        var oldK = _k[layer];
-        var oldV = _v[layer];
-        var newK = oldK is null ? k.detach().clone() : cat([oldK, k.detach()], 2);
-        var newV = oldV is null ? v.detach().clone() : cat([oldV, v.detach()], 2);
-        oldK?.Dispose();
-        oldV?.Dispose();
-        _k[layer] = newK.DetachFromDisposeScope();
-        _v[layer] = newV.DetachFromDisposeScope();
-        return (newK.alias(), newV.alias());
+        long length = _length[layer], T = k.shape[2];
+        if (_k[layer] is not { } bufK || bufK.shape[2] < length + T)
+        {
+            long capacity = Math.Max(length + T, 2 * (_k[layer]?.shape[2] ?? 0));
+            Grow(layer, k, capacity);
+        }
+        using (var slot = _k[layer]!.narrow(2, length, T)) slot.copy_(k.detach());
+        using (var slot = _v[layer]!.narrow(2, length, T)) slot.copy_(v.detach());
+        _length[layer] = length + T;
+        return (_k[layer]!.narrow(2, 0, length + T), _v[layer]!.narrow(2, 0, length + T));
     }
+
+    /// <summary>Moves layer <paramref name="layer"/>'s positions into buffers of <paramref name="capacity"/> positions.</summary>
+    void Grow(int layer, Tensor like, long capacity)
+    {
+        long[] shape = [like.shape[0], like.shape[1], capacity, like.shape[3]];
+        var k = empty(shape, like.dtype, like.device).DetachFromDisposeScope();
+        var v = empty(shape, like.dtype, like.device).DetachFromDisposeScope();
+        if (_length[layer] > 0)
+        {
+            using var scope = NewDisposeScope();
+            k.narrow(2, 0, _length[layer]).copy_(Valid(_k, layer));
+            v.narrow(2, 0, _length[layer]).copy_(Valid(_v, layer));
+        }
+        _k[layer]?.Dispose();
+        _v[layer]?.Dispose();
+        (_k[layer], _v[layer]) = (k, v);
+    }
+
+    /// <summary>The cached positions of one layer (a view of its buffer).</summary>
+    Tensor Valid(Tensor?[] buffers, int layer) => buffers[layer]!.narrow(2, 0, _length[layer]);
 
     /// <summary>Keeps only the batch rows <paramref name="rows"/> (finished requests leave a running batch).</summary>
     public void KeepRows(long[] rows)
@@ -68,24 +97,28 @@ public sealed class KvCache : IDisposable
         if (other.Length != Length) throw new ArgumentException($"caches of {Length} and {other.Length} positions");
         for (int i = 0; i < _k.Length; i++)
         {
-            var k = cat([_k[i]!, other._k[i]!], 0).DetachFromDisposeScope();
-            var v = cat([_v[i]!, other._v[i]!], 0).DetachFromDisposeScope();
-            _k[i]!.Dispose();
-            _v[i]!.Dispose();
-            (_k[i], _v[i]) = (k, v);
+            using var scope = NewDisposeScope();
+            Set(i, cat([Valid(_k, i), other.Valid(other._k, i)], 0), cat([Valid(_v, i), other.Valid(other._v, i)], 0));
         }
     }
 
+    /// <summary>Replaces every layer's positions by <paramref name="f"/> of them (new tensors, exactly full).</summary>
     void Replace(Func<Tensor, Tensor> f)
     {
         for (int i = 0; i < _k.Length; i++)
         {
-            var k = f(_k[i]!).DetachFromDisposeScope();
-            var v = f(_v[i]!).DetachFromDisposeScope();
-            _k[i]!.Dispose();
-            _v[i]!.Dispose();
-            (_k[i], _v[i]) = (k, v);
+            using var scope = NewDisposeScope();
+            Set(i, f(Valid(_k, i)), f(Valid(_v, i)));
         }
+    }
+
+    void Set(int layer, Tensor k, Tensor v)
+    {
+        k = k.contiguous().DetachFromDisposeScope();
+        v = v.contiguous().DetachFromDisposeScope();
+        _k[layer]?.Dispose();
+        _v[layer]?.Dispose();
+        (_k[layer], _v[layer], _length[layer]) = (k, v, k.shape[2]);
     }
 
     public void Dispose()
@@ -95,6 +128,7 @@ public sealed class KvCache : IDisposable
             _k[i]?.Dispose();
             _v[i]?.Dispose();
             _k[i] = _v[i] = null;
+            _length[i] = 0;
         }
     }
 }

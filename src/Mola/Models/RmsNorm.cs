@@ -23,7 +23,10 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
     {
         using var scope = torch.NewDisposeScope();
         var xf = x.to(ScalarType.Float32);
-        var normed = xf * torch.rsqrt(xf.pow(2).mean([-1], keepdim: true) + _eps);
+        // mean(x^2) as |x|^2 / D: libtorch's vector norm reads x once into one value per row, where pow then mean
+        // writes and reads a squared copy of x (5x faster forward at [512, 1024], bench/NOTES.md).
+        var norm = torch.linalg.vector_norm(xf, 2, [-1], keepdim: true);
+        var normed = xf * torch.rsqrt(norm.square() / x.shape[^1] + _eps);
         var y = _gemma
             ? (normed * (weight.to(ScalarType.Float32) + 1.0)).to(x.dtype)   // Gemma: (1 + w), in float32
             : weight * normed.to(x.dtype);                                   // LLaMA: cast, then w

@@ -1,9 +1,13 @@
 using System.Globalization;
+using System.Text.Json.Nodes;
 
-/// <summary>Real model shapes (the published config.json values that decide tensor sizes).</summary>
-sealed record Shapes(string ModelType, int Vocab, int Hidden, int Intermediate, int Layers, int Heads, int KvHeads, int MaxPositions, int? SlidingWindow)
+namespace Mola.Models;
+
+/// <summary>Real model shapes (the published config.json values that decide tensor sizes): the scale harness
+/// (tools/Scale) writes random-weight checkpoints of them, <c>mola bench --shape</c> builds them in memory.</summary>
+public sealed record ModelShapes(string ModelType, int Vocab, int Hidden, int Intermediate, int Layers, int Heads, int KvHeads, int MaxPositions, int? SlidingWindow)
 {
-    public static readonly IReadOnlyDictionary<string, Shapes> All = new Dictionary<string, Shapes>
+    public static readonly IReadOnlyDictionary<string, ModelShapes> All = new Dictionary<string, ModelShapes>
     {
         ["tinyllama-1.1b"] = new("llama", 32000, 2048, 5632, 22, 32, 4, 2048, null),
         ["llama-2-7b"] = new("llama", 32000, 4096, 11008, 32, 32, 32, 4096, null),
@@ -29,6 +33,9 @@ sealed record Shapes(string ModelType, int Vocab, int Hidden, int Intermediate, 
           "torch_dtype": "{{dtype}}"
         }
         """);
+
+    /// <summary>The shape as a model config (what loading its config.json gives).</summary>
+    public ModelConfig Config() => ModelConfig.FromJson(JsonNode.Parse(ConfigJson("float32"))!.AsObject(), "shape");
 
     /// <summary>Every tensor of the checkpoint with its shape, in Hugging Face names.</summary>
     public IEnumerable<(string Name, long[] Shape)> Tensors()
