@@ -37,7 +37,7 @@ public sealed class ServerFixture : IAsyncLifetime
         Tokenizer = MolaTokenizer.Load(ModelDir);
         _set = new AdapterSet(Model, [("mola", Mola)]);
         Engine = new BatchEngine(Model, Tokenizer, _set, Path.GetFileName(ModelDir), maxBatch: 8, maxQueue: 64);
-        Server = await OpenAiServer.StartAsync(Engine, PromptTemplate.Alpaca, new ServerOptions { Port = 0, MaxRequestBytes = 64 * 1024 }, Log);
+        Server = await OpenAiServer.StartAsync(Engine, new TrainingChatFormat(PromptTemplate.Alpaca), new ServerOptions { Port = 0, MaxRequestBytes = 64 * 1024 }, Log);
     }
 
     public async Task DisposeAsync()
@@ -187,7 +187,7 @@ public class ServeTests(ServerFixture f, ITestOutputHelper output) : IClassFixtu
         using var model = ModelLoader.Load(f.ModelDir);
         using var engine = new BatchEngine(model, MolaTokenizer.Load(f.ModelDir, eosId: -1), null, "base");
         var log = new StringWriter();
-        await using var server = await OpenAiServer.StartAsync(engine, PromptTemplate.Alpaca, new ServerOptions { Port = 0 }, log);
+        await using var server = await OpenAiServer.StartAsync(engine, new TrainingChatFormat(PromptTemplate.Alpaca), new ServerOptions { Port = 0 }, log);
         using (var request = new HttpRequestMessage(HttpMethod.Post, server.Url + "/v1/completions")
         { Content = new StringContent("""{"prompt": "a", "max_tokens": 500, "temperature": 0, "stream": true}""", Encoding.UTF8, "application/json") })
         // No drain: HttpClient would otherwise read the rest of the response to reuse the connection.
@@ -212,7 +212,7 @@ public class ServeTests(ServerFixture f, ITestOutputHelper output) : IClassFixtu
 
         // A request past --timeout: 408, and the engine drops its row. 1 ms is shorter than the 500 decoding steps
         // the request asks for on any machine (200 ms was not: a quiet machine decodes this tiny model faster).
-        await using var hasty = await OpenAiServer.StartAsync(engine, PromptTemplate.Alpaca, new ServerOptions { Port = 0, RequestTimeout = TimeSpan.FromMilliseconds(1) }, TextWriter.Null);
+        await using var hasty = await OpenAiServer.StartAsync(engine, new TrainingChatFormat(PromptTemplate.Alpaca), new ServerOptions { Port = 0, RequestTimeout = TimeSpan.FromMilliseconds(1) }, TextWriter.Null);
         using var slow = await Http.PostAsync(hasty.Url + "/v1/completions", new StringContent("""{"prompt": "a", "max_tokens": 500}""", Encoding.UTF8, "application/json"));
         Assert.Equal(HttpStatusCode.RequestTimeout, slow.StatusCode);
         using (var doc = JsonDocument.Parse(await slow.Content.ReadAsStringAsync()))
@@ -271,7 +271,7 @@ public class ServeTests(ServerFixture f, ITestOutputHelper output) : IClassFixtu
         using var model = ModelLoader.Load(f.ModelDir);   // an engine owns its model: not the fixture's
         // EOS never generated (-1): each request surely decodes its 100 tokens while the others arrive.
         using var engine = new BatchEngine(model, MolaTokenizer.Load(f.ModelDir, eosId: -1), null, "base", maxBatch: 1, maxQueue: 1);
-        await using var server = await OpenAiServer.StartAsync(engine, PromptTemplate.Alpaca, new ServerOptions { Port = 0, ApiKey = "sesame" }, TextWriter.Null);
+        await using var server = await OpenAiServer.StartAsync(engine, new TrainingChatFormat(PromptTemplate.Alpaca), new ServerOptions { Port = 0, ApiKey = "sesame" }, TextWriter.Null);
         string json = """{"prompt": "the cell", "max_tokens": 100, "temperature": 0}""";
         HttpRequestMessage Request(string? key)
         {
