@@ -57,13 +57,7 @@ public class ServeTests(ServerFixture f, ITestOutputHelper output) : IClassFixtu
 {
     static readonly HttpClient Http = new() { Timeout = TimeSpan.FromSeconds(60) };
 
-    async Task<(HttpStatusCode Status, JsonElement Body)> Post(string path, string json)
-    {
-        using var response = await Http.PostAsync(f.Server.Url + path, new StringContent(json, Encoding.UTF8, "application/json"));
-        string text = await response.Content.ReadAsStringAsync();
-        using var doc = JsonDocument.Parse(text);
-        return (response.StatusCode, doc.RootElement.Clone());
-    }
+    Task<(HttpStatusCode Status, JsonElement Body)> Post(string path, string json) => PostTo(f.Server.Url, path, json);
 
     [Fact]
     public async Task ChatWithTheOpenAiClientEqualsMolaGenerate()
@@ -317,12 +311,56 @@ public class ServeTests(ServerFixture f, ITestOutputHelper output) : IClassFixtu
         await Assert.ThrowsAsync<InvalidRequestException>(() => client.GetResponseAsync(messages, new Microsoft.Extensions.AI.ChatOptions { ModelId = "gpt-4" }));
     }
 
+    [Fact]
+    public async Task ChatInTheModelsChatTemplateEqualsGeneratingFromItsRenderedPrompt()
+    {
+        // Mistral-Instruct's template, as its tokenizer_config.json holds it (the one generate.py renders with Jinja2).
+        using var cases = JsonDocument.Parse(File.ReadAllText(TestUtil.Fixture("chat-templates", "cases.json")));
+        string file = Path.Combine(TestUtil.TempDir(), "tokenizer_config.json");
+        File.WriteAllText(file, JsonSerializer.Serialize(new
+        {
+            chat_template = cases.RootElement.GetProperty("templates").GetProperty("mistral-instruct-v0.1").GetString(),
+            bos_token = "<s>",
+            eos_token = "</s>",
+        }));
+        var template = ChatTemplate.Load(file, null);
+        await using var server = await OpenAiServer.StartAsync(f.Engine, template, new ServerOptions { Port = 0 }, TextWriter.Null);
+        List<int> prompt = [f.Tokenizer.BosId, .. f.Tokenizer.Encode("[INST] Name a rock. [/INST]")];
+        var tokens = OneAlone(prompt, 10);
+
+        var (status, body) = await PostTo(server.Url, "/v1/chat/completions",
+            """{"model": "mola", "messages": [{"role": "user", "content": "Name a rock."}], "max_tokens": 10, "temperature": 0}""");
+        Assert.Equal(HttpStatusCode.OK, status);
+        Assert.Equal(f.Tokenizer.Decode(tokens), body.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString());
+        Assert.Equal(prompt.Count, body.GetProperty("usage").GetProperty("prompt_tokens").GetInt32());
+
+        // The template's raise_exception is the client's error: 400 with its message.
+        var (refused, error) = await PostTo(server.Url, "/v1/chat/completions", """{"messages": [{"role": "system", "content": "x"}]}""");
+        Assert.Equal(HttpStatusCode.BadRequest, refused);
+        Assert.EndsWith("refused them: Conversation roles must alternate user/assistant/user/assistant/...", error.GetProperty("error").GetProperty("message").GetString());
+
+        Microsoft.Extensions.AI.IChatClient client = new MolaChatClient(f.Engine, template);
+        var inProcess = await client.GetResponseAsync([new(Microsoft.Extensions.AI.ChatRole.User, "Name a rock.")],
+            new Microsoft.Extensions.AI.ChatOptions { ModelId = "mola", Temperature = 0, MaxOutputTokens = 10 });
+        Assert.Equal(f.Tokenizer.Decode(tokens), inProcess.Text);
+        await server.StopAsync();
+    }
+
+    static async Task<(HttpStatusCode Status, JsonElement Body)> PostTo(string url, string path, string json)
+    {
+        using var response = await Http.PostAsync(url + path, new StringContent(json, Encoding.UTF8, "application/json"));
+        using var doc = JsonDocument.Parse(await response.Content.ReadAsStringAsync());
+        return (response.StatusCode, doc.RootElement.Clone());
+    }
+
     /// <summary>Greedy tokens of <paramref name="text"/> with the MoLA adapter, from TextGenerator on a model of its own.</summary>
-    List<int> OneAlone(string text, int maxTokens)
+    List<int> OneAlone(string text, int maxTokens) => OneAlone(f.Tokenizer.Encode(text, bos: true), maxTokens);
+
+    List<int> OneAlone(List<int> prompt, int maxTokens)
     {
         using var model = ModelLoader.Load(f.ModelDir);
         Mola.Adapters.AdapterModel.Load(model, ServerFixture.Mola).eval();
-        return TextGenerator.Generate(model, [f.Tokenizer.Encode(text, bos: true)], new GenerationOptions { MaxNewTokens = maxTokens }, f.Tokenizer.EosId)[0];
+        return TextGenerator.Generate(model, [prompt], new GenerationOptions { MaxNewTokens = maxTokens }, f.Tokenizer.EosId)[0];
     }
 
     [Fact]
@@ -371,6 +409,7 @@ public class ServeTests(ServerFixture f, ITestOutputHelper output) : IClassFixtu
     [InlineData("--port", "70000", "--port must be from 0 to 65535")]
     [InlineData("--max-batch", "0", "--max-batch must be 1 or more")]
     [InlineData("--timeout", "-1", "--timeout must be")]
+    [InlineData("--chat-template", "/nonexistent/chat.jinja", "--chat-template /nonexistent/chat.jinja: expected auto, adapter or the path of a chat template file (not found)")]
     public void BadServeOptionsAreOneLineBeforeTheModelLoads(string option, string value, string message)
     {
         var r = CliRunner.Run("serve", "--base-model", f.ModelDir, option, value);
