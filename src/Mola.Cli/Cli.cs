@@ -33,6 +33,7 @@ public static class Cli
         root.Subcommands.Add(AnalyzeCommand.Create());
         root.Subcommands.Add(BenchCommand.Create());
         root.Subcommands.Add(ServeCommand.Create());
+        root.Subcommands.Add(DataCommand.Create());
 
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)
