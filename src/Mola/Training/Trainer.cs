@@ -26,6 +26,8 @@ public sealed class Trainer
 
     /// <summary>Called after every optimizer step.</summary>
     public Action<StepMetrics>? OnStep { get; set; }
+    /// <summary>Where metrics go besides metrics.jsonl (TensorBoard, loss.png); the caller disposes them.</summary>
+    public List<Monitoring.IMetricsSink> Sinks { get; } = [];
     /// <summary>When set, a diverged run's error ends with this instead of naming the last good checkpoint (for a
     /// caller that discards the run's files when it fails).</summary>
     public string? FailureNote { get; set; }
@@ -90,6 +92,7 @@ public sealed class Trainer
 
         long startStep = state.Step, savedStep = state.Step;
         OnStart?.Invoke();
+        foreach (var sink in Sinks) sink.Started(state.Step);
         var clock = Stopwatch.StartNew();
         double? lastLoss = null, lastEval = null;
         var epochBatches = _sampler.MicroBatches(state.Epoch);
@@ -99,6 +102,7 @@ public sealed class Trainer
             {
                 string? checkpoint = savedStep == state.Step ? Checkpoints.Latest(_out)
                     : Checkpoints.Save(_out, state, _adapter, optimizer, _o.SaveTotalLimit, RunSettings());
+                foreach (var sink in Sinks) sink.Finished(state.Step);
                 return new TrainResult(state.Step, lastLoss, lastEval, clock.Elapsed.TotalSeconds, _out, startStep, Interrupted: true, Checkpoint: checkpoint);
             }
             if (state.MicroBatch >= epochBatches.Count)
@@ -142,6 +146,7 @@ public sealed class Trainer
                 EvalLoss = evalLoss,
             };
             AppendMetrics(metrics);
+            foreach (var sink in Sinks) sink.Step(metrics);
             OnStep?.Invoke(metrics);
             if (save)
             {
@@ -155,8 +160,10 @@ public sealed class Trainer
             lastEval = Evaluate();
             Log?.Invoke($"eval loss {lastEval:F6}");
             RunDirectory.WriteFile(Path.Combine(_out, "eval.jsonl"), JsonSerializer.Serialize(new { step = state.Step, eval_loss = lastEval }) + "\n", append: true);
+            foreach (var sink in Sinks) sink.Evaluated(state.Step, lastEval.Value);
         }
         SaveAdapter();
+        foreach (var sink in Sinks) sink.Finished(state.Step);
         return new TrainResult(state.Step, lastLoss, lastEval, clock.Elapsed.TotalSeconds, _out, startStep);
     }
 
