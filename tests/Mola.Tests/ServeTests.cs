@@ -421,6 +421,16 @@ public class ServeTests(ServerFixture f, ITestOutputHelper output) : IClassFixtu
         Assert.DoesNotContain("   at ", r.Stderr);
     }
 
+    [Fact]
+    public void AModelsChatTemplateOutsideTheSubsetStopsServeBeforeTheModelLoads()
+    {
+        string dir = TestUtil.CopyFixture("llama-tiny");
+        File.WriteAllText(Path.Combine(dir, "tokenizer_config.json"), """{"chat_template": "{% macro m() %}{% endmacro %}"}""");
+        var r = CliRunner.Run("serve", "--base-model", dir);
+        Assert.Equal($"{Path.Combine(dir, "tokenizer_config.json")}: chat_template line 1: {{% macro %}} is outside the supported Jinja subset " +
+            "(supported: for, if, elif, else, set) (--chat-template adapter renders chat messages in the training template instead)", r.SingleErrorLine());
+    }
+
     [Theory]
     [InlineData("--adapter", "mola", "expected NAME=DIR")]
     [InlineData("--adapter", "mola=/nonexistent", "adapter directory not found")]

@@ -81,10 +81,16 @@ public static class ServeCommand
     static IChatFormat ChatFormat(string choice, PromptTemplate training, string modelDir) => choice switch
     {
         "adapter" => new TrainingChatFormat(training),
-        "auto" => (IChatFormat?)ChatTemplate.FromModel(modelDir) ?? new TrainingChatFormat(training),
+        "auto" => (IChatFormat?)ModelsTemplate(modelDir) ?? new TrainingChatFormat(training),
         _ when File.Exists(choice) => ChatTemplate.Load(choice, modelDir),
         _ => throw new MolaException($"--chat-template {choice}: expected auto, adapter or the path of a chat template file (not found)"),
     };
+
+    static ChatTemplate? ModelsTemplate(string modelDir)
+    {
+        try { return ChatTemplate.FromModel(modelDir); }
+        catch (MolaException e) { throw new MolaException($"{e.Message} (--chat-template adapter renders chat messages in the training template instead)"); }
+    }
 
     static (string Name, string Directory) ParseAdapter(string spec)
     {
