@@ -37,6 +37,7 @@ public static class Cli
         root.Subcommands.Add(ServeCommand.Create());
         root.Subcommands.Add(ExportCommand.Create());
         root.Subcommands.Add(ExperimentCommand.Create());
+        root.Subcommands.Add(DataCommand.Create());
 
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)

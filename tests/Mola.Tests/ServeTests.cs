@@ -37,7 +37,7 @@ public sealed class ServerFixture : IAsyncLifetime
         Tokenizer = MolaTokenizer.Load(ModelDir);
         _set = new AdapterSet(Model, [("mola", Mola)]);
         Engine = new BatchEngine(Model, Tokenizer, _set, Path.GetFileName(ModelDir), maxBatch: 8, maxQueue: 64);
-        Server = await OpenAiServer.StartAsync(Engine, PromptTemplate.Alpaca, new ServerOptions { Port = 0, MaxRequestBytes = 64 * 1024 }, Log);
+        Server = await OpenAiServer.StartAsync(Engine, new TrainingChatFormat(PromptTemplate.Alpaca), new ServerOptions { Port = 0, MaxRequestBytes = 64 * 1024 }, Log);
     }
 
     public async Task DisposeAsync()
@@ -57,13 +57,7 @@ public class ServeTests(ServerFixture f, ITestOutputHelper output) : IClassFixtu
 {
     static readonly HttpClient Http = new() { Timeout = TimeSpan.FromSeconds(60) };
 
-    async Task<(HttpStatusCode Status, JsonElement Body)> Post(string path, string json)
-    {
-        using var response = await Http.PostAsync(f.Server.Url + path, new StringContent(json, Encoding.UTF8, "application/json"));
-        string text = await response.Content.ReadAsStringAsync();
-        using var doc = JsonDocument.Parse(text);
-        return (response.StatusCode, doc.RootElement.Clone());
-    }
+    Task<(HttpStatusCode Status, JsonElement Body)> Post(string path, string json) => PostTo(f.Server.Url, path, json);
 
     [Fact]
     public async Task ChatWithTheOpenAiClientEqualsMolaGenerate()
@@ -187,7 +181,7 @@ public class ServeTests(ServerFixture f, ITestOutputHelper output) : IClassFixtu
         using var model = ModelLoader.Load(f.ModelDir);
         using var engine = new BatchEngine(model, MolaTokenizer.Load(f.ModelDir, eosId: -1), null, "base");
         var log = new StringWriter();
-        await using var server = await OpenAiServer.StartAsync(engine, PromptTemplate.Alpaca, new ServerOptions { Port = 0 }, log);
+        await using var server = await OpenAiServer.StartAsync(engine, new TrainingChatFormat(PromptTemplate.Alpaca), new ServerOptions { Port = 0 }, log);
         using (var request = new HttpRequestMessage(HttpMethod.Post, server.Url + "/v1/completions")
         { Content = new StringContent("""{"prompt": "a", "max_tokens": 500, "temperature": 0, "stream": true}""", Encoding.UTF8, "application/json") })
         // No drain: HttpClient would otherwise read the rest of the response to reuse the connection.
@@ -212,7 +206,7 @@ public class ServeTests(ServerFixture f, ITestOutputHelper output) : IClassFixtu
 
         // A request past --timeout: 408, and the engine drops its row. 1 ms is shorter than the 500 decoding steps
         // the request asks for on any machine (200 ms was not: a quiet machine decodes this tiny model faster).
-        await using var hasty = await OpenAiServer.StartAsync(engine, PromptTemplate.Alpaca, new ServerOptions { Port = 0, RequestTimeout = TimeSpan.FromMilliseconds(1) }, TextWriter.Null);
+        await using var hasty = await OpenAiServer.StartAsync(engine, new TrainingChatFormat(PromptTemplate.Alpaca), new ServerOptions { Port = 0, RequestTimeout = TimeSpan.FromMilliseconds(1) }, TextWriter.Null);
         using var slow = await Http.PostAsync(hasty.Url + "/v1/completions", new StringContent("""{"prompt": "a", "max_tokens": 500}""", Encoding.UTF8, "application/json"));
         Assert.Equal(HttpStatusCode.RequestTimeout, slow.StatusCode);
         using (var doc = JsonDocument.Parse(await slow.Content.ReadAsStringAsync()))
@@ -268,13 +262,17 @@ public class ServeTests(ServerFixture f, ITestOutputHelper output) : IClassFixtu
     [Fact]
     public async Task AnApiKeyIsRequiredWhenSetAndAFullQueueIs429()
     {
-        using var model = ModelLoader.Load(f.ModelDir);   // an engine owns its model: not the fixture's
-        // EOS never generated (-1): each request surely decodes its 100 tokens while the others arrive.
-        using var engine = new BatchEngine(model, MolaTokenizer.Load(f.ModelDir, eosId: -1), null, "base", maxBatch: 1, maxQueue: 1);
-        await using var server = await OpenAiServer.StartAsync(engine, PromptTemplate.Alpaca, new ServerOptions { Port = 0, ApiKey = "sesame" }, TextWriter.Null);
-        string json = """{"prompt": "the cell", "max_tokens": 100, "temperature": 0}""";
-        HttpRequestMessage Request(string? key)
+        // A model of its own with positions to spare, EOS never generated (-1): the first request (100,000 tokens)
+        // cannot finish while the test runs, so the queue is surely full when the third arrives; it ends by going away.
+        string dir = TestUtil.CopyFixture("llama-tiny");
+        string config = Path.Combine(dir, "config.json");
+        File.WriteAllText(config, File.ReadAllText(config).Replace("\"max_position_embeddings\": 128", "\"max_position_embeddings\": 200000"));
+        using var model = ModelLoader.Load(dir);
+        using var engine = new BatchEngine(model, MolaTokenizer.Load(dir, eosId: -1), null, "base", maxBatch: 1, maxQueue: 1);
+        await using var server = await OpenAiServer.StartAsync(engine, new TrainingChatFormat(PromptTemplate.Alpaca), new ServerOptions { Port = 0, ApiKey = "sesame" }, TextWriter.Null);
+        HttpRequestMessage Request(string? key, int maxTokens = 5, bool stream = false)
         {
+            string json = $$"""{"prompt": "the cell", "max_tokens": {{maxTokens}}, "temperature": 0, "stream": {{(stream ? "true" : "false")}}}""";
             var m = new HttpRequestMessage(HttpMethod.Post, server.Url + "/v1/completions") { Content = new StringContent(json, Encoding.UTF8, "application/json") };
             if (key is not null) m.Headers.Authorization = new("Bearer", key);
             return m;
@@ -286,16 +284,30 @@ public class ServeTests(ServerFixture f, ITestOutputHelper output) : IClassFixtu
         using (var health = await Http.GetAsync(server.Url + "/health"))
             Assert.Equal(HttpStatusCode.OK, health.StatusCode);
 
-        // One decoding, one waiting: of 8 at once, the rest are refused with 429 and a JSON error.
-        var responses = await Task.WhenAll(Enumerable.Range(0, 8).Select(_ => Http.SendAsync(Request("sesame"))));
-        var codes = responses.Select(r => r.StatusCode).ToList();
-        Assert.Contains(HttpStatusCode.TooManyRequests, codes);
-        Assert.Contains(HttpStatusCode.OK, codes);
-        Assert.All(codes, c => Assert.True(c is HttpStatusCode.OK or HttpStatusCode.TooManyRequests, c.ToString()));
-        var refused = responses.First(r => r.StatusCode == HttpStatusCode.TooManyRequests);
-        using (var doc = JsonDocument.Parse(await refused.Content.ReadAsStringAsync()))
+        static async Task Until(Func<bool> condition)
+        {
+            var clock = Stopwatch.StartNew();
+            while (!condition())
+            {
+                Assert.True(clock.Elapsed < TimeSpan.FromSeconds(60), "the engine never got there");
+                await Task.Delay(5);
+            }
+        }
+        // One decoding, one waiting: the next is refused with 429 and a JSON error.
+        var first = await Http.SendAsync(Request("sesame", 100_000, stream: true), HttpCompletionOption.ResponseHeadersRead);
+        Assert.Equal(HttpStatusCode.OK, first.StatusCode);
+        await Until(() => engine.Running == 1);
+        var second = Http.SendAsync(Request("sesame"));
+        await Until(() => engine.Waiting == 1);
+        using (var refused = await Http.SendAsync(Request("sesame")))
+        {
+            Assert.Equal(HttpStatusCode.TooManyRequests, refused.StatusCode);
+            using var doc = JsonDocument.Parse(await refused.Content.ReadAsStringAsync());
             Assert.Equal("rate_limit_exceeded", doc.RootElement.GetProperty("error").GetProperty("code").GetString());
-        foreach (var r in responses) r.Dispose();
+        }
+        first.Dispose();   // the client goes away: its request is cancelled at the next token, and the waiting one runs
+        using (var waited = await second)
+            Assert.Equal(HttpStatusCode.OK, waited.StatusCode);
         using var after = await Http.SendAsync(Request("sesame"));
         Assert.Equal(HttpStatusCode.OK, after.StatusCode);
         await server.StopAsync();
@@ -317,12 +329,56 @@ public class ServeTests(ServerFixture f, ITestOutputHelper output) : IClassFixtu
         await Assert.ThrowsAsync<InvalidRequestException>(() => client.GetResponseAsync(messages, new Microsoft.Extensions.AI.ChatOptions { ModelId = "gpt-4" }));
     }
 
+    [Fact]
+    public async Task ChatInTheModelsChatTemplateEqualsGeneratingFromItsRenderedPrompt()
+    {
+        // Mistral-Instruct's template, as its tokenizer_config.json holds it (the one generate.py renders with Jinja2).
+        using var cases = JsonDocument.Parse(File.ReadAllText(TestUtil.Fixture("chat-templates", "cases.json")));
+        string file = Path.Combine(TestUtil.TempDir(), "tokenizer_config.json");
+        File.WriteAllText(file, JsonSerializer.Serialize(new
+        {
+            chat_template = cases.RootElement.GetProperty("templates").GetProperty("mistral-instruct-v0.1").GetString(),
+            bos_token = "<s>",
+            eos_token = "</s>",
+        }));
+        var template = ChatTemplate.Load(file, null);
+        await using var server = await OpenAiServer.StartAsync(f.Engine, template, new ServerOptions { Port = 0 }, TextWriter.Null);
+        List<int> prompt = [f.Tokenizer.BosId, .. f.Tokenizer.Encode("[INST] Name a rock. [/INST]")];
+        var tokens = OneAlone(prompt, 10);
+
+        var (status, body) = await PostTo(server.Url, "/v1/chat/completions",
+            """{"model": "mola", "messages": [{"role": "user", "content": "Name a rock."}], "max_tokens": 10, "temperature": 0}""");
+        Assert.Equal(HttpStatusCode.OK, status);
+        Assert.Equal(f.Tokenizer.Decode(tokens), body.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString());
+        Assert.Equal(prompt.Count, body.GetProperty("usage").GetProperty("prompt_tokens").GetInt32());
+
+        // The template's raise_exception is the client's error: 400 with its message.
+        var (refused, error) = await PostTo(server.Url, "/v1/chat/completions", """{"messages": [{"role": "system", "content": "x"}]}""");
+        Assert.Equal(HttpStatusCode.BadRequest, refused);
+        Assert.EndsWith("refused them: Conversation roles must alternate user/assistant/user/assistant/...", error.GetProperty("error").GetProperty("message").GetString());
+
+        Microsoft.Extensions.AI.IChatClient client = new MolaChatClient(f.Engine, template);
+        var inProcess = await client.GetResponseAsync([new(Microsoft.Extensions.AI.ChatRole.User, "Name a rock.")],
+            new Microsoft.Extensions.AI.ChatOptions { ModelId = "mola", Temperature = 0, MaxOutputTokens = 10 });
+        Assert.Equal(f.Tokenizer.Decode(tokens), inProcess.Text);
+        await server.StopAsync();
+    }
+
+    static async Task<(HttpStatusCode Status, JsonElement Body)> PostTo(string url, string path, string json)
+    {
+        using var response = await Http.PostAsync(url + path, new StringContent(json, Encoding.UTF8, "application/json"));
+        using var doc = JsonDocument.Parse(await response.Content.ReadAsStringAsync());
+        return (response.StatusCode, doc.RootElement.Clone());
+    }
+
     /// <summary>Greedy tokens of <paramref name="text"/> with the MoLA adapter, from TextGenerator on a model of its own.</summary>
-    List<int> OneAlone(string text, int maxTokens)
+    List<int> OneAlone(string text, int maxTokens) => OneAlone(f.Tokenizer.Encode(text, bos: true), maxTokens);
+
+    List<int> OneAlone(List<int> prompt, int maxTokens)
     {
         using var model = ModelLoader.Load(f.ModelDir);
         Mola.Adapters.AdapterModel.Load(model, ServerFixture.Mola).eval();
-        return TextGenerator.Generate(model, [f.Tokenizer.Encode(text, bos: true)], new GenerationOptions { MaxNewTokens = maxTokens }, f.Tokenizer.EosId)[0];
+        return TextGenerator.Generate(model, [prompt], new GenerationOptions { MaxNewTokens = maxTokens }, f.Tokenizer.EosId)[0];
     }
 
     [Fact]
@@ -365,12 +421,23 @@ public class ServeTests(ServerFixture f, ITestOutputHelper output) : IClassFixtu
         Assert.DoesNotContain("   at ", r.Stderr);
     }
 
+    [Fact]
+    public void AModelsChatTemplateOutsideTheSubsetStopsServeBeforeTheModelLoads()
+    {
+        string dir = TestUtil.CopyFixture("llama-tiny");
+        File.WriteAllText(Path.Combine(dir, "tokenizer_config.json"), """{"chat_template": "{% macro m() %}{% endmacro %}"}""");
+        var r = CliRunner.Run("serve", "--base-model", dir);
+        Assert.Equal($"{Path.Combine(dir, "tokenizer_config.json")}: chat_template line 1: {{% macro %}} is outside the supported Jinja subset " +
+            "(supported: for, if, elif, else, set) (--chat-template adapter renders chat messages in the training template instead)", r.SingleErrorLine());
+    }
+
     [Theory]
     [InlineData("--adapter", "mola", "expected NAME=DIR")]
     [InlineData("--adapter", "mola=/nonexistent", "adapter directory not found")]
     [InlineData("--port", "70000", "--port must be from 0 to 65535")]
     [InlineData("--max-batch", "0", "--max-batch must be 1 or more")]
     [InlineData("--timeout", "-1", "--timeout must be")]
+    [InlineData("--chat-template", "/nonexistent/chat.jinja", "--chat-template /nonexistent/chat.jinja: expected auto, adapter or the path of a chat template file (not found)")]
     public void BadServeOptionsAreOneLineBeforeTheModelLoads(string option, string value, string message)
     {
         var r = CliRunner.Run("serve", "--base-model", f.ModelDir, option, value);

@@ -21,6 +21,13 @@ public static class ServeCommand
         var port = new Option<int>("--port") { Description = "TCP port (0: any free port)", DefaultValueFactory = _ => 8000 };
         var apiKey = new Option<string?>("--api-key") { Description = "Require Authorization: Bearer KEY on every /v1 request (default: MOLA_API_KEY, else none)" };
         var template = new Option<string>("--template") { Description = "Template chat messages are rendered in: alpaca, or a JSON file (the adapter's training template)", DefaultValueFactory = _ => "alpaca" };
+        var chatTemplate = new Option<string>("--chat-template")
+        {
+            Description = "How /v1/chat/completions renders messages: auto (the base model's chat_template in tokenizer_config.json " +
+                "where it has one, else the training template), adapter (always the training template, --template), " +
+                "or FILE (a Jinja chat template, or a JSON file holding \"chat_template\")",
+            DefaultValueFactory = _ => "auto",
+        };
         var maxBatch = new Option<int>("--max-batch") { Description = "Most requests decoding together", DefaultValueFactory = _ => 8 };
         var maxQueue = new Option<int>("--max-queue") { Description = "Most requests waiting for a batch slot; more are answered 429", DefaultValueFactory = _ => 64 };
         var maxBody = new Option<long>("--max-request-bytes") { Description = "Largest request body (413 past it)", DefaultValueFactory = _ => 1 << 20 };
@@ -30,7 +37,7 @@ public static class ServeCommand
         var cmd = new Command("serve", "Serve a base model and its MoLA/LoRA adapters over an OpenAI-compatible HTTP API " +
             "(/v1/completions, /v1/chat/completions, /v1/models, /health); concurrent requests decode together in one batch. " +
             "SIGTERM or Ctrl-C stops taking requests and lets those in flight finish (cancelled after 30 s).")
-        { baseModel, adapters, host, port, apiKey, template, maxBatch, maxQueue, maxBody, timeout, dtype, device };
+        { baseModel, adapters, host, port, apiKey, template, chatTemplate, maxBatch, maxQueue, maxBody, timeout, dtype, device };
         cmd.SetAction(p => Cli.Run(p, null, o =>
         {
             var named = (p.GetValue(adapters) ?? []).Select(ParseAdapter).ToList();
@@ -44,7 +51,7 @@ public static class ServeCommand
             if (p.GetValue(maxQueue) < 1) throw new MolaException($"--max-queue must be 1 or more, got {p.GetValue(maxQueue)}");
             if (p.GetValue(maxBody) < 1) throw new MolaException($"--max-request-bytes must be 1 or more, got {p.GetValue(maxBody)}");
             if (!(p.GetValue(timeout) > 0 && p.GetValue(timeout) <= 86400)) throw new MolaException($"--timeout must be a number of seconds in (0, 86400], got {p.GetValue(timeout)}");
-            var tmpl = PromptTemplate.Load(p.GetValue(template)!);
+            var chat = ChatFormat(p.GetValue(chatTemplate)!, PromptTemplate.Load(p.GetValue(template)!), dir);
             foreach (var (name, adapterDir) in named)
                 if (!Directory.Exists(adapterDir)) throw new MolaException($"--adapter {name}={adapterDir}: adapter directory not found");
 
@@ -60,14 +67,29 @@ public static class ServeCommand
                 MaxRequestBytes = p.GetValue(maxBody),
                 RequestTimeout = TimeSpan.FromSeconds(p.GetValue(timeout)),
             };
-            var server = OpenAiServer.StartAsync(engine, tmpl, options, Console.Error).GetAwaiter().GetResult();
-            o.Line($"serving {string.Join(", ", engine.ModelNames)} on {server.Url}");
+            var server = OpenAiServer.StartAsync(engine, chat, options, Console.Error).GetAwaiter().GetResult();
+            o.Line($"serving {string.Join(", ", engine.ModelNames)} on {server.Url}; chat messages in {chat.Description}");
             server.WaitForShutdownAsync().GetAwaiter().GetResult();
             server.DisposeAsync().AsTask().GetAwaiter().GetResult();
             o.Line("stopped");
             return null;
         }));
         return cmd;
+    }
+
+    /// <summary>--chat-template: auto, adapter or a file; checked (the Jinja parsed) before the model loads.</summary>
+    static IChatFormat ChatFormat(string choice, PromptTemplate training, string modelDir) => choice switch
+    {
+        "adapter" => new TrainingChatFormat(training),
+        "auto" => (IChatFormat?)ModelsTemplate(modelDir) ?? new TrainingChatFormat(training),
+        _ when File.Exists(choice) => ChatTemplate.Load(choice, modelDir),
+        _ => throw new MolaException($"--chat-template {choice}: expected auto, adapter or the path of a chat template file (not found)"),
+    };
+
+    static ChatTemplate? ModelsTemplate(string modelDir)
+    {
+        try { return ChatTemplate.FromModel(modelDir); }
+        catch (MolaException e) { throw new MolaException($"{e.Message} (--chat-template adapter renders chat messages in the training template instead)"); }
     }
 
     static (string Name, string Directory) ParseAdapter(string spec)

@@ -30,6 +30,13 @@ public static class TrainCommand
             Description = "Output directory (adapter, metrics.jsonl, checkpoints), locked against a second writer while the run lasts. " +
             "Default: runs/<time>, or runs/default for the embedded default"
         };
+        var reportTo = new Option<string>("--report-to")
+        {
+            Description = "Also report metrics to: none, or tensorboard (event files under OUTPUT/tensorboard: loss, ce, aux, lr, grad norm, " +
+                "tokens/s, eval loss, per-layer expert usage histograms). Every run draws OUTPUT/loss.png at the end and on resume",
+            DefaultValueFactory = _ => "none",
+        };
+        reportTo.AcceptOnlyFromAmong("none", "tensorboard");
         var template = new Option<string>("--template") { Description = "Prompt template: alpaca, or a JSON file with prompt_input, prompt_no_input, response_split", DefaultValueFactory = _ => "alpaca" };
         var kind = new Option<string>("--adapter-kind") { Description = "mola (mixture of LoRA experts) or lora (plain LoRA, the paper's baseline)", DefaultValueFactory = _ => Paper.Adapter.Kind };
         var experts = new Option<string>("--experts") { Description = $"Experts per layer: {SpecHelp}; or square:N, inverted-triangle (2468, the paper's best), triangle (8642), hourglass (8228), diamond (2882)" + AllocationOptions.ExpertsHelp, DefaultValueFactory = _ => AdapterSpec.DefaultExperts };
@@ -76,7 +83,7 @@ public static class TrainCommand
         {
             baseModel, data, output, template, kind, experts, topK, rank, alpha, dropout, targets, auxCoef, lr, warmup, epochs,
             maxSteps, batch, micro, cutoff, valSize, trainOnInputs, addEos, groupByLength, saveSteps, saveLimit, evalSteps,
-            resume, initAdapter, checkpointing, seed, dtype, device, overwrite, json,
+            resume, initAdapter, checkpointing, seed, dtype, device, overwrite, reportTo, json,
         };
         foreach (var opt in allocation.All) cmd.Options.Add(opt);
 
@@ -137,6 +144,7 @@ public static class TrainCommand
                 ValSetSize = p.GetValue(valSize),
                 Resume = p.GetValue(resume),
                 Overwrite = p.GetValue(overwrite) || (embedded && p.GetResult(output) is null),
+                TensorBoard = p.GetValue(reportTo) == "tensorboard",
                 CommandLine = string.Join(" ", p.Tokens.Select(tk => tk.Value)),
             };
             // Every option first, then every input file (the recipe), then the output directory: nothing is touched before all have passed.

@@ -44,15 +44,15 @@ public sealed class OpenAiServer : IAsyncDisposable
 {
     readonly WebApplication _app;
     readonly BatchEngine _engine;
-    readonly PromptTemplate _template;
+    readonly IChatFormat _chat;
     readonly ServerOptions _options;
     readonly TextWriter _log;
     readonly long _created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
 
-    OpenAiServer(BatchEngine engine, PromptTemplate template, ServerOptions options, TextWriter log)
+    OpenAiServer(BatchEngine engine, IChatFormat chat, ServerOptions options, TextWriter log)
     {
         _engine = engine;
-        _template = template;
+        _chat = chat;
         _options = options;
         _log = log;
         var builder = WebApplication.CreateSlimBuilder();
@@ -73,9 +73,9 @@ public sealed class OpenAiServer : IAsyncDisposable
     }
 
     /// <summary>Starts listening; <see cref="Url"/> then says where (the port the system chose for port 0).</summary>
-    public static async Task<OpenAiServer> StartAsync(BatchEngine engine, PromptTemplate template, ServerOptions options, TextWriter log)
+    public static async Task<OpenAiServer> StartAsync(BatchEngine engine, IChatFormat chat, ServerOptions options, TextWriter log)
     {
-        var server = new OpenAiServer(engine, template, options, log);
+        var server = new OpenAiServer(engine, chat, options, log);
         try
         {
             await server._app.StartAsync();
@@ -194,7 +194,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         var r = OpenAiRequest.Parse(body, chat);
         info.Model = r.Model ?? _engine.BaseModelName;
         int adapter = _engine.FindModel(info.Model);
-        string prompt = chat ? ChatPrompt.Render(_template, r.Messages!) : r.Prompt!;
+        var prompt = chat ? _chat.Encode(_engine.Tokenizer, r.Messages!) : _engine.Tokenizer.Encode(r.Prompt!, bos: true);
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ctx.RequestAborted);
         timeout.CancelAfter(_options.RequestTimeout);
         info.Timeout = timeout;

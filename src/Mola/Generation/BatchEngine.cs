@@ -135,7 +135,11 @@ public sealed class BatchEngine : IDisposable
     /// strings, and max_tokens (default <paramref name="defaultMaxTokens"/>, or whatever positions are left) that
     /// with the prompt fits the model's positions. Bad values throw <see cref="InvalidRequestException"/>.
     /// </summary>
-    public EngineRequest Prepare(string prompt, string promptParam, int adapter, RequestSettings settings, int? defaultMaxTokens, CancellationToken cancellation)
+    public EngineRequest Prepare(string prompt, string promptParam, int adapter, RequestSettings settings, int? defaultMaxTokens, CancellationToken cancellation) =>
+        Prepare(_tokenizer.Encode(prompt, bos: true), promptParam, adapter, settings, defaultMaxTokens, cancellation);
+
+    /// <summary>The same for a prompt already encoded (a chat template writes its own BOS).</summary>
+    public EngineRequest Prepare(List<int> ids, string promptParam, int adapter, RequestSettings settings, int? defaultMaxTokens, CancellationToken cancellation)
     {
         double temperature = settings.Temperature ?? 1.0, topP = settings.TopP ?? 1.0;
         if (!(temperature >= 0 && temperature <= 2))
@@ -144,7 +148,6 @@ public sealed class BatchEngine : IDisposable
             throw new InvalidRequestException("top_p", $"top_p must be a number in (0, 1], got {Number(topP)}");
         if (settings.Stop.Count > 4) throw new InvalidRequestException("stop", $"stop holds at most 4 strings, got {settings.Stop.Count}");
         if (settings.Stop.Any(s => s.Length == 0)) throw new InvalidRequestException("stop", "stop: a stop string is empty");
-        var ids = _tokenizer.Encode(prompt, bos: true);
         int positions = _model.Config.MaxPositionEmbeddings;
         if (ids.Count >= positions)
             throw new InvalidRequestException(promptParam, $"the prompt is {ids.Count} tokens, which leaves none of the model's {positions} positions (max_position_embeddings) to generate");

@@ -6,12 +6,15 @@ namespace Mola.Generation;
 
 /// <summary>
 /// The serving engine as a <c>Microsoft.Extensions.AI</c> chat client, in-process: messages are rendered with the
-/// training template (<see cref="ChatPrompt"/>), <see cref="ChatOptions.ModelId"/> picks an adapter by name (the
+/// training template (<see cref="ChatPrompt"/>) or a model's chat template (<see cref="ChatTemplate"/>), <see cref="ChatOptions.ModelId"/> picks an adapter by name (the
 /// base model's name, or none, for the base alone), and requests batch with any others on the same engine. Defaults
 /// as the HTTP server's: temperature 1 (0 is greedy), max tokens as many as the model's positions leave.
 /// </summary>
-public sealed class MolaChatClient(BatchEngine engine, PromptTemplate template) : IChatClient
+public sealed class MolaChatClient(BatchEngine engine, IChatFormat format) : IChatClient
 {
+    /// <summary>Messages in the training template <paramref name="template"/>.</summary>
+    public MolaChatClient(BatchEngine engine, PromptTemplate template) : this(engine, new TrainingChatFormat(template)) { }
+
     public async Task<ChatResponse> GetResponseAsync(IEnumerable<ChatMessage> messages, ChatOptions? options = null, CancellationToken cancellationToken = default)
     {
         var (job, model) = Submit(messages, options, cancellationToken);
@@ -44,7 +47,7 @@ public sealed class MolaChatClient(BatchEngine engine, PromptTemplate template) 
     {
         string model = options?.ModelId ?? engine.BaseModelName;
         int adapter = engine.FindModel(model);
-        string prompt = ChatPrompt.Render(template, messages.Select(m => (m.Role.Value, m.Text)).ToList());
+        var prompt = format.Encode(engine.Tokenizer, messages.Select(m => (m.Role.Value, m.Text)).ToList());
         var settings = new RequestSettings
         {
             MaxTokens = options?.MaxOutputTokens,

@@ -87,6 +87,9 @@ sealed class BpeEncoder
 
     public int Count => _v.Pieces.Length;
 
+    /// <summary>The piece of <paramref name="id"/> as the vocabulary spells it (<c>&lt;s&gt;</c> for BOS).</summary>
+    public string Piece(int id) => _v.Pieces[id];
+
     static bool SpansAWordBoundary(string piece)
     {
         for (int k = 1; k < piece.Length; k++)

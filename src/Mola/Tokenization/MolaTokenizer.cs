@@ -56,6 +56,9 @@ public sealed class MolaTokenizer
         return ids;
     }
 
+    /// <summary>The piece of a token id as the vocabulary spells it (BOS: <c>&lt;s&gt;</c>), what a chat template writes for it.</summary>
+    public string Piece(int id) => id >= 0 && id < _encoder.Count ? _encoder.Piece(id) : throw new MolaException($"{Source}: no token id {id} (the tokenizer has {_encoder.Count})");
+
     /// <summary>Text of <paramref name="ids"/> as SentencePiece decodes it; BOS, EOS and other control tokens
     /// are dropped.</summary>
     public string Decode(IEnumerable<int> ids) => _encoder.Decode(ids);

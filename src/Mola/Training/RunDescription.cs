@@ -32,6 +32,8 @@ public sealed record RunDescription
     public bool Overwrite { get; init; }
     public ScalarType DType { get; init; } = ScalarType.Float32;
     public Device? Device { get; init; }
+    /// <summary>Also report metrics to TensorBoard (event files under <c>OUTPUT/tensorboard/</c>).</summary>
+    public bool TensorBoard { get; init; }
     /// <summary>How the run was asked for, recorded as it was given.</summary>
     public string CommandLine { get; init; } = "";
 

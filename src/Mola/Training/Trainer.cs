@@ -27,6 +27,8 @@ public sealed class Trainer
 
     /// <summary>Called after every optimizer step.</summary>
     public Action<StepMetrics>? OnStep { get; set; }
+    /// <summary>Where metrics go besides metrics.jsonl (TensorBoard, loss.png); the caller disposes them.</summary>
+    public List<Monitoring.IMetricsSink> Sinks { get; } = [];
     /// <summary>When set, a diverged run's error ends with this instead of naming the last good checkpoint (for a
     /// caller that discards the run's files when it fails).</summary>
     public string? FailureNote { get; set; }
@@ -99,6 +101,7 @@ public sealed class Trainer
 
         long startStep = state.Step, savedStep = state.Step;
         OnStart?.Invoke();
+        if (Writes) foreach (var sink in Sinks) sink.Started(state.Step);
         var clock = Stopwatch.StartNew();
         double? lastLoss = null, lastEval = null;
         var epochBatches = _sampler.MicroBatches(state.Epoch);
@@ -108,6 +111,7 @@ public sealed class Trainer
             {
                 string? checkpoint = savedStep == state.Step || !Writes ? Checkpoints.Latest(_out)
                     : Checkpoints.Save(_out, state, _adapter, optimizer, _o.SaveTotalLimit, RunSettings());
+                if (Writes) foreach (var sink in Sinks) sink.Finished(state.Step);
                 return new TrainResult(state.Step, lastLoss, lastEval, clock.Elapsed.TotalSeconds, _out, startStep, Interrupted: true, Checkpoint: checkpoint);
             }
             if (state.MicroBatch >= epochBatches.Count)
@@ -158,7 +162,11 @@ public sealed class Trainer
                 TokensPerSecond = tokens / Math.Max(stepClock.Elapsed.TotalSeconds, 1e-9),
                 EvalLoss = evalLoss,
             };
-            if (Writes) AppendMetrics(metrics);
+            if (Writes)
+            {
+                AppendMetrics(metrics);
+                foreach (var sink in Sinks) sink.Step(metrics);
+            }
             OnStep?.Invoke(metrics);
             if (save && Writes)
             {
@@ -171,9 +179,17 @@ public sealed class Trainer
         {
             lastEval = Evaluate();
             Log?.Invoke($"eval loss {lastEval:F6}");
-            if (Writes) RunDirectory.WriteFile(Path.Combine(_out, "eval.jsonl"), JsonSerializer.Serialize(new { step = state.Step, eval_loss = lastEval }) + "\n", append: true);
+            if (Writes)
+            {
+                RunDirectory.WriteFile(Path.Combine(_out, "eval.jsonl"), JsonSerializer.Serialize(new { step = state.Step, eval_loss = lastEval }) + "\n", append: true);
+                foreach (var sink in Sinks) sink.Evaluated(state.Step, lastEval.Value);
+            }
         }
-        if (Writes) SaveAdapter();
+        if (Writes)
+        {
+            SaveAdapter();
+            foreach (var sink in Sinks) sink.Finished(state.Step);
+        }
         if (Parallel is not null) Log?.Invoke(Parallel.Summary(optimizer.FlatGradients.numel()));
         return new TrainResult(state.Step, lastLoss, lastEval, clock.Elapsed.TotalSeconds, _out, startStep);
     }

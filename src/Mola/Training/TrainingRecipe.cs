@@ -91,6 +91,10 @@ public sealed class TrainingRecipe(RunDescription run)
                 RunDirectory.WriteFile(Path.Combine(outDir, "training_args.json"), r.TrainingArgs(adapter.Config));
             };
             trainer.Log = Log;
+            using var lossCurve = new Monitoring.LossCurve(outDir);
+            using var tensorBoard = writes && r.TensorBoard ? new Monitoring.TensorBoardSink(outDir, adapter) : null;
+            trainer.Sinks.Add(lossCurve);
+            if (tensorBoard is not null) trainer.Sinks.Add(tensorBoard);
             var result = Progress(trainer.TotalSteps, onStep =>
             {
                 trainer.OnStep = onStep;
