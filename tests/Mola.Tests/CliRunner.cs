@@ -63,7 +63,11 @@ static class CliRunner
     public static CliResult Run(params string[] args) => Run(args, TimeSpan.FromSeconds(60));
 
     public static CliResult Run(IReadOnlyList<string> args, TimeSpan timeout, string? workingDirectory = null) =>
-        Run(args, timeout, workingDirectory, null);
+        Run(args, timeout, workingDirectory, null, null);
+
+    /// <summary>Runs the CLI with <paramref name="environment"/> added to (or replacing in) the test process's environment.</summary>
+    public static CliResult RunWithEnvironment(IReadOnlyDictionary<string, string> environment, params string[] args) =>
+        Run(args, TimeSpan.FromSeconds(60), null, null, environment);
 
     /// <summary>Runs the CLI and sends it <paramref name="signal"/> (e.g. "INT", "TERM", as <c>kill -s</c> names them) once
     /// <paramref name="ready"/> says so (polled every 10 ms), then waits for it to end.</summary>
@@ -73,7 +77,7 @@ static class CliRunner
             var clock = Stopwatch.StartNew();
             while (!ready() && !p.HasExited && clock.Elapsed < timeout) Thread.Sleep(10);
             if (!p.HasExited) Signal(p.Id, signal);
-        });
+        }, null);
 
     /// <summary>Sends a POSIX signal with the system's <c>kill</c>.</summary>
     public static void Signal(int pid, string signal)
@@ -82,7 +86,8 @@ static class CliRunner
         kill.WaitForExit();
     }
 
-    static CliResult Run(IReadOnlyList<string> args, TimeSpan timeout, string? workingDirectory, Action<Process>? whileRunning)
+    static CliResult Run(IReadOnlyList<string> args, TimeSpan timeout, string? workingDirectory, Action<Process>? whileRunning,
+        IReadOnlyDictionary<string, string>? environment = null)
     {
         var psi = new ProcessStartInfo(DotnetHost())
         {
@@ -95,6 +100,8 @@ static class CliRunner
         foreach (var a in args) psi.ArgumentList.Add(a);
         // The CLI prints stack traces only under MOLA_DEBUG; tests check what users see.
         psi.Environment.Remove("MOLA_DEBUG");
+        psi.Environment.Remove(Mola.Platform.AvailableMemory.LimitVariable);   // the machine's own figure unless a test sets one
+        foreach (var (name, value) in environment ?? new Dictionary<string, string>()) psi.Environment[name] = value;
         string commandLine = "mola " + string.Join(' ', args);
 
         using var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {psi.FileName}");

@@ -6,6 +6,7 @@ using Mola.Adapters;
 using Mola.Data;
 using Mola.Evaluation;
 using Mola.Models;
+using Mola.Platform;
 using Mola.Tokenization;
 using Mola.Training;
 using TorchSharp;
@@ -60,6 +61,11 @@ public static class TrainCommand
             Description = "Keep only each decoder layer's input and recompute the layer in the backward pass: much less activation memory " +
                 "(larger micro-batches or sequences fit) for about one more forward pass per step; the gradients are the same",
         };
+        var skipMemoryCheck = new Option<bool>("--skip-memory-check")
+        {
+            Description = $"Train even when the planned peak memory (mola params shows the plan) is above what the machine has available " +
+                $"(MemAvailable, or the container's limit; {AvailableMemory.LimitVariable}=6G sets the figure instead)",
+        };
         var seed = new Option<int>("--seed") { Description = "Seed of initialisation, shuffling, split and dropout: the same seed gives the same run", DefaultValueFactory = _ => Paper.Training.Seed };
         var dtype = Cli.DTypeOption();
         var device = Cli.DeviceOption();
@@ -72,7 +78,7 @@ public static class TrainCommand
             "embedded default has its own (learning rate, batch, steps: assets/README.md), and an option given still wins.")
         {
             baseModel, data, output, template, kind, experts, topK, rank, alpha, dropout, targets, auxCoef, lr, warmup, epochs,
-            maxSteps, batch, micro, cutoff, valSize, trainOnInputs, addEos, groupByLength, saveSteps, saveLimit, evalSteps,
+            maxSteps, batch, micro, cutoff, valSize, trainOnInputs, addEos, groupByLength, saveSteps, saveLimit, evalSteps, skipMemoryCheck,
             resume, initAdapter, checkpointing, seed, dtype, device, overwrite, json,
         };
 
@@ -133,6 +139,7 @@ public static class TrainCommand
                 ValSetSize = p.GetValue(valSize),
                 Resume = p.GetValue(resume),
                 Overwrite = p.GetValue(overwrite) || (embedded && p.GetResult(output) is null),
+                SkipMemoryCheck = p.GetValue(skipMemoryCheck),
                 CommandLine = string.Join(" ", p.Tokens.Select(tk => tk.Value)),
             };
             // Every option first, then every input file (the recipe), then the output directory: nothing is touched before all have passed.
@@ -152,6 +159,8 @@ public static class TrainCommand
             var recipe = new TrainingRecipe(run)
             {
                 Log = o.Line,
+                MemoryAdvice = "a smaller --micro-batch-size, --gradient-checkpointing, --dtype bfloat16, a lower --cutoff-len, fewer --experts or a lower --rank " +
+                    "(mola params shows the plan), or --skip-memory-check",
                 Progress = (total, loop) => reporter.Run("train", total, report =>
                     loop(m => report(m.Step, $"loss {m.Loss:F4} lr {m.Lr.ToString("0.00e+00", CultureInfo.InvariantCulture)} {m.TokensPerSecond:F0} tok/s"))),
                 BeforeTraining = embedded ? m => before = EvaluateDefault(m, testRecords!, o, "before") : null,

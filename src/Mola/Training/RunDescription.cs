@@ -32,6 +32,8 @@ public sealed record RunDescription
     public bool Overwrite { get; init; }
     public ScalarType DType { get; init; } = ScalarType.Float32;
     public Device? Device { get; init; }
+    /// <summary>Train even when the memory plan says the run does not fit (the plan is an estimate).</summary>
+    public bool SkipMemoryCheck { get; init; }
     /// <summary>How the run was asked for, recorded as it was given.</summary>
     public string CommandLine { get; init; } = "";
 
