@@ -135,7 +135,6 @@ public sealed class TrainingRecipe(RunDescription run)
         var plan = MemoryPlan.Estimate(config, a.CountParameters(config), Run.DType, Run.Training.MicroBatchSize, Run.Tokenize.CutoffLen,
             Run.Training.GradientCheckpointing, a.LoraDropout);
         var available = AvailableMemory.Read();
-        Log($"memory plan: {plan.Summary()}; {MemoryPlan.GiB(available.Bytes)} {available.Source}");
         if (plan.TotalBytes <= available.Bytes) return;
         string why = $"training needs about {MemoryPlan.GiB(plan.TotalBytes)} at its peak, more than the {MemoryPlan.GiB(available.Bytes)} " +
             $"{available.Source} (micro-batch {plan.MicroBatchSize} x {plan.SequenceLength} tokens, base {plan.BaseDType}, gradient checkpointing " +
