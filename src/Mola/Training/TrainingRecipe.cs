@@ -139,7 +139,7 @@ public sealed class TrainingRecipe(RunDescription run)
         string why = $"training needs about {MemoryPlan.GiB(plan.TotalBytes)} at its peak, more than the {MemoryPlan.GiB(available.Bytes)} " +
             $"{available.Source} (micro-batch {plan.MicroBatchSize} x {plan.SequenceLength} tokens, base {plan.BaseDType}, gradient checkpointing " +
             $"{(plan.GradientCheckpointing ? "on" : "off")})";
-        if (Run.SkipMemoryCheck) Log($"warning: {why}; training anyway, as asked");
+        if (Run.SkipMemoryCheck) Log($"warning: {why}; training anyway, as asked (the plan: {plan.Summary()})");
         else throw new MolaException($"{why}: try {MemoryAdvice}");
     }
 
