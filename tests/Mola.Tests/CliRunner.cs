@@ -63,7 +63,11 @@ static class CliRunner
     public static CliResult Run(params string[] args) => Run(args, TimeSpan.FromSeconds(60));
 
     public static CliResult Run(IReadOnlyList<string> args, TimeSpan timeout, string? workingDirectory = null) =>
-        Run(args, timeout, workingDirectory, null);
+        Run(args, timeout, workingDirectory, null, null);
+
+    /// <summary>Runs the CLI with <paramref name="environment"/> added to (or replacing in) the test process's environment.</summary>
+    public static CliResult RunWithEnvironment(IReadOnlyDictionary<string, string> environment, params string[] args) =>
+        Run(args, TimeSpan.FromSeconds(60), null, null, environment: environment);
 
     /// <summary>Runs the CLI and sends it <paramref name="signal"/> (e.g. "INT", "TERM", as <c>kill -s</c> names them) once
     /// <paramref name="ready"/> says so (polled every 10 ms), then waits for it to end.</summary>
@@ -73,7 +77,7 @@ static class CliRunner
             var clock = Stopwatch.StartNew();
             while (!ready() && !p.HasExited && clock.Elapsed < timeout) Thread.Sleep(10);
             if (!p.HasExited) Signal(p.Id, signal);
-        });
+        }, null);
 
     /// <summary>Sends a POSIX signal with the system's <c>kill</c>.</summary>
     public static void Signal(int pid, string signal)
@@ -104,6 +108,7 @@ static class CliRunner
         foreach (var a in args) psi.ArgumentList.Add(a);
         // The CLI prints stack traces only under MOLA_DEBUG; tests check what users see.
         psi.Environment.Remove("MOLA_DEBUG");
+        psi.Environment.Remove(Mola.Platform.AvailableMemory.LimitVariable);   // the machine's own figure unless a test sets one
         foreach (var (k, v) in environment ?? new Dictionary<string, string>()) psi.Environment[k] = v;
         string commandLine = (launcher is null ? "" : string.Join(' ', launcher) + " ") + "mola " + string.Join(' ', args);
 

@@ -108,7 +108,7 @@ public sealed record BenchOptions
 
     /// <summary>Refuses shapes whose tensors cannot fit in memory, before libtorch tries. The layer benchmark holds the
     /// hidden x hidden weight (and a random copy of it), four adapters and some 16 activations of tokens x hidden, all
-    /// float32; the step benchmark what <see cref="ParameterCount.EstimateTrainingMemory"/> gives its decoder.</summary>
+    /// float32; the step benchmark what <see cref="MemoryPlan"/> plans for its decoder.</summary>
     void CheckFitsInMemory(int[] experts)
     {
         long layerBytes = 0;
@@ -117,11 +117,11 @@ public sealed record BenchOptions
             try { layerBytes = checked(4L * Hidden * Hidden * 2 + 4L * 4 * (Experts + 1) * Rank * 2 * Hidden + 4L * 16 * Tokens * Hidden); }
             catch (OverflowException) { layerBytes = long.MaxValue; }
         }
-        ParameterCount.EnsureFitsInMemory(layerBytes, $"the layer benchmark (--hidden {Hidden}, --tokens {Tokens}, --experts {Experts}, --rank {Rank})", "smaller shapes");
+        MemoryPlan.EnsureFits(layerBytes, $"the layer benchmark (--hidden {Hidden}, --tokens {Tokens}, --experts {Experts}, --rank {Rank})", "smaller shapes");
         var config = PerformanceBenchmark.DecoderConfig(this);
         var counts = ParameterCount.Mola(config, experts, [.. experts.Select(_ => TopK)], [.. experts.Select(_ => Rank)], TargetModules.All);
-        var step = ParameterCount.EstimateTrainingMemory(config, counts, ScalarType.Float32, 1, StepTokens);
-        ParameterCount.EnsureFitsInMemory(step.TotalBytes,
+        var step = MemoryPlan.Estimate(config, counts, ScalarType.Float32, 1, StepTokens, gradientCheckpointing: false, Dropout);
+        MemoryPlan.EnsureFits(step.TotalBytes,
             Shape is null ? $"the training-step benchmark (--step-layers {StepLayers}, --step-hidden {StepHidden}, --step-tokens {StepTokens}, --vocab {Vocab})"
                 : $"the training-step benchmark (--shape {Shape}, --step-tokens {StepTokens})", "smaller shapes");
     }

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using Mola.Adapters;
 using Mola.Models;
+using Mola.Training;
 using Spectre.Console;
 
 namespace Mola.Cli.Commands;
@@ -33,10 +34,13 @@ public static class ParamsCommand
         var microBatch = new Option<int>("--micro-batch-size") { Description = "Sequences per forward pass, for the activation estimate", DefaultValueFactory = _ => 8 };
         var cutoffLen = new Option<int>("--cutoff-len") { Description = "Tokens per sequence, for the activation estimate", DefaultValueFactory = _ => 256 };
         var allocation = new AllocationOptions();
+        var checkpointing = new Option<bool>("--gradient-checkpointing") { Description = "Plan the memory of a run with gradient checkpointing" };
+        var dropout = new Option<double>("--dropout") { Description = "Dropout on the experts' input (above 0 it keeps a mask and an output per module)", DefaultValueFactory = _ => AdapterSpec.Paper.Dropout };
         var json = Cli.JsonOption();
         var cmd = new Command("params", "Exact trainable-parameter counts of a MoLA or LoRA adapter (LoRA matrices, routers, " +
-            "per layer) against the base model, and an estimate of training memory. Reads config.json only (and the weights for --experts auto).")
-        { baseModel, experts, topK, rank, targets, kind, dtype, microBatch, cutoffLen, json };
+            "per layer) against the base model, and the planned peak memory of training it (what mola train checks before loading). " +
+            "Reads config.json only (and the weights for --experts auto).")
+        { baseModel, experts, topK, rank, targets, kind, dtype, microBatch, cutoffLen, checkpointing, dropout, json };
         foreach (var opt in allocation.All) cmd.Options.Add(opt);
 
         cmd.SetAction(p => Cli.Run(p, json, o =>
@@ -55,7 +59,9 @@ public static class ParamsCommand
             }).Build(layers, p.GetValue(baseModel)!, o.Line);
             var adapterKind = adapter.Kind;
             var counts = adapter.CountParameters(config);
-            var memory = ParameterCount.EstimateTrainingMemory(config, counts, Cli.DType(p, dtype), p.GetValue(microBatch), p.GetValue(cutoffLen));
+            if (p.GetValue(dropout) is < 0 or >= 1) throw new MolaException($"--dropout must be in [0, 1), got {p.GetValue(dropout)}");
+            var memory = MemoryPlan.Estimate(config, counts, Cli.DType(p, dtype), p.GetValue(microBatch), p.GetValue(cutoffLen),
+                p.GetValue(checkpointing), p.GetValue(dropout));
 
             WriteHuman(o, config, counts, memory);
             return new
@@ -76,11 +82,14 @@ public static class ParamsCommand
                     base_dtype = memory.BaseDType,
                     micro_batch_size = memory.MicroBatchSize,
                     cutoff_len = memory.SequenceLength,
+                    gradient_checkpointing = memory.GradientCheckpointing,
                     base_weights_bytes = memory.BaseWeightsBytes,
                     adapter_weights_bytes = memory.AdapterWeightsBytes,
                     adapter_gradients_bytes = memory.AdapterGradientsBytes,
                     optimizer_state_bytes = memory.OptimizerStateBytes,
                     activation_bytes = memory.ActivationBytes,
+                    head_bytes = memory.HeadBytes,
+                    runtime_bytes = memory.RuntimeBytes,
                     total_bytes = memory.TotalBytes,
                 },
             };
@@ -88,7 +97,7 @@ public static class ParamsCommand
         return cmd;
     }
 
-    static void WriteHuman(Output o, ModelConfig config, ParameterCounts counts, MemoryEstimate memory)
+    static void WriteHuman(Output o, ModelConfig config, ParameterCounts counts, MemoryPlan memory)
     {
         bool mola = counts.Kind == AdapterKind.Mola;
         var ranks = counts.Layers.Select(l => l.Rank).ToArray();
@@ -129,13 +138,16 @@ public static class ParamsCommand
         o.Line($"trainable  {N(counts.Total),16}   {counts.Percent.ToString("F4", CultureInfo.InvariantCulture)}% of the base");
         o.Line($"base       {N(counts.Base),16}");
         o.Line("");
-        o.Line($"training memory, an estimate (micro-batch {memory.MicroBatchSize} x {memory.SequenceLength} tokens, base weights {memory.BaseDType}, no gradient checkpointing):");
+        o.Line($"training memory at its peak, planned (micro-batch {memory.MicroBatchSize} x {memory.SequenceLength} tokens, base weights {memory.BaseDType}, " +
+            $"gradient checkpointing {(memory.GradientCheckpointing ? "on" : "off")}):");
         o.Line($"  base weights          {GiB(memory.BaseWeightsBytes)}");
         o.Line($"  adapter weights       {GiB(memory.AdapterWeightsBytes)}   float32");
         o.Line($"  adapter gradients     {GiB(memory.AdapterGradientsBytes)}   float32");
         o.Line($"  AdamW states          {GiB(memory.OptimizerStateBytes)}   float32, two moments");
-        o.Line($"  activations           {GiB(memory.ActivationBytes)}");
-        o.Line($"  total                 {GiB(memory.TotalBytes)}   (real use varies with the allocator, kernels and device)");
+        o.Line($"  activations           {GiB(memory.ActivationBytes)}   " + (memory.GradientCheckpointing ? "every layer's input, one layer recomputed" : "saved by every layer for the backward pass"));
+        o.Line($"  loss head             {GiB(memory.HeadBytes)}   logits, their float32 copy, log-softmax and gradients");
+        o.Line($"  runtime               {GiB(memory.RuntimeBytes)}   .NET, libtorch, tokenizer, data");
+        o.Line($"  total                 {GiB(memory.TotalBytes)}   (mola train refuses a run planned above the memory available)");
     }
 
     static string N(long n) => n.ToString("N0", CultureInfo.InvariantCulture);

@@ -6,6 +6,7 @@ using Mola.Adapters;
 using Mola.Data;
 using Mola.Evaluation;
 using Mola.Models;
+using Mola.Platform;
 using Mola.Tokenization;
 using Mola.Training;
 using TorchSharp;
@@ -67,6 +68,11 @@ public static class TrainCommand
             Description = "Keep only each decoder layer's input and recompute the layer in the backward pass: much less activation memory " +
                 "(larger micro-batches or sequences fit) for about one more forward pass per step; the gradients are the same",
         };
+        var skipMemoryCheck = new Option<bool>("--skip-memory-check")
+        {
+            Description = $"Train even when the planned peak memory (mola params shows the plan) is above what the machine has available " +
+                $"(MemAvailable, or the container's limit; {AvailableMemory.LimitVariable}=6G sets the figure instead)",
+        };
         var seed = new Option<int>("--seed") { Description = "Seed of initialisation, shuffling, split and dropout: the same seed gives the same run", DefaultValueFactory = _ => Paper.Training.Seed };
         var dtype = Cli.DTypeOption();
         var device = Cli.DeviceOption();
@@ -82,7 +88,7 @@ public static class TrainCommand
             "MOLA_MPI_TIMEOUT: seconds a rank waits for the others, default 300).")
         {
             baseModel, data, output, template, kind, experts, topK, rank, alpha, dropout, targets, auxCoef, lr, warmup, epochs,
-            maxSteps, batch, micro, cutoff, valSize, trainOnInputs, addEos, groupByLength, saveSteps, saveLimit, evalSteps,
+            maxSteps, batch, micro, cutoff, valSize, trainOnInputs, addEos, groupByLength, saveSteps, saveLimit, evalSteps, skipMemoryCheck,
             resume, initAdapter, checkpointing, seed, dtype, device, overwrite, reportTo, json,
         };
         foreach (var opt in allocation.All) cmd.Options.Add(opt);
@@ -145,6 +151,7 @@ public static class TrainCommand
                 Resume = p.GetValue(resume),
                 Overwrite = p.GetValue(overwrite) || (embedded && p.GetResult(output) is null),
                 TensorBoard = p.GetValue(reportTo) == "tensorboard",
+                SkipMemoryCheck = p.GetValue(skipMemoryCheck),
                 CommandLine = string.Join(" ", p.Tokens.Select(tk => tk.Value)),
             };
             // Every option first, then every input file (the recipe), then the output directory: nothing is touched before all have passed.
@@ -164,6 +171,8 @@ public static class TrainCommand
             var recipe = new TrainingRecipe(run)
             {
                 Log = o.Line,
+                MemoryAdvice = "a smaller --micro-batch-size, --gradient-checkpointing, --dtype bfloat16, a lower --cutoff-len, fewer --experts or a lower --rank " +
+                    "(mola params shows the plan), or --skip-memory-check",
                 Progress = (total, loop) => reporter.Run("train", total, report =>
                     loop(m => report(m.Step, $"loss {m.Loss:F4} lr {m.Lr.ToString("0.00e+00", CultureInfo.InvariantCulture)} {m.TokensPerSecond:F0} tok/s"))),
                 BeforeTraining = embedded ? m => before = EvaluateDefault(m, testRecords!, o, "before") : null,

@@ -46,7 +46,7 @@ public sealed class LoraLayer : nn.Module<Tensor, Tensor>, IAdapterLayer
         using var scope = NewDisposeScope();
         // Flat [N, in] rows: a 3-D matmul against the thin A takes a much slower backward (bench/NOTES.md).
         var x2 = x.reshape(-1, lora_A.shape[1]);
-        var xf = x2.to(ScalarType.Float32);
+        var xf = SharedInputCast.Float32Rows(x, lora_A.shape[1]);
         if (DropoutP > 0 && training) xf = nn.functional.dropout(xf, DropoutP, training: true);
         var h = xf.mm(lora_A.t());                                           // [N, r]
         // As in MolaLayer: B^T contiguous when training on more tokens than B^T has rows, so that its

@@ -98,7 +98,7 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IAdapterLayer
     {
         using var scope = NewDisposeScope();
         var x2 = x.reshape(-1, InFeatures);
-        var xf = x2.to(ScalarType.Float32);
+        var xf = SharedInputCast.Float32Rows(x, InFeatures);   // q, k, v (gate, up) share one float32 copy
         var y = UseLoopPath ? LoopForward(x, xf, baseLayer) : FastForward(x2, xf, baseLayer);
         return y.view(x.shape.SkipLast(1).Append(OutFeatures).ToArray()).MoveToOuterDisposeScope();
     }

@@ -22,15 +22,8 @@ public sealed record ParameterCounts(AdapterKind Kind, IReadOnlyList<string> Tar
     public double Percent => 100.0 * Total / Base;
 }
 
-/// <summary>A rough peak-memory figure for training, in bytes (see <see cref="ParameterCount.EstimateTrainingMemory"/>).</summary>
-public sealed record MemoryEstimate(
-    string BaseDType, int MicroBatchSize, int SequenceLength,
-    long BaseWeightsBytes, long AdapterWeightsBytes, long AdapterGradientsBytes, long OptimizerStateBytes, long ActivationBytes)
-{
-    public long TotalBytes => checked(BaseWeightsBytes + AdapterWeightsBytes + AdapterGradientsBytes + OptimizerStateBytes + ActivationBytes);
-}
-
-/// <summary>Parameter counts and memory figures from a <see cref="ModelConfig"/> alone: no weights are read.</summary>
+/// <summary>Parameter counts from a <see cref="ModelConfig"/> alone: no weights are read (the memory they take to train:
+/// <see cref="Training.MemoryPlan"/>).</summary>
 public static class ParameterCount
 {
     /// <summary>Parameters of the base model: embeddings, per layer q/k/v/o, gate/up/down and the two
@@ -77,73 +70,6 @@ public static class ParameterCount
             return counts;
         });
     }
-
-    /// <summary>
-    /// Peak memory of a training step, as an estimate (the allocator, CUDA context, fused kernels and
-    /// the framework's own choices move the real figure).
-    /// <list type="bullet">
-    /// <item>base weights: <c>Base * bytes(dtype)</c> (frozen, no gradients or optimizer state);</item>
-    /// <item>adapter weights, their gradients and AdamW's two moments, all float32: <c>4 + 4 + 8</c> bytes per trainable parameter;</item>
-    /// <item>activations kept for the backward pass, <c>b * s</c> tokens (micro-batch x sequence length), per token and layer,
-    /// in the base dtype: the two RMSNorms' inputs and outputs (4h); q, k, v, the rotated q and k and the attention
-    /// output (3q + 3kv, plus 2q for k and v repeated to all heads under grouped-query attention); attention
-    /// probabilities without a fused kernel (heads * s); the MLP's gate, activation, up and product (4i); per target
-    /// module the dropout output (in) and the expert hidden states (E*r for MoLA, every expert; r for LoRA);
-    /// and in float32 the router logits and probabilities (2E per module, MoLA only);</item>
-    /// <item>once per token: the logits in the base dtype plus a float32 copy and its log-softmax for the loss: <c>V * (bytes + 8)</c>.</item>
-    /// </list>
-    /// No gradient checkpointing: every layer keeps its activations until the backward pass reaches it.
-    /// </summary>
-    public static MemoryEstimate EstimateTrainingMemory(ModelConfig c, ParameterCounts counts, ScalarType baseDType, int microBatchSize, int sequenceLength)
-    {
-        if (microBatchSize < 1) throw new MolaException($"--micro-batch-size: {microBatchSize} (must be at least 1)");
-        if (sequenceLength < 1) throw new MolaException($"--cutoff-len: {sequenceLength} (must be at least 1)");
-        return Checked($"the memory estimate for --micro-batch-size {microBatchSize} x --cutoff-len {sequenceLength}",
-            () =>
-            {
-                var m = Estimate(c, counts, baseDType, microBatchSize, sequenceLength);
-                _ = m.TotalBytes;   // the total overflows here, if anywhere
-                return m;
-            });
-    }
-
-    static MemoryEstimate Estimate(ModelConfig c, ParameterCounts counts, ScalarType baseDType, int microBatchSize, int sequenceLength)
-    {
-        checked
-        {
-            long bytes = BytesPerElement(baseDType);
-            long h = c.HiddenSize, i = c.IntermediateSize, q = (long)c.NumAttentionHeads * c.HeadDim, kv = (long)c.NumKeyValueHeads * c.HeadDim;
-            long s = sequenceLength, tokens = (long)microBatchSize * sequenceLength;
-
-            long baseElementsPerTokenLayer = 4 * h + 3 * q + 3 * kv + (kv != q ? 2 * q : 0) + c.NumAttentionHeads * s + 4 * i;
-            long perTokenBytes = (long)c.VocabSize * (bytes + 8);
-            foreach (var layer in counts.Layers)
-            {
-                long adapterElements = counts.Targets.Sum(m => TargetModules.Shape(c, m).In + (long)(layer.Experts ?? 1) * layer.Rank);
-                long routerFloats = counts.Kind == AdapterKind.Mola ? counts.Targets.Count * 2L * layer.Experts!.Value : 0;
-                perTokenBytes += bytes * (baseElementsPerTokenLayer + adapterElements) + 4 * routerFloats;
-            }
-            long trainable = counts.Total;
-            return new MemoryEstimate(baseDType.ToString().ToLowerInvariant(), microBatchSize, sequenceLength,
-                BaseWeightsBytes: counts.Base * bytes,
-                AdapterWeightsBytes: 4 * trainable,
-                AdapterGradientsBytes: 4 * trainable,
-                OptimizerStateBytes: 8 * trainable,
-                ActivationBytes: tokens * perTokenBytes);
-        }
-    }
-
-    /// <summary>Refuses, before anything is allocated, what cannot fit in this machine's memory (physical, or the container's
-    /// limit): libtorch would fail deep inside with a native trace, or the system would kill the process.</summary>
-    /// <param name="what">What needs the memory, naming the options or keys that make it, e.g. "the adapter (--experts ...)".</param>
-    public static void EnsureFitsInMemory(long bytes, string what, string remedy)
-    {
-        long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
-        if (bytes > available)
-            throw new MolaException($"{what} needs {GiB(bytes)} of memory, more than this machine's {GiB(available)}: {remedy}");
-    }
-
-    static string GiB(long bytes) => (bytes / (1024.0 * 1024 * 1024)).ToString("0.0", System.Globalization.CultureInfo.InvariantCulture) + " GiB";
 
     /// <summary>Runs a computation in 64-bit integers; an overflow (sizes no machine has) becomes an error naming it.</summary>
     static T Checked<T>(string what, Func<T> compute)

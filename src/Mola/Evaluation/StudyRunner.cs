@@ -67,7 +67,7 @@ public sealed class StudyRunner(StudySpec spec, string output)
 
     /// <summary>Per variant: its adapter built for the base model, its exact trainable parameter count and the
     /// training-memory estimate of one cell (from config.json alone: every allocation spec is checked here, before any run).</summary>
-    public IReadOnlyList<(StudyVariant Variant, ParameterCounts Counts, MemoryEstimate Memory)> Estimates()
+    public IReadOnlyList<(StudyVariant Variant, ParameterCounts Counts, MemoryPlan Memory)> Estimates()
     {
         var config = ModelConfig.Load(spec.BaseModel);
         return spec.Variants.Select(v =>
@@ -76,7 +76,8 @@ public sealed class StudyRunner(StudySpec spec, string output)
             try { a = v.Adapter.Build(config.NumHiddenLayers, spec.BaseModel); }
             catch (MolaException e) { throw new MolaException($"{spec.Path}: variant \"{v.Name}\": {e.Message}"); }
             var counts = a.CountParameters(config);
-            var memory = ParameterCount.EstimateTrainingMemory(config, counts, TorchSharp.torch.ScalarType.Float32, spec.Training.MicroBatchSize, spec.Tokenize.CutoffLen);
+            var memory = MemoryPlan.Estimate(config, counts, TorchSharp.torch.ScalarType.Float32, spec.Training.MicroBatchSize, spec.Tokenize.CutoffLen,
+                spec.Training.GradientCheckpointing, v.Adapter.Dropout);
             return (v, counts, memory);
         }).ToList();
     }

@@ -12,6 +12,9 @@ public sealed record ModelShapes(string ModelType, int Vocab, int Hidden, int In
         ["tinyllama-1.1b"] = new("llama", 32000, 2048, 5632, 22, 32, 4, 2048, null),
         ["llama-2-7b"] = new("llama", 32000, 4096, 11008, 32, 32, 32, 4096, null),
         ["mistral-7b"] = new("mistral", 32000, 4096, 14336, 32, 32, 8, 32768, 4096),
+        // Real layer shapes with few layers: the memory planner's calibration runs, small enough to run beside others.
+        ["tinyllama-4layers"] = new("llama", 32000, 2048, 5632, 4, 32, 4, 2048, null),
+        ["llama-2-7b-2layers"] = new("llama", 32000, 4096, 11008, 2, 32, 32, 4096, null),
     };
 
     public string ConfigJson(string dtype) => string.Create(CultureInfo.InvariantCulture, $$"""

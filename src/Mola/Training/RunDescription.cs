@@ -34,6 +34,8 @@ public sealed record RunDescription
     public Device? Device { get; init; }
     /// <summary>Also report metrics to TensorBoard (event files under <c>OUTPUT/tensorboard/</c>).</summary>
     public bool TensorBoard { get; init; }
+    /// <summary>Train even when the memory plan says the run does not fit (the plan is an estimate).</summary>
+    public bool SkipMemoryCheck { get; init; }
     /// <summary>How the run was asked for, recorded as it was given.</summary>
     public string CommandLine { get; init; } = "";
 

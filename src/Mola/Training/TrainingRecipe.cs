@@ -3,6 +3,7 @@ using Mola.Adapters;
 using Mola.Data;
 using Mola.Distributed;
 using Mola.Models;
+using Mola.Platform;
 using Mola.Tokenization;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -40,7 +41,7 @@ public sealed class TrainingRecipe(RunDescription run)
         var adapterConfig = r.InitAdapter is string init ? AdapterConfig.Load(init) : r.Adapter.Build(config.NumHiddenLayers, r.BaseModel, Log);
         adapterConfig = adapterConfig.ForModel(config.NumHiddenLayers, "--init-adapter");
         adapterConfig.Validate("adapter", config.NumHiddenLayers);
-        CheckFitsInMemory(config, adapterConfig, r.DType, r.Device ?? CPU);
+        CheckFitsInMemory(config, adapterConfig);
         var tmpl = PromptTemplate.Load(r.Template);
         var records = InstructionRecord.Load(r.Data);
         var (trainRecords, valRecords) = InstructionDataset.Split(records, r.ValSetSize, r.Training.Seed);
@@ -132,16 +133,24 @@ public sealed class TrainingRecipe(RunDescription run)
         return true;
     }
 
-    /// <summary>Refuses, before the model loads, an adapter whose weights, gradients and AdamW moments plus the base
-    /// weights cannot fit in this machine's memory (activations come on top).</summary>
-    static void CheckFitsInMemory(ModelConfig config, AdapterConfig a, ScalarType dtype, Device device)
+    /// <summary>What to change when the run does not fit, in the caller's words (the CLI names its options).</summary>
+    public string MemoryAdvice { get; init; } =
+        "a smaller micro-batch size, gradient checkpointing, a bfloat16 base, a shorter cutoff length, fewer experts or a lower rank (or skip the memory check)";
+
+    /// <summary>Refuses, before the model loads, a run whose planned peak memory (<see cref="MemoryPlan"/>) is more than
+    /// this machine has available: it would otherwise be killed mid-run, or fail deep inside libtorch.</summary>
+    void CheckFitsInMemory(ModelConfig config, AdapterConfig a)
     {
-        if (device.type != DeviceType.CPU) return;   // the device's memory is not known here
-        var counts = a.CountParameters(config);
-        var m = ParameterCount.EstimateTrainingMemory(config, counts, dtype, 1, 1);
-        ParameterCount.EnsureFitsInMemory(checked(m.BaseWeightsBytes + m.AdapterWeightsBytes + m.AdapterGradientsBytes + m.OptimizerStateBytes),
-            $"the {AdapterSummary(a, counts.Total)}, with its gradients, AdamW moments and the base weights,",
-            "fewer --experts or a lower --rank (mola params shows the counts)");
+        if ((Run.Device ?? CPU).type != DeviceType.CPU) return;   // the device's memory is not known here
+        var plan = MemoryPlan.Estimate(config, a.CountParameters(config), Run.DType, Run.Training.MicroBatchSize, Run.Tokenize.CutoffLen,
+            Run.Training.GradientCheckpointing, a.LoraDropout);
+        var available = AvailableMemory.Read();
+        if (plan.TotalBytes <= available.Bytes) return;
+        string why = $"training needs about {MemoryPlan.GiB(plan.TotalBytes)} at its peak, more than the {MemoryPlan.GiB(available.Bytes)} " +
+            $"{available.Source} (micro-batch {plan.MicroBatchSize} x {plan.SequenceLength} tokens, base {plan.BaseDType}, gradient checkpointing " +
+            $"{(plan.GradientCheckpointing ? "on" : "off")})";
+        if (Run.SkipMemoryCheck) Log($"warning: {why}; training anyway, as asked (the plan: {plan.Summary()})");
+        else throw new MolaException($"{why}: try {MemoryAdvice}");
     }
 
     /// <summary>One line: kind, allocation (value x layers) and trainable parameters; LoRA has no experts or top-k.</summary>
