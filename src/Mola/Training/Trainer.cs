@@ -55,18 +55,9 @@ public sealed class Trainer
     /// to write files that describe the run, so that a resume that fails leaves them as they were.</summary>
     public Action? OnStart { get; set; }
 
-    /// <summary>What a resumed run must repeat to continue this one exactly; kept in every checkpoint.</summary>
-    JsonObject RunSettings() => new()
-    {
-        ["batch_size"] = _o.BatchSize,
-        ["micro_batch_size"] = _o.MicroBatchSize,
-        ["train_examples"] = _train.Count,
-        ["total_steps"] = TotalSteps,
-        ["seed"] = _o.Seed,
-        ["group_by_length"] = _o.GroupByLength,
-        ["learning_rate"] = _o.LearningRate,
-        ["warmup_steps"] = _o.WarmupSteps,
-    };
+    /// <summary>The run's <c>training_args.json</c>, compared on resume with that of the checkpoint's run directory;
+    /// null (a trainer used on its own) compares nothing.</summary>
+    public string? RunRecord { get; set; }
 
     /// <summary>Runs to the end (or resumes from <paramref name="resumeCheckpoint"/>) and saves the adapter into the output directory.
     /// When <paramref name="stop"/> is signalled the current optimizer step finishes, a checkpoint of it is saved and the
@@ -80,7 +71,7 @@ public sealed class Trainer
         var state = new TrainerState();
         if (resumeCheckpoint is not null)
         {
-            state = Checkpoints.Restore(resumeCheckpoint, _adapter, optimizer, RunSettings());
+            state = Checkpoints.Restore(resumeCheckpoint, _adapter, optimizer, RunRecord);
             TruncateMetrics(state.Step);
             Log?.Invoke($"resumed from {resumeCheckpoint} at step {state.Step}");
             // A run killed between saving a checkpoint and deleting the oldest left one too many.
@@ -98,7 +89,7 @@ public sealed class Trainer
             if (stop.IsCancellationRequested)
             {
                 string? checkpoint = savedStep == state.Step ? Checkpoints.Latest(_out)
-                    : Checkpoints.Save(_out, state, _adapter, optimizer, _o.SaveTotalLimit, RunSettings());
+                    : Checkpoints.Save(_out, state, _adapter, optimizer, _o.SaveTotalLimit);
                 return new TrainResult(state.Step, lastLoss, lastEval, clock.Elapsed.TotalSeconds, _out, startStep, Interrupted: true, Checkpoint: checkpoint);
             }
             if (state.MicroBatch >= epochBatches.Count)
@@ -145,7 +136,7 @@ public sealed class Trainer
             OnStep?.Invoke(metrics);
             if (save)
             {
-                string dir = Checkpoints.Save(_out, state, _adapter, optimizer, _o.SaveTotalLimit, RunSettings());
+                string dir = Checkpoints.Save(_out, state, _adapter, optimizer, _o.SaveTotalLimit);
                 savedStep = state.Step;
                 Log?.Invoke($"step {state.Step}: checkpoint {dir}");
             }

@@ -79,10 +79,11 @@ public sealed class TrainingRecipe(RunDescription run)
                 Log($"warning: --warmup-steps {options.WarmupSteps} is not below the run's {trainer.TotalSteps} optimizer steps, so the learning rate " +
                     $"peaks at {peak:G3} instead of {options.LearningRate:G3} (fewer --warmup-steps, a smaller --batch-size or more --epochs)");
             }
+            trainer.RunRecord = r.TrainingArgs(adapter.Config, trainSet.Count, trainer.TotalSteps);
             trainer.OnStart = () =>
             {
                 Directory.CreateDirectory(outDir);
-                RunDirectory.WriteFile(Path.Combine(outDir, "training_args.json"), r.TrainingArgs(adapter.Config));
+                RunDirectory.WriteFile(Path.Combine(outDir, Checkpoints.RunRecordFile), trainer.RunRecord);
             };
             trainer.Log = Log;
             var result = Progress(trainer.TotalSteps, onStep =>
