@@ -113,7 +113,7 @@ public static class Checkpoints
         var o = ReadState(statePath);
         if (runRecord is not null && SavedRunRecord(dir, o) is JsonObject saved)
             RunDescription.CheckResumes(dir, saved, JsonNode.Parse(runRecord)!.AsObject());
-        adapter.LoadWeights(Path.Combine(dir, AdapterModel.WeightsFile));
+        adapter.LoadWeights(Path.Combine(dir, AdapterFile.WeightsFile));
         optimizer.Load(Path.Combine(dir, "optimizer.safetensors"));
         using (var f = SafeTensorsFile.Open(Path.Combine(dir, "rng_state.safetensors")))
         using (var rng = f.Read("cpu"))

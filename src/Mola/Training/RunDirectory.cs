@@ -12,7 +12,7 @@ namespace Mola.Training;
 public static class RunDirectory
 {
     /// <summary>The files a run writes at the top of its directory (its checkpoints are the <c>checkpoint-N/</c> directories).</summary>
-    public static readonly string[] RunFiles = ["adapter_config.json", AdapterModel.WeightsFile, "metrics.jsonl", "training_args.json", "eval.jsonl"];
+    public static readonly string[] RunFiles = [AdapterFile.ConfigFile, AdapterFile.WeightsFile, "metrics.jsonl", "training_args.json", "eval.jsonl"];
 
     public const string PreviousRun = ".previous-run";
     // Where MoveAside gathers the run before the one rename that makes it the previous run.
@@ -29,7 +29,7 @@ public static class RunDirectory
 
     /// <summary>Whether the run in <paramref name="dir"/> finished: its final adapter is there.</summary>
     public static bool Finished(string dir) =>
-        File.Exists(Path.Combine(dir, AdapterModel.WeightsFile)) && File.Exists(Path.Combine(dir, "adapter_config.json"));
+        File.Exists(Path.Combine(dir, AdapterFile.WeightsFile)) && File.Exists(Path.Combine(dir, AdapterFile.ConfigFile));
 
     /// <summary>Moves the run in <paramref name="dir"/> (if any) into <c>.previous-run/</c>. Returns whether there was one.</summary>
     public static bool MoveAside(string dir)

@@ -157,10 +157,10 @@ public sealed class Trainer
         try { _adapter.Save(_out); }
         catch (IOException e)
         {
-            string partial = Path.Combine(_out, AdapterModel.WeightsFile + ".tmp");
+            string partial = Path.Combine(_out, AdapterFile.WeightsFile + ".tmp");
             if (File.Exists(partial)) File.Delete(partial);
             long bytes = 4 * _adapter.parameters().Sum(t => t.numel());
-            throw new MolaException($"{Path.Combine(_out, AdapterModel.WeightsFile)}: could not write the adapter ({RunLock.Reason(e)}); it needs about {bytes:N0} bytes");
+            throw new MolaException($"{Path.Combine(_out, AdapterFile.WeightsFile)}: could not write the adapter ({RunLock.Reason(e)}); it needs about {bytes:N0} bytes");
         }
     }
 

@@ -176,7 +176,7 @@ public sealed class FuzzTests(ITestOutputHelper log) : IDisposable
             return (FuzzBudget.Show(text), path, () =>
             {
                 AdapterConfig.Load(dir).ForModel(3, path).Validate(path, 3);
-                AdapterTensors.ReadConfig(path);
+                AdapterFile.ReadKindAndExperts(path);
             }
             );
         });
