@@ -65,7 +65,7 @@ public sealed class TrainingRecipe(RunDescription run)
             long trainable = adapter.parameters().Sum(t => t.numel());
             Log($"base {r.BaseModel} ({config.ModelType}, {config.NumHiddenLayers} layers), data {r.Data}: {trainSet.Count} train / {valSet?.Count ?? 0} validation records");
             Log(AdapterSummary(adapter.Config, trainable));
-            var ready = new RecipeModel(model, tok, tmpl);
+            var ready = new RecipeModel(model, tok, tmpl, adapter);
             BeforeTraining?.Invoke(ready);
 
             // The previous run steps aside only now, when everything above has loaded, and comes back unless this run finishes.
