@@ -152,6 +152,7 @@ public static class TrainCommand
             var recipe = new TrainingRecipe(run)
             {
                 Log = o.Line,
+                SettingName = Cli.OptionName,
                 Progress = (total, loop) => reporter.Run("train", total, report =>
                     loop(m => report(m.Step, $"loss {m.Loss:F4} lr {m.Lr.ToString("0.00e+00", CultureInfo.InvariantCulture)} {m.TokensPerSecond:F0} tok/s"))),
                 BeforeTraining = embedded ? m => before = EvaluateDefault(m, testRecords!, o, "before") : null,

@@ -96,8 +96,8 @@ public static class ParameterCount
     /// </summary>
     public static MemoryEstimate EstimateTrainingMemory(ModelConfig c, ParameterCounts counts, ScalarType baseDType, int microBatchSize, int sequenceLength)
     {
-        if (microBatchSize < 1) throw new MolaException($"--micro-batch-size: {microBatchSize} (must be at least 1)");
-        if (sequenceLength < 1) throw new MolaException($"--cutoff-len: {sequenceLength} (must be at least 1)");
+        if (microBatchSize < 1) throw new MolaException(n => $"{n("micro_batch_size")}: {microBatchSize} (must be at least 1)");
+        if (sequenceLength < 1) throw new MolaException(n => $"{n("cutoff_len")}: {sequenceLength} (must be at least 1)");
         return Checked($"the memory estimate for --micro-batch-size {microBatchSize} x --cutoff-len {sequenceLength}",
             () =>
             {
@@ -156,7 +156,7 @@ public static class ParameterCount
     {
         ScalarType.Float32 => 4,
         ScalarType.BFloat16 or ScalarType.Float16 => 2,
-        _ => throw new MolaException($"--dtype: {dtype} is not a base-weight dtype (expected float32, bfloat16 or float16)"),
+        _ => throw new MolaException(n => $"{n("dtype")}: {dtype} is not a base-weight dtype (expected float32, bfloat16 or float16)"),
     };
 
     static long Weight(ModelConfig c, string module)

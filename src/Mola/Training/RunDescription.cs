@@ -40,8 +40,8 @@ public sealed record RunDescription
     {
         Training.Validate();
         Adapter.Validate();
-        if (Tokenize.CutoffLen < 1) throw new MolaException($"--cutoff-len must be at least 1, got {Tokenize.CutoffLen}");
-        if (ValSetSize < 0) throw new MolaException($"--val-set-size must be 0 or more, got {ValSetSize}");
+        if (Tokenize.CutoffLen < 1) throw new MolaException(n => $"{n("cutoff_len")} must be at least 1, got {Tokenize.CutoffLen}");
+        if (ValSetSize < 0) throw new MolaException(n => $"{n("val_set_size")} must be 0 or more, got {ValSetSize}");
     }
 
     /// <summary><c>training_args.json</c>: this run with the adapter it trains (<paramref name="adapter"/>: the spec built

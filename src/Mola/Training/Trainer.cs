@@ -107,8 +107,9 @@ public sealed class Trainer
             if (!double.IsFinite(loss) || !double.IsFinite(gradNorm))
             {
                 optimizer.ZeroGrad();
-                string last = FailureNote ?? (Checkpoints.Latest(_out) is string c ? $"the last good checkpoint is {c} (continue with --resume latest, perhaps with a lower --learning-rate)" : "no checkpoint was saved yet");
-                throw new MolaException($"step {state.Step + 1}: the loss is {(double.IsFinite(loss) ? "finite but the gradient norm is " + gradNorm : loss.ToString(CultureInfo.InvariantCulture))}; training stopped without saving this step; {last}");
+                string? checkpoint = Checkpoints.Latest(_out);
+                string Last(Func<string, string> n) => FailureNote ?? (checkpoint is string c ? $"the last good checkpoint is {c} (continue with {n("resume")} latest, perhaps with a lower {n("learning_rate")})" : "no checkpoint was saved yet");
+                throw new MolaException(n => $"step {state.Step + 1}: the loss is {(double.IsFinite(loss) ? "finite but the gradient norm is " + gradNorm : loss.ToString(CultureInfo.InvariantCulture))}; training stopped without saving this step; {Last(n)}");
             }
             optimizer.Step();
             optimizer.ZeroGrad();
@@ -173,7 +174,7 @@ public sealed class Trainer
     internal (double Loss, double Ce, double Aux, long Tokens) AccumulateGradients(List<List<TokenizedExample>> micro, Device device)
     {
         long predicted = micro.Sum(mb => mb.Sum(PredictedTokens));
-        if (predicted == 0) throw new MolaException("a training batch has no tokens to learn (every label is -100): check --cutoff-len and --train-on-inputs");
+        if (predicted == 0) throw new MolaException(n => $"a training batch has no tokens to learn (every label is -100): check {n("cutoff_len")} and {n("train_on_inputs")}");
         double loss = 0, ce = 0, aux = 0;
         long tokens = 0;
         _adapter.train();

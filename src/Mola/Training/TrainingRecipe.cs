@@ -22,6 +22,9 @@ public sealed class TrainingRecipe(RunDescription run)
     public Action<string> Log { get; init; } = _ => { };
     /// <summary>Wraps the loop (a progress display): gets the run's total steps and the loop, which takes a per-step callback.</summary>
     public Func<long, Func<Action<StepMetrics>?, TrainResult>, TrainResult> Progress { get; init; } = (_, loop) => loop(null);
+    /// <summary>How the log lines and the errors written here name a setting, given its key (<c>warmup_steps</c>); the
+    /// CLI writes its option (<c>--warmup-steps</c>).</summary>
+    public Func<string, string> SettingName { get; init; } = key => key;
     /// <summary>Called with the model once it is ready, before the first step (the embedded default measures accuracy here).</summary>
     public Action<RecipeModel>? BeforeTraining { get; init; }
     /// <summary>Called with the trained model after the adapter is saved.</summary>
@@ -34,22 +37,22 @@ public sealed class TrainingRecipe(RunDescription run)
         string outDir = r.Output;
         var config = ModelConfig.Load(r.BaseModel);
         var adapterConfig = r.InitAdapter is string init ? AdapterConfig.Load(init) : r.Adapter.Build(config.NumHiddenLayers, r.BaseModel);
-        adapterConfig = adapterConfig.ForModel(config.NumHiddenLayers, "--init-adapter");
+        adapterConfig = adapterConfig.ForModel(config.NumHiddenLayers, "init_adapter");
         adapterConfig.Validate("adapter", config.NumHiddenLayers);
-        CheckFitsInMemory(config, adapterConfig, r.DType, r.Device ?? CPU);
+        CheckFitsInMemory(config, adapterConfig, r.DType, r.Device ?? CPU, SettingName);
         var tmpl = PromptTemplate.Load(r.Template);
         var records = InstructionRecord.Load(r.Data);
         var (trainRecords, valRecords) = InstructionDataset.Split(records, r.ValSetSize, r.Training.Seed);
         var tok = MolaTokenizer.Load(r.BaseModel, config.BosTokenId, config.EosTokenId, config.VocabSize);
         var tokenize = r.Tokenize;
         if (tokenize.CutoffLen > config.MaxPositionEmbeddings)
-            Log($"warning: --cutoff-len {tokenize.CutoffLen} is past the model's {config.MaxPositionEmbeddings} positions (max_position_embeddings): " +
+            Log($"warning: {SettingName("cutoff_len")} {tokenize.CutoffLen} is past the model's {config.MaxPositionEmbeddings} positions (max_position_embeddings): " +
                 "longer examples train on positions the model never saw");
         var trainSet = InstructionDataset.Create(trainRecords, tmpl, tok, tokenize);
         var valSet = valRecords.Count > 0 ? InstructionDataset.Create(valRecords, tmpl, tok, tokenize) : null;
 
         // One writer per run directory, from here to the end; then what a killed run left is sorted out.
-        using var runLock = RunLock.Acquire(outDir, $"--output {outDir}");
+        using var runLock = RunLock.Acquire(outDir, $"{SettingName("output")} {outDir}");
         bool movedAside = false;
         try
         {
@@ -76,8 +79,9 @@ public sealed class TrainingRecipe(RunDescription run)
             if (options.WarmupSteps >= trainer.TotalSteps)
             {
                 double peak = options.LearningRate * LrSchedule.Factor(trainer.TotalSteps - 1, options.WarmupSteps, trainer.TotalSteps);   // still rising at the last step
-                Log($"warning: --warmup-steps {options.WarmupSteps} is not below the run's {trainer.TotalSteps} optimizer steps, so the learning rate " +
-                    $"peaks at {peak:G3} instead of {options.LearningRate:G3} (fewer --warmup-steps, a smaller --batch-size or more --epochs)");
+                var n = SettingName;
+                Log($"warning: {n("warmup_steps")} {options.WarmupSteps} is not below the run's {trainer.TotalSteps} optimizer steps, so the learning rate " +
+                    $"peaks at {peak:G3} instead of {options.LearningRate:G3} (fewer {n("warmup_steps")}, a smaller {n("batch_size")} or more {n("epochs")})");
             }
             trainer.RunRecord = r.TrainingArgs(adapter.Config, trainSet.Count, trainer.TotalSteps);
             trainer.OnStart = () =>
@@ -119,20 +123,20 @@ public sealed class TrainingRecipe(RunDescription run)
         var entries = RunDirectory.Entries(dir);
         if (entries.Count == 0 || resuming) return false;
         if (!overwrite)
-            throw new MolaException($"{dir}: holds another run ({entries[0]}); use --overwrite to replace it, --resume latest to continue it, or another --output");
+            throw new MolaException(n => $"{dir}: holds another run ({entries[0]}); use {n("overwrite")} to replace it, {n("resume")} latest to continue it, or another {n("output")}");
         return true;
     }
 
     /// <summary>Refuses, before the model loads, an adapter whose weights, gradients and AdamW moments plus the base
     /// weights cannot fit in this machine's memory (activations come on top).</summary>
-    static void CheckFitsInMemory(ModelConfig config, AdapterConfig a, ScalarType dtype, Device device)
+    static void CheckFitsInMemory(ModelConfig config, AdapterConfig a, ScalarType dtype, Device device, Func<string, string> n)
     {
         if (device.type != DeviceType.CPU) return;   // the device's memory is not known here
         var counts = a.CountParameters(config);
         var m = ParameterCount.EstimateTrainingMemory(config, counts, dtype, 1, 1);
         ParameterCount.EnsureFitsInMemory(checked(m.BaseWeightsBytes + m.AdapterWeightsBytes + m.AdapterGradientsBytes + m.OptimizerStateBytes),
             $"the {AdapterSummary(a, counts.Total)}, with its gradients, AdamW moments and the base weights,",
-            "fewer --experts or a lower --rank (mola params shows the counts)");
+            $"fewer {n("num_experts")} or a lower {n("rank")} (mola params shows the counts)");
     }
 
     /// <summary>One line: kind, allocation (value x layers) and trainable parameters; LoRA has no experts or top-k.</summary>
