@@ -95,7 +95,7 @@ public sealed record AdapterConfig
     /// <summary>A LoRA config with a single <c>r</c> has no layer count of its own; it takes the model's.</summary>
     internal int? UniformRank { get; init; }
 
-    public AdapterConfig ForModel(int layers, string source) =>
+    public AdapterConfig ForModel(int layers) =>
         Rank.Length == 0 && UniformRank is int r ? this with { Rank = Enumerable.Repeat(r, layers).ToArray() } : this;
 
     public void Save(string directory)

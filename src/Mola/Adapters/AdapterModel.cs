@@ -36,7 +36,7 @@ public sealed class AdapterModel : nn.Module
     /// <summary>Attaches a freshly initialised adapter (B = 0: the model's outputs are unchanged).</summary>
     public static AdapterModel Attach(CausalLM model, AdapterConfig config, string source = "adapter")
     {
-        config = config.ForModel(model.Config.NumHiddenLayers, source);
+        config = config.ForModel(model.Config.NumHiddenLayers);
         config.Validate(source, model.Config.NumHiddenLayers);
         foreach (var p in model.parameters()) p.requires_grad = false;
         var adapter = new AdapterModel(model, config);
@@ -79,7 +79,7 @@ public sealed class AdapterModel : nn.Module
     {
         var config = AdapterConfig.Load(directory);
         string cfgPath = Path.Combine(directory, AdapterFile.ConfigFile), weightsPath = Path.Combine(directory, AdapterFile.WeightsFile);
-        AdapterFile.CheckSizes(config.ForModel(model.Config.NumHiddenLayers, cfgPath), cfgPath, weightsPath);
+        AdapterFile.CheckSizes(config.ForModel(model.Config.NumHiddenLayers), cfgPath, weightsPath);
         var adapter = Attach(model, config, cfgPath);
         try
         {

@@ -98,7 +98,7 @@ public static class ParameterCount
     {
         if (microBatchSize < 1) throw new MolaException(n => $"{n("micro_batch_size")}: {microBatchSize} (must be at least 1)");
         if (sequenceLength < 1) throw new MolaException(n => $"{n("cutoff_len")}: {sequenceLength} (must be at least 1)");
-        return Checked($"the memory estimate for --micro-batch-size {microBatchSize} x --cutoff-len {sequenceLength}",
+        return Checked(n => $"the memory estimate for {n("micro_batch_size")} {microBatchSize} x {n("cutoff_len")} {sequenceLength}",
             () =>
             {
                 var m = Estimate(c, counts, baseDType, microBatchSize, sequenceLength);
@@ -146,10 +146,13 @@ public static class ParameterCount
     static string GiB(long bytes) => (bytes / (1024.0 * 1024 * 1024)).ToString("0.0", System.Globalization.CultureInfo.InvariantCulture) + " GiB";
 
     /// <summary>Runs a computation in 64-bit integers; an overflow (sizes no machine has) becomes an error naming it.</summary>
-    static T Checked<T>(string what, Func<T> compute)
+    static T Checked<T>(string what, Func<T> compute) => Checked(_ => what, compute);
+
+    /// <param name="what">What is computed, naming settings as <see cref="MolaException"/>'s message does.</param>
+    static T Checked<T>(Func<Func<string, string>, string> what, Func<T> compute)
     {
         try { return compute(); }
-        catch (OverflowException) { throw new MolaException($"{what} passes 2^63 (over 9.2e18): far more than any machine holds"); }
+        catch (OverflowException) { throw new MolaException(n => $"{what(n)} passes 2^63 (over 9.2e18): far more than any machine holds"); }
     }
 
     public static long BytesPerElement(ScalarType dtype) => dtype switch

@@ -37,7 +37,7 @@ public sealed class TrainingRecipe(RunDescription run)
         string outDir = r.Output;
         var config = ModelConfig.Load(r.BaseModel);
         var adapterConfig = r.InitAdapter is string init ? AdapterConfig.Load(init) : r.Adapter.Build(config.NumHiddenLayers, r.BaseModel);
-        adapterConfig = adapterConfig.ForModel(config.NumHiddenLayers, "init_adapter");
+        adapterConfig = adapterConfig.ForModel(config.NumHiddenLayers);
         adapterConfig.Validate("adapter", config.NumHiddenLayers);
         CheckFitsInMemory(config, adapterConfig, r.DType, r.Device ?? CPU, SettingName);
         var tmpl = PromptTemplate.Load(r.Template);
@@ -56,7 +56,7 @@ public sealed class TrainingRecipe(RunDescription run)
         bool movedAside = false;
         try
         {
-            foreach (var line in RunDirectory.Tidy(outDir, resuming: r.Resume is not null)) Log(line);
+            foreach (var line in RunDirectory.Tidy(outDir, resuming: r.Resume is not null, SettingName)) Log(line);
             bool replacing = CheckOutput(outDir, r.Resume is not null, r.Overwrite);
             string? resumeDir = r.Resume is null ? null
                 : r.Resume == "latest" ? Checkpoints.Latest(outDir) ?? throw new MolaException($"{outDir}: no checkpoint to resume from")
