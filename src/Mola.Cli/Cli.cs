@@ -108,6 +108,19 @@ public static class Cli
         return path;
     }
 
+    /// <summary>The option that sets a library setting (<see cref="MolaException.Render"/>): its key with dashes, but
+    /// where the option's name differs from the key; a label that is an option already stays as it is.</summary>
+    public static string OptionName(string key) => key.StartsWith("--", StringComparison.Ordinal) ? key
+        : OptionNames.GetValueOrDefault(key) ?? "--" + key.Replace('_', '-');
+
+    static readonly Dictionary<string, string> OptionNames = new()
+    {
+        ["lora_alpha"] = "--alpha",
+        ["lora_dropout"] = "--dropout",
+        ["num_experts"] = "--experts",
+        ["target_modules"] = "--targets",
+    };
+
     /// <summary>Runs a command body: user errors become one line on stderr and exit code 1, never a stack trace.</summary>
     public static int Run(ParseResult parse, Option<bool>? json, Func<Output, object?> body)
     {
@@ -121,7 +134,7 @@ public static class Cli
         catch (MolaException e)
         {
             // One line whatever a message quotes (a file's text, a parser's excerpt).
-            Console.Error.WriteLine($"error: {e.Message.ReplaceLineEndings(" ")}");
+            Console.Error.WriteLine($"error: {e.Render(OptionName).ReplaceLineEndings(" ")}");
             return 1;
         }
         catch (Exception e) when (Environment.GetEnvironmentVariable("MOLA_DEBUG") is null)

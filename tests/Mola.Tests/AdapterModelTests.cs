@@ -12,7 +12,7 @@ public class AdapterModelTests
     {
         foreach (var (l, m, _, module) in adapter.Modules)
         {
-            string p = AdapterConfig.Prefix(l, m);
+            string p = AdapterFile.Prefix(l, m);
             if (module is MolaLayer mola)
             {
                 if (name == $"{p}.router.weight") return mola.router.grad!;

@@ -170,7 +170,7 @@ public class ExperimentTests
         Assert.Equal(uninterrupted.Cells.Select(Key), resumed.Cells.Select(Key));
         foreach (var v in new[] { "lora-r4", "mola-2" })
         {
-            string rel = Path.Combine(v, "words", "seed-3", "epochs-1", AdapterModel.WeightsFile);
+            string rel = Path.Combine(v, "words", "seed-3", "epochs-1", AdapterFile.WeightsFile);
             Assert.Equal(File.ReadAllBytes(Path.Combine(whole, rel)), File.ReadAllBytes(Path.Combine(stopped, rel)));
         }
 

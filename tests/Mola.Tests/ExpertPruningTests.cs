@@ -36,14 +36,14 @@ public class ExpertPruningTests
                 var (a, b, router) = make(l, m, i, o);
                 for (int e = 0; e < experts[l]; e++)
                 {
-                    tensors[$"{AdapterConfig.Prefix(l, m)}.lora_A.{e}.weight"] = a[e];
-                    tensors[$"{AdapterConfig.Prefix(l, m)}.lora_B.{e}.weight"] = b[e];
+                    tensors[$"{AdapterFile.Prefix(l, m)}.lora_A.{e}.weight"] = a[e];
+                    tensors[$"{AdapterFile.Prefix(l, m)}.lora_B.{e}.weight"] = b[e];
                 }
-                tensors[$"{AdapterConfig.Prefix(l, m)}.router.weight"] = router;
+                tensors[$"{AdapterFile.Prefix(l, m)}.router.weight"] = router;
             }
         string dir = TestUtil.TempDir();
         config.Save(dir);
-        SafeTensorsFile.Save(Path.Combine(dir, AdapterModel.WeightsFile), tensors);
+        SafeTensorsFile.Save(Path.Combine(dir, AdapterFile.WeightsFile), tensors);
         return dir;
     }
 
@@ -121,7 +121,7 @@ public class ExpertPruningTests
                                 Enumerable.Range(0, 3).Select(_ => randn(o, 4, generator: gen)).ToArray(), randn(3, i, generator: gen));
             return t;
         });
-        var original = TestUtil.ReadAll(Path.Combine(dir, AdapterModel.WeightsFile));
+        var original = TestUtil.ReadAll(Path.Combine(dir, AdapterFile.WeightsFile));
 
         string pruned = Path.Combine(TestUtil.TempDir(), "pruned");
         var result = ExpertPruning.Prune(dir, pruned, keepExperts: 6, maxRedundancy: null);
@@ -134,10 +134,10 @@ public class ExpertPruningTests
         var saved = AdapterConfig.Load(pruned);
         Assert.Equal([1, 2, 3], saved.NumExperts);
         Assert.Equal([1, 2, 2], saved.TopK);
-        var t = TestUtil.ReadAll(Path.Combine(pruned, AdapterModel.WeightsFile));
+        var t = TestUtil.ReadAll(Path.Combine(pruned, AdapterFile.WeightsFile));
         foreach (var m in TargetModules.All)
         {
-            string p = AdapterConfig.Prefix(0, m);
+            string p = AdapterFile.Prefix(0, m);
             using var expected = 1.5 * original[$"{p}.lora_B.0.weight"].to(ScalarType.Float64).matmul(original[$"{p}.lora_A.0.weight"].to(ScalarType.Float64));
             using var merged = t[$"{p}.lora_B.0.weight"].to(ScalarType.Float64).matmul(t[$"{p}.lora_A.0.weight"].to(ScalarType.Float64));
             Assert.True(TestUtil.MaxAbsDiff(expected, merged) <= 1e-6, $"{m}: {TestUtil.MaxAbsDiff(expected, merged)}");

@@ -137,7 +137,7 @@ public class InstructionDatasetTests
     public void SplitThatLeavesNothingToTrainIsAnError(int valSetSize)
     {
         var e = Assert.Throws<MolaException>(() => InstructionDataset.Split(Numbered(5), valSetSize, seed: 1));
-        Assert.Contains("--val-set-size", e.Message);
+        Assert.Contains("val_set_size", e.Message);   // the library names the setting; the CLI writes --val-set-size
         Assert.Contains("5 records", e.Message);
     }
 

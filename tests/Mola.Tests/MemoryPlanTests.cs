@@ -60,7 +60,7 @@ public class MemoryPlanTests
         var forced = CliRunner.RunWithEnvironment(limit, TrainCliTests.Args(dir, "--max-steps", "1", "--save-steps", "0", "--skip-memory-check"));
         Assert.True(forced.ExitCode == 0, forced.ToString());
         Assert.Contains("warning: training needs about", forced.Stdout);   // human output: stdout without --json
-        Assert.True(File.Exists(Path.Combine(dir, AdapterModel.WeightsFile)));
+        Assert.True(File.Exists(Path.Combine(dir, AdapterFile.WeightsFile)));
 
         var bad = CliRunner.RunWithEnvironment(new Dictionary<string, string> { [AvailableMemory.LimitVariable] = "lots" }, TrainCliTests.Args(dir));
         Assert.Equal("MOLA_MEMORY_LIMIT=lots: expected a positive number of bytes, optionally with K, M or G (e.g. 6G)", bad.SingleErrorLine());

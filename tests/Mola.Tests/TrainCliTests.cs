@@ -250,6 +250,27 @@ public class TrainCliTests
     }
 
     [Fact]
+    public void AResumeComparesTheRunDirectorysTrainingArgs()
+    {
+        // The record a resume compares is training_args.json: a setting changed there (as if the run had been made
+        // with it) is refused with the same arguments; so is one that shapes the data (cutoff 64 instead of 96).
+        string dir = TestUtil.TempDir();
+        string[] run = ["--max-steps", "4", "--save-steps", "2"];
+        Assert.Equal(0, CliRunner.Run(Args(dir, run)).ExitCode);
+        var cutoff = CliRunner.Run(Args(dir, [.. run, "--resume", "latest", "--cutoff-len", "64"]));
+        Assert.Contains("cutoff_len is 64, the checkpoint's 96", cutoff.SingleErrorLine());
+        string argsPath = Path.Combine(dir, "training_args.json");
+        var args = JsonNode.Parse(File.ReadAllText(argsPath))!.AsObject();
+        Assert.Equal(4, (int)args["total_steps"]!);
+        args["seed"] = 12;
+        File.WriteAllText(argsPath, args.ToJsonString());
+        var before = Snapshot(dir);
+        var seed = CliRunner.Run(Args(dir, [.. run, "--resume", "latest"]));
+        Assert.Contains("seed is 11, the checkpoint's 12", seed.SingleErrorLine());
+        Assert.Equal(before, Snapshot(dir));
+    }
+
+    [Fact]
     public void AResumeDropsAHalfWrittenLastMetricsLineAndRefusesABrokenOneInTheMiddle()
     {
         string dir = TestUtil.TempDir();

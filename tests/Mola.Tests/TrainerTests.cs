@@ -217,8 +217,8 @@ public class TrainerTests
     [Fact]
     public void OptionsAreCheckedBeforeAnythingRuns()
     {
-        Assert.Contains("is larger than --batch-size", Assert.Throws<MolaException>(() => new TrainingOptions { BatchSize = 4, MicroBatchSize = 8 }.Validate()).Message);
-        Assert.Contains("multiple of --micro-batch-size", Assert.Throws<MolaException>(() => new TrainingOptions { BatchSize = 10, MicroBatchSize = 4 }.Validate()).Message);
-        Assert.Contains("--learning-rate", Assert.Throws<MolaException>(() => new TrainingOptions { LearningRate = 0 }.Validate()).Message);
+        Assert.Contains("is larger than batch_size", Assert.Throws<MolaException>(() => new TrainingOptions { BatchSize = 4, MicroBatchSize = 8 }.Validate()).Message);
+        Assert.Contains("multiple of micro_batch_size", Assert.Throws<MolaException>(() => new TrainingOptions { BatchSize = 10, MicroBatchSize = 4 }.Validate()).Message);
+        Assert.Contains("learning_rate", Assert.Throws<MolaException>(() => new TrainingOptions { LearningRate = 0 }.Validate()).Message);
     }
 }

@@ -1,11 +1,12 @@
 using System.Diagnostics;
+using System.Globalization;
 using System.Text.RegularExpressions;
-using Mola.Platform;
 using Mola.Adapters;
 using Mola.Data;
+using Mola.Evaluation;
 using Mola.Models;
 using Mola.Tokenization;
-using TorchSharp;
+using Mola.Training;
 using static TorchSharp.torch;
 
 namespace MakeDefault;
@@ -18,7 +19,8 @@ public sealed record ExperimentOptions
     public double LearningRate { get; init; } = 3e-3;
     public int WarmupSteps { get; init; } = 6;
     public int Rank { get; init; } = 8;
-    public int[] Experts { get; init; } = [2, 4, 6, 8];
+    /// <summary>Experts per layer, as <c>mola train --experts</c> reads it (a group pattern fits any layer count).</summary>
+    public string Experts { get; init; } = "2468";
     public int TopK { get; init; } = 2;
     public bool TrainOnInputs { get; init; }
     public int Cutoff { get; init; } = 256;
@@ -28,81 +30,68 @@ public sealed record ExperimentOptions
 
 /// <summary>
 /// A throwaway check that the default model and task do what the default run needs: a MoLA adapter
-/// trained for a minute or two takes held-out accuracy from chance to far above it.
+/// trained for a minute or two takes held-out accuracy from chance to far above it. It trains through the
+/// library's recipe, as <c>mola train</c>'s embedded default does, into a temporary run directory.
 /// </summary>
 public static class Experiment
 {
     public static void Run(string assets, ExperimentOptions o, TextWriter log)
     {
-        Native.Initialise();
-        torch.manual_seed(o.Seed);
         var clock = Stopwatch.StartNew();
-        string modelDir = Path.Combine(assets, "default-model");
-        var model = ModelLoader.Load(modelDir);
-        var tok = MolaTokenizer.Load(modelDir, model.Config.BosTokenId, model.Config.EosTokenId);
-        var train = Read(Path.Combine(assets, "default-task", "train.jsonl"));
-        var test = Read(Path.Combine(assets, "default-task", "test.jsonl")).Take(o.EvalItems).ToList();
-        log.WriteLine($"loaded in {clock.Elapsed.TotalSeconds:F1} s; {train.Count} train, {test.Count} test records");
-
-        var t0 = clock.Elapsed;
-        double before = Accuracy(model, tok, test);
-        log.WriteLine($"accuracy before: {before:P1}  ({(clock.Elapsed - t0).TotalSeconds:F1} s)");
-
-        var layers = model.Config.NumHiddenLayers;
-        var experts = o.Experts.Length == layers ? o.Experts : Enumerable.Range(0, layers).Select(l => o.Experts[l * o.Experts.Length / layers]).ToArray();
-        var config = new AdapterConfig
+        var test = InstructionRecord.Load(Path.Combine(assets, "default-task", "test.jsonl")).Take(o.EvalItems).ToList();
+        bool lora = o.Kind == "lora";
+        string output = Directory.CreateTempSubdirectory("makedefault-experiment-").FullName;
+        var run = new RunDescription
         {
-            Kind = o.Kind == "lora" ? AdapterKind.Lora : AdapterKind.Mola,
-            TargetModules = [.. TargetModules.All],
-            Rank = Enumerable.Repeat(o.Rank, layers).ToArray(),
-            NumExperts = o.Kind == "lora" ? [] : experts,
-            TopK = o.Kind == "lora" ? [] : Enumerable.Repeat(o.TopK, layers).ToArray(),
-            LoraAlpha = 16,
-            LoraDropout = 0.05,
+            BaseModel = Path.Combine(assets, "default-model"),
+            Data = Path.Combine(assets, "default-task", "train.jsonl"),
+            Output = output,
+            Template = Path.Combine(assets, "default-task", "template.json"),
+            Training = new TrainingOptions
+            {
+                LearningRate = o.LearningRate,
+                WarmupSteps = o.WarmupSteps,
+                MaxSteps = o.Steps,
+                BatchSize = o.BatchSize,
+                MicroBatchSize = o.BatchSize,
+                Seed = o.Seed,
+                SaveSteps = 0,
+            },
+            Tokenize = new TokenizeOptions(o.Cutoff, AddEos: true, TrainOnInputs: o.TrainOnInputs),
+            Adapter = new AdapterSpec
+            {
+                Kind = o.Kind,
+                Rank = o.Rank.ToString(CultureInfo.InvariantCulture),
+                Experts = lora ? null : o.Experts,
+                TopK = lora ? null : o.TopK.ToString(CultureInfo.InvariantCulture),
+            },
+            CommandLine = "tools/MakeDefault experiment",
         };
-        var adapter = AdapterModel.Attach(model, config);
-        var parameters = adapter.parameters().ToList();
-        log.WriteLine($"adapter: {o.Kind}, experts [{string.Join(",", config.NumExperts)}], rank {o.Rank}, {parameters.Sum(p => p.numel()):N0} trainable parameters");
-        var optimizer = optim.AdamW(parameters, lr: o.LearningRate, weight_decay: 0);
-        var examples = train.Select(r => Example(tok, r, o)).ToList();
-        var rnd = new Random(o.Seed);
-        adapter.train();
-        t0 = clock.Elapsed;
-        for (int step = 1; step <= o.Steps; step++)
+        var t0 = clock.Elapsed;
+        var recipe = new TrainingRecipe(run)
         {
-            double lr = step <= o.WarmupSteps ? o.LearningRate * step / o.WarmupSteps
-                : o.LearningRate * (o.Steps - step + 1) / (o.Steps - o.WarmupSteps + 1);
-            foreach (var g in optimizer.ParamGroups) g.LearningRate = lr;
-            using var scope = NewDisposeScope();
-            var picked = Enumerable.Range(0, o.BatchSize).Select(_ => examples[rnd.Next(examples.Count)]).ToList();
-            using var batch = Batching.PadRight(picked.Select(e => e.Ids).ToList(), 0, CPU, picked.Select(e => e.Labels).ToList());
-            optimizer.zero_grad();
-            using var output = adapter.Forward(batch.InputIds, batch.AttentionMask, batch.Labels);
-            output.Loss!.backward();
-            optimizer.step();
-            if (step % 10 == 0 || step == 1)
-                log.WriteLine($"step {step,4}  loss {output.CeLoss!.item<float>():F4}  aux {output.AuxLoss!.item<float>():F3}  lr {lr:E2}  {(clock.Elapsed - t0).TotalSeconds:F0} s");
-        }
-        log.WriteLine($"training: {o.Steps} steps x {o.BatchSize} in {(clock.Elapsed - t0).TotalSeconds:F1} s (CPU so far {Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds:F1} s)");
-        adapter.eval();
-        t0 = clock.Elapsed;
-        double after = Accuracy(model, tok, test);
-        log.WriteLine($"accuracy after: {after:P1}  ({(clock.Elapsed - t0).TotalSeconds:F1} s); total {clock.Elapsed.TotalSeconds:F1} s wall, {Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds:F1} s CPU");
+            Log = log.WriteLine,
+            BeforeTraining = m => log.WriteLine($"accuracy before: {HeldOut(m, test):P1}  ({clock.Elapsed.TotalSeconds:F1} s)"),
+            Progress = (_, loop) => loop(m =>
+            {
+                if (m.Step % 10 == 0 || m.Step == 1)
+                    log.WriteLine($"step {m.Step,4}  loss {m.CeLoss:F4}  aux {m.AuxLoss:F3}  lr {m.Lr:E2}  {clock.Elapsed.TotalSeconds:F0} s");
+            }),
+            AfterTraining = m =>
+            {
+                m.Adapter.eval();   // dropout off
+                log.WriteLine($"accuracy after: {HeldOut(m, test):P1}; total {clock.Elapsed.TotalSeconds:F1} s wall, " +
+                    $"{Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds:F1} s CPU");
+            },
+        };
+        try { recipe.Execute(); }
+        finally { Directory.Delete(output, recursive: true); }
     }
 
-    static List<TaskRecord> Read(string path) => Jsonl.ReadObjects(path).Select(x => new TaskRecord(
-        Jsonl.RequireString(x.Obj, "instruction", path, x.Line), Jsonl.RequireString(x.Obj, "input", path, x.Line),
-        Jsonl.RequireString(x.Obj, "output", path, x.Line), Jsonl.RequireString(x.Obj, "answer", path, x.Line))).ToList();
-
-    static (List<int> Ids, List<long> Labels) Example(MolaTokenizer tok, TaskRecord r, ExperimentOptions o)
-    {
-        string prompt = Alpaca.Prompt(r.Instruction, r.Input);
-        var ids = tok.Encode(prompt + r.Output, bos: true, eos: true);
-        if (ids.Count > o.Cutoff) throw new InvalidOperationException($"record longer than the cutoff: {ids.Count} tokens");
-        int promptLength = o.TrainOnInputs ? 0 : tok.Encode(prompt, bos: true).Count;
-        var labels = ids.Select((id, i) => i < promptLength ? Losses.IgnoreIndex : id).ToList();
-        return (ids, labels);
-    }
+    /// <summary>Held-out accuracy as the embedded default measures it: greedy decoding in the run's template, the
+    /// letter read from "The answer is X.".</summary>
+    static double HeldOut(RecipeModel m, IReadOnlyList<InstructionRecord> test) =>
+        Evaluator.Run(m.Model, m.Tokenizer, m.Template, Benchmarks.Get("openbookqa"), test, Scoring.Generate, batchSize: 16, maxNewTokens: 12).Metrics.Accuracy;
 
     /// <summary>Teacher-forced: the share of records whose letter in "The answer is X." is the likeliest
     /// of A-D after the prompt and "The answer is". One forward pass per record: cheap enough to watch training.</summary>

@@ -17,7 +17,7 @@ const string Usage = """
       pretrain     pretrains the model and writes DIR/default-model    [--steps N --batch N --lr X --seed N]
       stats        token lengths of the task records and of pretraining documents
       experiment   trains a MoLA adapter on the task and prints accuracy before and after
-                   [--steps N --batch N --lr X --rank N --experts 2,4,6,8 --top-k N --train-on-inputs --eval-items N --kind mola|lora]
+                   [--steps N --batch N --lr X --rank N --experts 2468 --top-k N --train-on-inputs --eval-items N --kind mola|lora]
     DIR defaults to assets/ in the repository.
     """;
 
@@ -103,7 +103,7 @@ switch (command)
             LearningRate = Dbl("lr", 3e-3),
             WarmupSteps = Int("warmup", 6),
             Rank = Int("rank", 8),
-            Experts = opts.TryGetValue("experts", out var e) ? e.Split(',').Select(int.Parse).ToArray() : [2, 4, 6, 8],
+            Experts = opts.GetValueOrDefault("experts", "2468"),
             TopK = Int("top-k", 2),
             TrainOnInputs = opts.ContainsKey("train-on-inputs"),
             EvalItems = Int("eval-items", 200),

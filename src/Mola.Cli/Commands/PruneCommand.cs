@@ -22,7 +22,7 @@ public static class PruneCommand
             string from = p.GetValue(adapter)!, to = Cli.OutputDirectory(p.GetValue(output)!, "--output");
             if (Path.GetFullPath(from).TrimEnd('/') == Path.GetFullPath(to).TrimEnd('/'))
                 throw new MolaException($"--output {to}: the same directory as --adapter (the pruned adapter goes to a new directory)");
-            if (File.Exists(Path.Combine(to, "adapter_config.json")) || File.Exists(Path.Combine(to, AdapterModel.WeightsFile)))
+            if (File.Exists(Path.Combine(to, "adapter_config.json")) || File.Exists(Path.Combine(to, AdapterFile.WeightsFile)))
                 throw new MolaException($"--output {to}: already holds an adapter (choose a new directory)");
             var config = AdapterConfig.Load(from);
             var selections = p.GetValue(routing) is string csv ? ExpertPruning.ReadSelections(csv, config.NumExperts) : null;

@@ -173,6 +173,7 @@ public static class TrainCommand
                 Log = o.Line,
                 MemoryAdvice = "a smaller --micro-batch-size, --gradient-checkpointing, --dtype bfloat16, a lower --cutoff-len, fewer --experts or a lower --rank " +
                     "(mola params shows the plan), or --skip-memory-check",
+                SettingName = Cli.OptionName,
                 Progress = (total, loop) => reporter.Run("train", total, report =>
                     loop(m => report(m.Step, $"loss {m.Loss:F4} lr {m.Lr.ToString("0.00e+00", CultureInfo.InvariantCulture)} {m.TokensPerSecond:F0} tok/s"))),
                 BeforeTraining = embedded ? m => before = EvaluateDefault(m, testRecords!, o, "before") : null,

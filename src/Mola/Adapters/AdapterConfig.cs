@@ -33,8 +33,11 @@ public sealed record AdapterConfig
         ? ParameterCount.Mola(model, NumExperts, TopK, Rank, TargetModules)
         : ParameterCount.Lora(model, Rank, TargetModules);
 
-    /// <summary>The PEFT key prefix of an adapted module, e.g. <c>base_model.model.model.layers.3.self_attn.q_proj</c>.</summary>
-    public static string Prefix(int layer, string module) => $"base_model.model.model.layers.{layer}.{Adapters.TargetModules.Parent(module)}.{module}";
+    /// <summary>The layer this adapter puts on module <paramref name="module"/> of decoder layer <paramref name="layer"/>,
+    /// freshly initialised (B = 0).</summary>
+    public IAdapterLayer NewLayer(int layer, string module, int inFeatures, int outFeatures, TorchSharp.torch.Device device) => Kind == AdapterKind.Mola
+        ? new MolaLayer(layer, module, inFeatures, outFeatures, NumExperts[layer], TopK[layer], Rank[layer], LoraAlpha, LoraDropout, device)
+        : new LoraLayer(layer, module, inFeatures, outFeatures, Rank[layer], LoraAlpha, LoraDropout, device);
 
     /// <summary>Checks the lists against each other and against the base model's layer count.</summary>
     public void Validate(string source, int? modelLayers = null)
@@ -63,16 +66,9 @@ public sealed record AdapterConfig
 
     public static AdapterConfig Load(string directory)
     {
-        string path = Path.Combine(directory, "adapter_config.json");
-        if (!File.Exists(path)) throw new MolaException($"{path}: not found (an adapter directory needs adapter_config.json and adapter_model.safetensors)");
+        string path = AdapterFile.ConfigPath(directory);
         var o = JsonFile.ReadObject(path, "an adapter config with peft_type, target_modules, r, ...");
-        string type = JsonFile.String(o, "peft_type", path) ?? throw new MolaException($"{path}: missing \"peft_type\"");
-        var kind = type.ToUpperInvariant() switch
-        {
-            "MOLA" => AdapterKind.Mola,
-            "LORA" => AdapterKind.Lora,
-            _ => throw new MolaException($"{path}: unsupported peft_type \"{type}\" (expected MOLA or LORA)"),
-        };
+        var kind = AdapterFile.ReadKind(o, path);
         var targets = o["target_modules"] switch
         {
             JsonArray a => a.Select(x => JsonFile.StringOf(x, "target_modules", path, "a list of module names")).ToArray(),
@@ -108,7 +104,7 @@ public sealed record AdapterConfig
     /// <summary>A LoRA config with a single <c>r</c> has no layer count of its own; it takes the model's.</summary>
     internal int? UniformRank { get; init; }
 
-    public AdapterConfig ForModel(int layers, string source) =>
+    public AdapterConfig ForModel(int layers) =>
         Rank.Length == 0 && UniformRank is int r ? this with { Rank = Enumerable.Repeat(r, layers).ToArray() } : this;
 
     public void Save(string directory)
@@ -132,7 +128,7 @@ public sealed record AdapterConfig
         }
         o["bias"] = "none";
         o["task_type"] = "CAUSAL_LM";
-        File.WriteAllText(Path.Combine(directory, "adapter_config.json"), o.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+        File.WriteAllText(Path.Combine(directory, AdapterFile.ConfigFile), o.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
     }
 
     static JsonArray ToJson(int[] values) => new(values.Select(v => (JsonNode)v!).ToArray());

@@ -7,19 +7,19 @@ namespace Mola.Adapters;
 /// <summary>
 /// The injector (PEFT's <c>LoraModel</c>): wraps the targeted linear maps of a loaded model with
 /// MoLA or LoRA layers through <see cref="Linear.Adapter"/>, keeps the base frozen, exposes only
-/// the adapter's parameters, collects router logits per decoder layer for the balance loss, and
-/// reads and writes adapter directories (<c>adapter_config.json</c> + <c>adapter_model.safetensors</c>).
+/// the adapter's parameters, and collects router logits per decoder layer for the balance loss. Adapter
+/// directories are read and written by <see cref="AdapterFile"/>.
 /// </summary>
 public sealed class AdapterModel : nn.Module
 {
-    public const string WeightsFile = "adapter_model.safetensors";
-
     public CausalLM Base { get; }
     public AdapterConfig Config { get; }
     /// <summary>Every adapted module in layer order, then target order.</summary>
     public IReadOnlyList<(int Layer, string Module, Linear Target, IAdapterLayer Adapter)> Modules => _modules;
 
     readonly List<(int Layer, string Module, Linear Target, IAdapterLayer Adapter)> _modules = new();
+    // The layers with a router (MoLA's): their logits make the balance loss.
+    readonly List<IRoutedLayer> _routed = new();
     readonly List<Tensor>[] _routerLogits;
     // Each layer's expert count and top-k, as its MoLA modules report them with their logits (the balance loss's E and k).
     readonly (int Experts, int TopK)[] _routing;
@@ -36,7 +36,7 @@ public sealed class AdapterModel : nn.Module
     /// <summary>Attaches a freshly initialised adapter (B = 0: the model's outputs are unchanged).</summary>
     public static AdapterModel Attach(CausalLM model, AdapterConfig config, string source = "adapter")
     {
-        config = config.ForModel(model.Config.NumHiddenLayers, source);
+        config = config.ForModel(model.Config.NumHiddenLayers);
         config.Validate(source, model.Config.NumHiddenLayers);
         foreach (var p in model.parameters()) p.requires_grad = false;
         var adapter = new AdapterModel(model, config);
@@ -48,13 +48,15 @@ public sealed class AdapterModel : nn.Module
                 var target = Target(layers[l], m);
                 if (target.Adapter is not null)
                     throw new MolaException($"{source}: layer {l} {m} already has an adapter attached");
-                nn.Module module = config.Kind == AdapterKind.Mola
-                    ? new MolaLayer(l, m, target.InFeatures, target.OutFeatures, config.NumExperts[l], config.TopK[l], config.Rank[l], config.LoraAlpha, config.LoraDropout, model.Device)
-                    : new LoraLayer(l, m, target.InFeatures, target.OutFeatures, config.Rank[l], config.LoraAlpha, config.LoraDropout, model.Device);
-                adapter.register_module($"{l}_{m}", module);
-                if (module is MolaLayer mola) mola.RouterLogitsSink = adapter.CollectRouterLogits;
-                target.Adapter = (IAdapterLayer)module;
-                adapter._modules.Add((l, m, target, (IAdapterLayer)module));
+                var module = config.NewLayer(l, m, target.InFeatures, target.OutFeatures, model.Device);
+                adapter.register_module($"{l}_{m}", (nn.Module)module);
+                if (module is IRoutedLayer routed)
+                {
+                    routed.RouterLogitsSink = adapter.CollectRouterLogits;
+                    adapter._routed.Add(routed);
+                }
+                target.Adapter = module;
+                adapter._modules.Add((l, m, target, module));
             }
         }
         return adapter;
@@ -75,14 +77,13 @@ public sealed class AdapterModel : nn.Module
     /// <summary>Loads an adapter directory onto <paramref name="model"/>, checking that it fits.</summary>
     public static AdapterModel Load(CausalLM model, string directory)
     {
-        if (!Directory.Exists(directory)) throw new MolaException($"{directory}: adapter directory not found");
         var config = AdapterConfig.Load(directory);
-        string cfgPath = Path.Combine(directory, "adapter_config.json");
-        CheckSizesBeforeBuilding(config.ForModel(model.Config.NumHiddenLayers, cfgPath), cfgPath, Path.Combine(directory, WeightsFile));
+        string cfgPath = Path.Combine(directory, AdapterFile.ConfigFile), weightsPath = Path.Combine(directory, AdapterFile.WeightsFile);
+        AdapterFile.CheckSizes(config.ForModel(model.Config.NumHiddenLayers), cfgPath, weightsPath);
         var adapter = Attach(model, config, cfgPath);
         try
         {
-            adapter.LoadWeights(Path.Combine(directory, WeightsFile));
+            adapter.LoadWeights(weightsPath);
         }
         catch
         {
@@ -92,30 +93,11 @@ public sealed class AdapterModel : nn.Module
         return adapter;
     }
 
-    /// <summary>Each layer's rank and expert count in the config against its first target module's tensors, before
-    /// any parameter is allocated: a config typo (r 200000) would otherwise build gigabytes before the shape check.</summary>
-    static void CheckSizesBeforeBuilding(AdapterConfig config, string cfgPath, string weightsPath)
-    {
-        if (config.TargetModules.Length == 0 || !File.Exists(weightsPath)) return;   // Attach and LoadWeights say what is wrong
-        using var file = SafeTensorsFile.Open(weightsPath);
-        for (int l = 0; l < config.Rank.Length; l++)
-        {
-            string p = AdapterConfig.Prefix(l, config.TargetModules[0]);
-            bool mola = config.Kind == AdapterKind.Mola;
-            string a = mola ? $"{p}.lora_A.0.weight" : $"{p}.lora_A.weight";
-            if (!file.Tensors.TryGetValue(a, out var info)) continue;   // LoadWeights names what is missing
-            if (info.Shape.Length != 2 || info.Shape[0] != config.Rank[l])
-                throw new MolaException($"{weightsPath}: tensor \"{a}\" has shape {SafeTensorsFile.FormatShape(info.Shape)}, but {cfgPath} says r {config.Rank[l]} for layer {l}");
-            if (mola && l < config.NumExperts.Length && !file.Tensors.ContainsKey($"{p}.lora_A.{config.NumExperts[l] - 1}.weight"))
-                throw new MolaException($"{weightsPath}: tensor \"{p}.lora_A.{config.NumExperts[l] - 1}.weight\" missing, but {cfgPath} says num_experts {config.NumExperts[l]} for layer {l}");
-        }
-    }
-
     /// <summary>Loads an adapter for inference: dropout off, plain LoRA merged into the base weights.</summary>
     public static AdapterModel LoadForInference(CausalLM model, string directory)
     {
         var adapter = Load(model, directory);
-        if (adapter.Config.Kind == AdapterKind.Lora) adapter.Merge();
+        if (adapter._routed.Count == 0) adapter.Merge();   // plain LoRA; routing cannot be folded into a weight
         adapter.eval();
         return adapter;
     }
@@ -124,36 +106,15 @@ public sealed class AdapterModel : nn.Module
     public IEnumerable<(string Name, Tensor Tensor)> NamedTensors()
     {
         foreach (var (l, m, _, module) in _modules)
-            foreach (var t in module.PeftTensors(AdapterConfig.Prefix(l, m)))
+            foreach (var t in module.PeftTensors(AdapterFile.Prefix(l, m)))
                 yield return t;
     }
 
-    /// <summary>Copies adapter tensors from a safetensors file (names and shapes checked; extra tensors refused).</summary>
-    public void LoadWeights(string path)
-    {
-        using var file = SafeTensorsFile.Open(path);
-        var expected = new HashSet<string>();
-        foreach (var (name, dst) in NamedTensors())
-        {
-            expected.Add(name);
-            if (!file.Contains(name))
-                throw new MolaException($"{path}: tensor \"{name}\" missing (expected shape {SafeTensorsFile.FormatShape(dst.shape)}); the adapter does not fit this base model or config");
-            file.ReadInto(name, dst, "but this base model and config need");
-        }
-        var extra = file.Tensors.Keys.FirstOrDefault(k => !expected.Contains(k));
-        if (extra is not null)
-            throw new MolaException($"{path}: unexpected tensor \"{extra}\" (adapter_config.json does not describe it: wrong layer count, experts or target modules?)");
-    }
+    /// <summary>Copies adapter tensors from a safetensors file (names, shapes and finiteness checked; extra tensors refused).</summary>
+    public void LoadWeights(string path) => AdapterFile.Load(path, NamedTensors());
 
     /// <summary>Writes <c>adapter_config.json</c> and <c>adapter_model.safetensors</c> into <paramref name="directory"/>.</summary>
-    public void Save(string directory)
-    {
-        Directory.CreateDirectory(directory);
-        using var scope = NewDisposeScope();
-        var tensors = NamedTensors().Select(t => new KeyValuePair<string, Tensor>(t.Name, t.Tensor.detach().contiguous())).ToList();
-        SafeTensorsFile.Save(Path.Combine(directory, WeightsFile), tensors, new Dictionary<string, string> { ["format"] = "pt" });
-        Config.Save(directory);
-    }
+    public void Save(string directory) => AdapterFile.Save(directory, Config, NamedTensors());
 
     /// <summary>Removes the adapter from the base model (the base is left as it was, LoRA unmerged).</summary>
     public void DetachFromBase()
@@ -168,7 +129,6 @@ public sealed class AdapterModel : nn.Module
     /// <summary>Folds plain LoRA into the base weights for fast inference.</summary>
     public void Merge()
     {
-        if (Config.Kind != AdapterKind.Lora) throw new MolaException("only LoRA adapters can be merged (a MoLA adapter routes per token)");
         foreach (var (_, _, target, module) in _modules) module.Merge(target);
     }
 
@@ -180,18 +140,16 @@ public sealed class AdapterModel : nn.Module
     /// <summary>Routes every MoLA layer through the faithful per-expert loop (true) or the fast path.</summary>
     public void UseLoopPath(bool on)
     {
-        foreach (var (_, _, _, module) in _modules)
-            if (module is MolaLayer mola) mola.UseLoopPath = on;
+        foreach (var routed in _routed) routed.UseLoopPath = on;
     }
 
     /// <summary>Sets (or clears) the routing statistics hook on every MoLA layer.</summary>
     public void SetRoutingObserver(IRoutingObserver? observer)
     {
-        foreach (var (_, _, _, module) in _modules)
-            if (module is MolaLayer mola) mola.Observer = observer;
+        foreach (var routed in _routed) routed.Observer = observer;
     }
 
-    void CollectRouterLogits(MolaLayer layer, Tensor logits)
+    void CollectRouterLogits(IRoutedLayer layer, Tensor logits)
     {
         if (!_collect) return;
         _routerLogits[layer.Layer].Add(logits.alias().DetachFromDisposeScope());
@@ -204,7 +162,7 @@ public sealed class AdapterModel : nn.Module
     /// </summary>
     public LmOutput Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? labels = null)
     {
-        bool wantAux = labels is not null && Config.Kind == AdapterKind.Mola;
+        bool wantAux = labels is not null && _routed.Count > 0;
         _collect = wantAux;
         try
         {
@@ -266,7 +224,7 @@ public sealed class AdapterModel : nn.Module
         if (dropout && Base.Device.type != DeviceType.CPU)
             throw new MolaException("gradient checkpointing with dropout needs the CPU device here: only the CPU generator's state is replayed " +
                 "in the recompute (set the dropout to 0, or train without gradient checkpointing)");
-        bool wantAux = Config.Kind == AdapterKind.Mola;
+        bool wantAux = _routed.Count > 0;
         var layers = Base.model.layers;
         int L = layers.Count;
         using var scope = NewDisposeScope();

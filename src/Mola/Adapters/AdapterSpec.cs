@@ -34,17 +34,17 @@ public sealed record AdapterSpec
     /// <summary>The scalars (NaN and Infinity parse, so they are refused here).</summary>
     public void Validate()
     {
-        Check(Alpha, "--alpha", v => v > 0 && double.IsFinite(v), "a positive finite number");
-        Check(Dropout, "--dropout", v => v is >= 0 and < 1, "in [0, 1)");
-        Check(AuxLossCoef, "--aux-loss-coef", v => v >= 0 && double.IsFinite(v), "a finite number, 0 or more");
-        Check(AllocationBeta, "--allocation-beta", v => v >= 0 && double.IsFinite(v), "a finite number, 0 or more");
-        if (BudgetParams is long b && b < 1) throw new MolaException($"--budget-params must be a positive parameter count, got {b}");
+        Check(Alpha, "lora_alpha", v => v > 0 && double.IsFinite(v), "a positive finite number");
+        Check(Dropout, "lora_dropout", v => v is >= 0 and < 1, "in [0, 1)");
+        Check(AuxLossCoef, "aux_loss_coef", v => v >= 0 && double.IsFinite(v), "a finite number, 0 or more");
+        Check(AllocationBeta, "allocation_beta", v => v >= 0 && double.IsFinite(v), "a finite number, 0 or more");
+        if (BudgetParams is long b && b < 1) throw new MolaException(n => $"{n("budget_params")} must be a positive parameter count, got {b}");
         Analysis.XminSearchOption.Parse(XminSearch, "--xmin-search");
     }
 
-    static void Check(double v, string name, Func<double, bool> valid, string expected)
+    static void Check(double v, string key, Func<double, bool> valid, string expected)
     {
-        if (!valid(v)) throw new MolaException($"{name} must be {expected}, got {v.ToString(CultureInfo.InvariantCulture)}");
+        if (!valid(v)) throw new MolaException(n => $"{n(key)} must be {expected}, got {v.ToString(CultureInfo.InvariantCulture)}");
     }
 
     /// <summary>The adapter for a model of <paramref name="layers"/> layers; bad specs fail here, before any weight loads.
@@ -55,7 +55,7 @@ public sealed record AdapterSpec
     {
         Validate();
         var kind = AdapterKinds.Parse(Kind);
-        var ranks = ExpertAllocation.Parse(Rank, layers, "--rank");
+        var ranks = ExpertAllocation.Parse(Rank, layers, "rank");
         int[] e = [], k = [];
         AutoAllocationResult? auto = null;
         if (kind == AdapterKind.Mola && AutoAllocation.TryParse(Experts ?? "", "--experts", out int? total))
@@ -75,14 +75,14 @@ public sealed record AdapterSpec
         }
         else if (kind == AdapterKind.Mola)
         {
-            e = ExpertAllocation.ParseExperts(Experts ?? DefaultExperts, layers, "--experts");
-            k = ExpertAllocation.Parse(TopK ?? DefaultTopK, layers, "--top-k");
+            e = ExpertAllocation.ParseExperts(Experts ?? DefaultExperts, layers, "num_experts");
+            k = ExpertAllocation.Parse(TopK ?? DefaultTopK, layers, "top_k");
             ExpertAllocation.Validate(e, k, ranks);
         }
         else if (Experts is not null || TopK is not null)
         {
             // Rejected rather than ignored, as in `mola params`: someone passing them expects them to count.
-            throw new MolaException("--experts and --top-k apply to --adapter-kind mola only (lora has one LoRA pair per module, no router)");
+            throw new MolaException(n => $"{n("num_experts")} and {n("top_k")} apply to {n("adapter_kind")} mola only (lora has one LoRA pair per module, no router)");
         }
         return new AdapterConfig
         {

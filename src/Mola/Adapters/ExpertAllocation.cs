@@ -32,14 +32,15 @@ public static class ExpertAllocation
     const int MinCompactDigits = 4;
 
     /// <summary>Reads a spec into one value per layer.</summary>
-    /// <param name="what">The option the spec came from (e.g. <c>--experts</c>), for error messages.</param>
+    /// <param name="what">The setting the spec came from (e.g. <c>num_experts</c>), named in error messages through
+    /// <see cref="MolaException.Render"/> (the CLI writes its option).</param>
     public static int[] Parse(string spec, int numLayers, string what)
     {
         if (numLayers <= 0)
             throw new ArgumentOutOfRangeException(nameof(numLayers), numLayers, "the layer count must be positive");
         string s = (spec ?? "").Trim();
         if (s.Length == 0)
-            throw new MolaException($"{what}: empty spec (expected a value such as 8, a list such as 2,4,6,8 or 2468, or a preset: {PresetNames})");
+            throw new MolaException(n => $"{n(what)}: empty spec (expected a value such as 8, a list such as 2,4,6,8 or 2468, or a preset: {PresetNames})");
 
         string lower = s.ToLowerInvariant();
         if (lower == "square" || lower.StartsWith("square:", StringComparison.Ordinal))
@@ -47,7 +48,7 @@ public static class ExpertAllocation
         if (Presets.TryGetValue(lower, out var shape))
         {
             if (numLayers < shape.Length)
-                throw new MolaException($"{what} {s}: the preset has {shape.Length} groups of layers, the model only {Layers(numLayers)} (give one value per layer instead)");
+                throw new MolaException(n => $"{n(what)} {s}: the preset has {shape.Length} groups of layers, the model only {Layers(numLayers)} (give one value per layer instead)");
             return Expand(shape, numLayers);
         }
 
@@ -60,7 +61,7 @@ public static class ExpertAllocation
             values = [Value(s, s, what)];
 
         if (values.Length > numLayers)
-            throw new MolaException($"{what} {s}: {values.Length} values, but the model has {Layers(numLayers)} " +
+            throw new MolaException(n => $"{n(what)} {s}: {values.Length} values, but the model has {Layers(numLayers)} " +
                 $"(give one value, one per layer ({numLayers}), or a group pattern of at most {numLayers} values)");
         return Expand(values, numLayers);
     }
@@ -76,7 +77,7 @@ public static class ExpertAllocation
         var values = Parse(spec, numLayers, what);
         string s = spec.Trim();
         if (s.All(char.IsAsciiDigit) && s.Length < MinCompactDigits && values[0] > MaxBareExperts)
-            throw new MolaException($"{what} {s}: {values[0]} experts in every layer? For one count per group of layers write " +
+            throw new MolaException(n => $"{n(what)} {s}: {values[0]} experts in every layer? For one count per group of layers write " +
                 $"{string.Join(",", s.ToCharArray())} (digits run together need at least {MinCompactDigits}, as in 2468); for {s} experts write square:{s}");
         return values;
     }
@@ -120,7 +121,7 @@ public static class ExpertAllocation
     static int[] Square(string spec, string lower, int numLayers, string what)
     {
         if (!lower.StartsWith("square:", StringComparison.Ordinal))
-            throw new MolaException($"{what} {spec}: the square preset needs its value, e.g. square:8");
+            throw new MolaException(n => $"{n(what)} {spec}: the square preset needs its value, e.g. square:8");
         int n = Value(spec["square:".Length..].Trim(), spec, what);
         return Enumerable.Repeat(n, numLayers).ToArray();
     }
@@ -128,14 +129,14 @@ public static class ExpertAllocation
     static int Value(string text, string spec, string what)
     {
         if (text.Length == 0)
-            throw new MolaException($"{what} {spec}: empty value in the list (expected positive integers separated by commas)");
+            throw new MolaException(n => $"{n(what)} {spec}: empty value in the list (expected positive integers separated by commas)");
         if (!text.All(char.IsAsciiDigit) || !int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out int v))
         {
             string hint = text.Any(char.IsAsciiLetter) ? $"; presets: {PresetNames}" : "";
-            throw new MolaException($"{what} {spec}: \"{text}\" is not a positive integer{hint}");
+            throw new MolaException(n => $"{n(what)} {spec}: \"{text}\" is not a positive integer{hint}");
         }
         if (v < 1)
-            throw new MolaException($"{what} {spec}: {v} is not allowed (every value must be at least 1)");
+            throw new MolaException(n => $"{n(what)} {spec}: {v} is not allowed (every value must be at least 1)");
         return v;
     }
 

@@ -45,7 +45,7 @@ public static class ExpertPruning
                 if (l >= selections.Length || selections[l].Length != config.NumExperts[l])
                     throw new MolaException($"the routing statistics do not fit {configPath}: layer {l} has {config.NumExperts[l]} experts");
 
-        string weightsPath = Path.Combine(adapterDir, AdapterModel.WeightsFile);
+        string weightsPath = Path.Combine(adapterDir, AdapterFile.WeightsFile);
         using var scope = NewDisposeScope();
         using var file = SafeTensorsFile.Open(weightsPath);
         // experts[l][m]: the live experts of layer l, module m, as (original index, A, B, router row)
@@ -83,21 +83,19 @@ public static class ExpertPruning
 
         var experts = live.Select(x => x.Count).ToArray();
         var topK = config.TopK.Select((t, l) => Math.Min(t, experts[l])).ToArray();
-        var tensors = new List<KeyValuePair<string, Tensor>>();
+        var tensors = new List<(string Name, Tensor Tensor)>();
         for (int l = 0; l < layers; l++)
             for (int mi = 0; mi < config.TargetModules.Length; mi++)
             {
-                string prefix = AdapterConfig.Prefix(l, config.TargetModules[mi]);
+                string prefix = AdapterFile.Prefix(l, config.TargetModules[mi]);
                 for (int e = 0; e < experts[l]; e++)
                 {
-                    tensors.Add(new($"{prefix}.lora_A.{e}.weight", live[l][e].Modules[mi].A.to(ScalarType.Float32).contiguous()));
-                    tensors.Add(new($"{prefix}.lora_B.{e}.weight", live[l][e].Modules[mi].B.to(ScalarType.Float32).contiguous()));
+                    tensors.Add((AdapterFile.LoraA(prefix, e), live[l][e].Modules[mi].A.to(ScalarType.Float32).contiguous()));
+                    tensors.Add((AdapterFile.LoraB(prefix, e), live[l][e].Modules[mi].B.to(ScalarType.Float32).contiguous()));
                 }
-                tensors.Add(new($"{prefix}.router.weight", torch.stack(live[l].Select(x => x.Modules[mi].Router).ToList()).to(ScalarType.Float32).contiguous()));
+                tensors.Add((AdapterFile.Router(prefix), torch.stack(live[l].Select(x => x.Modules[mi].Router).ToList()).to(ScalarType.Float32).contiguous()));
             }
-        Directory.CreateDirectory(outputDir);
-        (config with { NumExperts = experts, TopK = topK }).Save(outputDir);
-        SafeTensorsFile.Save(Path.Combine(outputDir, AdapterModel.WeightsFile), tensors);
+        AdapterFile.Save(outputDir, config with { NumExperts = experts, TopK = topK }, tensors);
         return new PruneResult(config.NumExperts, experts, topK, steps);
     }
 
@@ -107,7 +105,7 @@ public static class ExpertPruning
 
     static ModuleExpert Read(SafeTensorsFile file, string path, int layer, string module, int e)
     {
-        string prefix = AdapterConfig.Prefix(layer, module);
+        string prefix = AdapterFile.Prefix(layer, module);
         Tensor Get(string name)
         {
             var t = file.Read(name, ScalarType.Float64);

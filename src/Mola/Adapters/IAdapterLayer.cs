@@ -7,7 +7,7 @@ namespace Mola.Adapters;
 /// the kind: the forward pass around the frozen linear, its tensors by PEFT name, and merging.</summary>
 public interface IAdapterLayer : ILinearAdapter
 {
-    /// <summary>Its tensors under their PEFT names below <paramref name="prefix"/> (<see cref="AdapterConfig.Prefix"/>):
+    /// <summary>Its tensors under their PEFT names below <paramref name="prefix"/> (<see cref="AdapterFile.Prefix"/>):
     /// what adapter_model.safetensors holds for this module.</summary>
     IEnumerable<(string Name, Tensor Tensor)> PeftTensors(string prefix);
 

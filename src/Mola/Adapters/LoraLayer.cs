@@ -38,7 +38,7 @@ public sealed class LoraLayer : nn.Module<Tensor, Tensor>, IAdapterLayer
     public override Tensor forward(Tensor x) => throw new InvalidOperationException("LoraLayer wraps a Linear: call Forward(x, baseLayer)");
 
     public IEnumerable<(string Name, Tensor Tensor)> PeftTensors(string prefix) =>
-        [($"{prefix}.lora_A.weight", lora_A), ($"{prefix}.lora_B.weight", lora_B)];
+        [(AdapterFile.LoraA(prefix), lora_A), (AdapterFile.LoraB(prefix), lora_B)];
 
     public Tensor Forward(Tensor x, Models.Linear baseLayer)
     {

@@ -13,7 +13,7 @@ namespace Mola.Adapters;
 /// Parameters are stored stacked: <c>lora_A</c> [E*r, in] (expert e = rows e*r..(e+1)*r) and
 /// <c>lora_B</c> [out, E*r], so the fast path is three matrix products for all experts.
 /// </summary>
-public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IAdapterLayer
+public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer
 {
     public Parameter router;   // [E, in]
     public Parameter lora_A;   // [E*r, in]
@@ -33,7 +33,7 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IAdapterLayer
     public bool UseLoopPath { get; set; }
 
     /// <summary>Where this layer's router logits [N, E] go during a forward pass (for the balance loss); null: nowhere.</summary>
-    public Action<MolaLayer, Tensor>? RouterLogitsSink { get; set; }
+    public Action<IRoutedLayer, Tensor>? RouterLogitsSink { get; set; }
 
     /// <summary>Routing statistics hook; null (the default) costs nothing.</summary>
     public IRoutingObserver? Observer { get; set; }
@@ -78,11 +78,11 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IAdapterLayer
     /// <summary>The router, then each expert's A and B (views of the stacked parameters).</summary>
     public IEnumerable<(string Name, Tensor Tensor)> PeftTensors(string prefix)
     {
-        yield return ($"{prefix}.router.weight", router);
+        yield return (AdapterFile.Router(prefix), router);
         for (int e = 0; e < NumExperts; e++)
         {
-            yield return ($"{prefix}.lora_A.{e}.weight", ExpertA(e));
-            yield return ($"{prefix}.lora_B.{e}.weight", ExpertB(e));
+            yield return (AdapterFile.LoraA(prefix, e), ExpertA(e));
+            yield return (AdapterFile.LoraB(prefix, e), ExpertB(e));
         }
     }
 

@@ -72,17 +72,20 @@ public static class ParameterCount
     }
 
     /// <summary>Runs a computation in 64-bit integers; an overflow (sizes no machine has) becomes an error naming it.</summary>
-    static T Checked<T>(string what, Func<T> compute)
+    static T Checked<T>(string what, Func<T> compute) => Checked(_ => what, compute);
+
+    /// <param name="what">What is computed, naming settings as <see cref="MolaException"/>'s message does.</param>
+    static T Checked<T>(Func<Func<string, string>, string> what, Func<T> compute)
     {
         try { return compute(); }
-        catch (OverflowException) { throw new MolaException($"{what} passes 2^63 (over 9.2e18): far more than any machine holds"); }
+        catch (OverflowException) { throw new MolaException(n => $"{what(n)} passes 2^63 (over 9.2e18): far more than any machine holds"); }
     }
 
     public static long BytesPerElement(ScalarType dtype) => dtype switch
     {
         ScalarType.Float32 => 4,
         ScalarType.BFloat16 or ScalarType.Float16 => 2,
-        _ => throw new MolaException($"--dtype: {dtype} is not a base-weight dtype (expected float32, bfloat16 or float16)"),
+        _ => throw new MolaException(n => $"{n("dtype")}: {dtype} is not a base-weight dtype (expected float32, bfloat16 or float16)"),
     };
 
     static long Weight(ModelConfig c, string module)

@@ -32,7 +32,7 @@ public static class PissaInit
             var b = (u[.., ..r] * root).to(ScalarType.Float32);                     // [out, r]
             mola.lora_A.copy_(a.repeat(mola.NumExperts, 1));
             mola.lora_B.copy_(b.repeat(1, mola.NumExperts));
-            string prefix = AdapterConfig.Prefix(layer, module);
+            string prefix = AdapterFile.Prefix(layer, module);
             factors[$"{prefix}.pissa_A.weight"] = a.detach().clone().MoveToOuterDisposeScope();
             factors[$"{prefix}.pissa_B.weight"] = b.detach().clone().MoveToOuterDisposeScope();
             Subtract(target.weight, mola.Scaling, a, b);
@@ -47,7 +47,7 @@ public static class PissaInit
         using var _ = torch.no_grad();
         foreach (var (layer, module, target, adapterLayer) in adapter.Modules)
         {
-            string prefix = AdapterConfig.Prefix(layer, module);
+            string prefix = AdapterFile.Prefix(layer, module);
             if (!factors.TryGetValue($"{prefix}.pissa_A.weight", out var a) || !factors.TryGetValue($"{prefix}.pissa_B.weight", out var b))
                 throw new MolaException($"{source}: \"{prefix}.pissa_A.weight\" or \"{prefix}.pissa_B.weight\" missing (a PiSSA adapter stores the initial factors of every module)");
             var scaling = adapterLayer is MolaLayer m ? m.Scaling : throw new MolaException($"{source}: PiSSA factors on a LoRA adapter");

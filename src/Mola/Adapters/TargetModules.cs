@@ -9,18 +9,18 @@ public static class TargetModules
     public static readonly IReadOnlyList<string> All = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
     /// <summary>Reads a comma (or space) separated list of module names, or <c>all</c>; returns them in checkpoint order.</summary>
-    public static string[] Parse(string list, string what = "--targets")
+    public static string[] Parse(string list, string what = "target_modules")
     {
         var names = (list ?? "").Split([',', ' '], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         if (names.Length == 0)
-            throw new MolaException($"{what}: empty list (expected some of {string.Join(", ", All)}, or all)");
+            throw new MolaException(n => $"{n(what)}: empty list (expected some of {string.Join(", ", All)}, or all)");
         if (names is ["all"]) return [.. All];
         foreach (var name in names)
         {
             if (!All.Contains(name))
-                throw new MolaException($"{what}: unknown module \"{name}\" (expected some of {string.Join(", ", All)}, or all)");
+                throw new MolaException(n => $"{n(what)}: unknown module \"{name}\" (expected some of {string.Join(", ", All)}, or all)");
             if (names.Count(n => n == name) > 1)
-                throw new MolaException($"{what}: \"{name}\" is listed twice");
+                throw new MolaException(n => $"{n(what)}: \"{name}\" is listed twice");
         }
         return All.Where(names.Contains).ToArray();
     }

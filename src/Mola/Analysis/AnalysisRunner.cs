@@ -58,7 +58,7 @@ public static class AnalysisRunner
     /// <summary>Per-layer redundancy of several adapters in one figure and one CSV (with an adapter column).</summary>
     public static ComparisonResult Compare(IReadOnlyList<string> adapterDirs, string outputDir)
     {
-        if (adapterDirs.Count == 0) throw new MolaException("--compare needs at least one adapter directory");
+        if (adapterDirs.Count == 0) throw new MolaException(n => $"{n("compare")} needs at least one adapter directory");
         var reports = adapterDirs.Select(Redundancy.Compute).ToList();
         var labels = Labels(adapterDirs);
         Directory.CreateDirectory(outputDir);

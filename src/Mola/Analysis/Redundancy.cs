@@ -15,7 +15,7 @@ public sealed record LayerRedundancy(int Layer, int Experts, double? MeanPairwis
 public sealed record RedundancyReport(string AdapterDir, IReadOnlyList<ModuleRedundancy> Modules, IReadOnlyList<LayerRedundancy> Layers)
 {
     /// <summary>Modules in the order they first appear (q, k, v, o, gate, up, down, then others).</summary>
-    public IReadOnlyList<string> ModuleNames => Modules.Select(m => m.Module).Distinct().OrderBy(m => m, Comparer<string>.Create(AdapterTensors.CompareModules)).ToList();
+    public IReadOnlyList<string> ModuleNames => Modules.Select(m => m.Module).Distinct().OrderBy(m => m, Comparer<string>.Create(AdapterFile.CompareModules)).ToList();
 }
 
 /// <summary>How alike the experts of a MoLA adapter are (the paper's figure 3): low distances between
@@ -25,15 +25,16 @@ public static class Redundancy
     /// <summary>Reads an adapter directory and computes the redundancy of every layer and module.</summary>
     public static RedundancyReport Compute(string adapterDir)
     {
-        string configPath = AdapterTensors.ConfigPath(adapterDir);
-        if (AdapterTensors.ReadConfig(configPath).PeftType == "LORA")
+        string configPath = AdapterFile.ConfigPath(adapterDir);
+        var (kind, numExperts) = AdapterFile.ReadKindAndExperts(configPath);
+        if (kind == AdapterKind.Lora)
             throw new MolaException($"{configPath}: peft_type is \"LORA\": a plain LoRA adapter has one update per module, so there are no expert pairs to compare (redundancy needs a MoLA adapter)");
-        var adapter = AdapterTensors.Read(adapterDir);
+        string weightsPath = Path.Combine(adapterDir, AdapterFile.WeightsFile);
+        var adapterModules = AdapterFile.ListModules(weightsPath, numExperts, configPath);
 
-        string weightsPath = Path.Combine(adapterDir, AdapterTensors.WeightsFile);
         using var file = SafeTensorsFile.Open(weightsPath);
         var modules = new List<ModuleRedundancy>();
-        foreach (var m in adapter.Modules)
+        foreach (var m in adapterModules)
         {
             double? mean = null;
             if (m.A.Count > 1)
@@ -46,7 +47,7 @@ public static class Redundancy
                     SafeTensorsFile.RequireFinite(t, weightsPath, name);
                 mean = MeanPairwiseDistance(a, b);
             }
-            modules.Add(new ModuleRedundancy(m.Layer, m.Name, m.A.Count, mean));
+            modules.Add(new ModuleRedundancy(m.Layer, m.Module, m.A.Count, mean));
         }
         var layers = modules.GroupBy(m => m.Layer).OrderBy(g => g.Key).Select(g => new LayerRedundancy(
             g.Key, g.Max(m => m.Experts),
@@ -98,7 +99,7 @@ public static class Redundancy
         return d;
     }
 
-    static void CheckShapes(string path, AdapterTensors.Module m, List<Tensor> a, List<Tensor> b)
+    static void CheckShapes(string path, AdapterFile.ModuleTensors m, List<Tensor> a, List<Tensor> b)
     {
         for (int e = 0; e < a.Count; e++)
         {

@@ -1,3 +1,4 @@
+using Mola.Adapters;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -93,5 +94,5 @@ public sealed class RoutingStatistics : Mola.Adapters.IRoutingObserver
     }
 
     IEnumerable<KeyValuePair<(int Layer, string Module), Counts>> Ordered() =>
-        _counts.OrderBy(kv => kv.Key.Layer).ThenBy(kv => kv.Key.Module, Comparer<string>.Create(AdapterTensors.CompareModules));
+        _counts.OrderBy(kv => kv.Key.Layer).ThenBy(kv => kv.Key.Module, Comparer<string>.Create(AdapterFile.CompareModules));
 }

@@ -29,9 +29,9 @@ public sealed class BatchSampler
     public BatchSampler(IReadOnlyList<int> lengths, int microBatchSize, int seed, bool groupByLength = false, int? batchSize = null)
     {
         if (lengths.Count == 0) throw new MolaException("no training examples");
-        if (microBatchSize < 1) throw new MolaException($"--micro-batch-size must be at least 1, got {microBatchSize}");
+        if (microBatchSize < 1) throw new MolaException(n => $"{n("micro_batch_size")} must be at least 1, got {microBatchSize}");
         int batch = batchSize ?? microBatchSize;
-        if (batch < 1) throw new MolaException($"--batch-size must be at least 1, got {batch}");
+        if (batch < 1) throw new MolaException(n => $"{n("batch_size")} must be at least 1, got {batch}");
         _lengths = lengths.ToArray();
         MicroBatchSize = microBatchSize;
         Seed = seed;

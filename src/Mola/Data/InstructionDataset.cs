@@ -40,7 +40,7 @@ public sealed class InstructionDataset
 
     public static InstructionDataset Create(IReadOnlyList<InstructionRecord> records, PromptTemplate template, MolaTokenizer tokenizer, TokenizeOptions options)
     {
-        if (options.CutoffLen < 2) throw new MolaException($"--cutoff-len must be at least 2 (BOS and one token), got {options.CutoffLen}");
+        if (options.CutoffLen < 2) throw new MolaException(n => $"{n("cutoff_len")} must be at least 2 (BOS and one token), got {options.CutoffLen}");
         var examples = records.Select(r => Tokenize(r, template, tokenizer, options)).ToList();
         return new InstructionDataset(records, examples, options);
     }
@@ -100,9 +100,9 @@ public sealed class InstructionDataset
     /// </summary>
     public static (List<InstructionRecord> Train, List<InstructionRecord> Validation) Split(IReadOnlyList<InstructionRecord> records, int valSetSize, int seed)
     {
-        if (valSetSize < 0) throw new MolaException($"--val-set-size must not be negative, got {valSetSize}");
+        if (valSetSize < 0) throw new MolaException(n => $"{n("val_set_size")} must not be negative, got {valSetSize}");
         if (valSetSize >= records.Count)
-            throw new MolaException($"--val-set-size {valSetSize} leaves nothing to train on: the data has {records.Count} record{(records.Count == 1 ? "" : "s")}");
+            throw new MolaException(n => $"{n("val_set_size")} {valSetSize} leaves nothing to train on: the data has {records.Count} record{(records.Count == 1 ? "" : "s")}");
         var validation = new HashSet<int>(SeededPermutation.Of(records.Count, seed, SeededPermutation.SplitStream).Take(valSetSize));
         var train = new List<InstructionRecord>();
         var val = new List<InstructionRecord>();

@@ -29,14 +29,14 @@ public static class Evaluator
     {
         "generate" => Scoring.Generate,
         "likelihood" => Scoring.Likelihood,
-        _ => throw new MolaException($"--scoring: unknown mode \"{name}\" (expected generate or likelihood)"),
+        _ => throw new MolaException(n => $"{n("scoring")}: unknown mode \"{name}\" (expected generate or likelihood)"),
     };
 
     public static EvalResult Run(CausalLM model, MolaTokenizer tok, PromptTemplate template, Benchmark task,
         IReadOnlyList<InstructionRecord> records, Scoring scoring, int batchSize = 8, int maxNewTokens = 32, Action<int>? progress = null)
     {
         if (records.Count == 0) throw new MolaException("no records to evaluate");
-        if (batchSize < 1) throw new MolaException($"--batch-size must be at least 1, got {batchSize}");
+        if (batchSize < 1) throw new MolaException(n => $"{n("batch_size")} must be at least 1, got {batchSize}");
         var gold = records.Select(r => task.GoldLabel(r.Answer, r.Output, r.Line > 0 ? $"record at line {r.Line}" : "record")).ToList();
         var predictions = new List<Prediction>();
         bool wasTraining = model.training;

@@ -22,7 +22,7 @@ public static class Perplexity
     /// over all predicted tokens and its exponential.</summary>
     public static PerplexityResult Compute(CausalLM model, MolaTokenizer tok, IReadOnlyList<string> texts, int batchSize = 8, Action<int>? progress = null)
     {
-        if (batchSize < 1) throw new MolaException("--batch-size must be at least 1");
+        if (batchSize < 1) throw new MolaException(n => $"{n("batch_size")} must be at least 1");
         int maxLen = model.Config.MaxPositionEmbeddings;
         var encoded = texts.Select(t => tok.Encode(t, bos: true)).Select(ids => ids.Count > maxLen ? ids.GetRange(0, maxLen) : ids).ToList();
         double sum = 0;

@@ -21,14 +21,14 @@ public sealed record GenerationOptions
 
     public void Validate()
     {
-        if (MaxNewTokens < 0) throw new MolaException($"--max-new-tokens must be 0 or more, got {MaxNewTokens}");
+        if (MaxNewTokens < 0) throw new MolaException(n => $"{n("max_new_tokens")} must be 0 or more, got {MaxNewTokens}");
         // Sampling runs in float32: a value that is 0 or infinite there (1e-300, 1e300) would divide the logits
         // into NaN, which libtorch reports only as a native error deep inside the draw.
         if (!Greedy && !PositiveInFloat32(Temperature))
-            throw new MolaException($"--temperature must be a positive number that float32 holds (1.4e-45 to 3.4e38), got {Number(Temperature)}");
+            throw new MolaException(n => $"{n("temperature")} must be a positive number that float32 holds (1.4e-45 to 3.4e38), got {Number(Temperature)}");
         if (!PositiveInFloat32(TopP) || TopP > 1)
-            throw new MolaException($"--top-p must be in (0, 1] and at least 1.4e-45 (the smallest float32), got {Number(TopP)}");
-        if (TopK < 0) throw new MolaException($"--top-k-sampling must be 0 (off) or more, got {TopK}");
+            throw new MolaException(n => $"{n("top_p")} must be in (0, 1] and at least 1.4e-45 (the smallest float32), got {Number(TopP)}");
+        if (TopK < 0) throw new MolaException(n => $"{n("top_k_sampling")} must be 0 (off) or more, got {TopK}");
     }
 
     static bool PositiveInFloat32(double x) => (float)x > 0 && float.IsFinite((float)x);

@@ -58,7 +58,7 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
     /// <summary>The error for outputs that are NaN or infinite (<paramref name="what"/> says which): printed as
     /// numbers they would pass for a result. Loaded weights are checked, so an overflow is the likely cause.</summary>
     public static MolaException NotFinite(string what) =>
-        new($"{what} NaN or infinite: the model's outputs overflowed (float16 holds at most 65504: try --dtype bfloat16 or float32) or its weights are damaged");
+        new(n => $"{what} NaN or infinite: the model's outputs overflowed (float16 holds at most 65504: try {n("dtype")} bfloat16 or float32) or its weights are damaged");
     readonly Rotary _rotary;
 
     public CausalLM(ModelConfig config, ScalarType dtype, Device device) : base("CausalLM")

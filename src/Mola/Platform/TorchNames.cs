@@ -11,7 +11,7 @@ public static class TorchNames
         "float32" or "fp32" or "f32" => ScalarType.Float32,
         "bfloat16" or "bf16" => ScalarType.BFloat16,
         "float16" or "fp16" or "f16" => ScalarType.Float16,
-        _ => throw new MolaException($"--dtype: unknown dtype \"{name}\" (expected float32, bfloat16 or float16)"),
+        _ => throw new MolaException(n => $"{n("dtype")}: unknown dtype \"{name}\" (expected float32, bfloat16 or float16)"),
     };
 
     public static Device ParseDevice(string name)
@@ -21,9 +21,9 @@ public static class TorchNames
         if (n == "cuda" || n.StartsWith("cuda:"))
         {
             if (!cuda.is_available())
-                throw new MolaException($"--device {name}: CUDA is not available in this build (build with -p:TorchBackend=cuda on a machine with a GPU)");
+                throw new MolaException(n => $"{n("device")} {name}: CUDA is not available in this build (build with -p:TorchBackend=cuda on a machine with a GPU)");
             return torch.device(n);
         }
-        throw new MolaException($"--device: unknown device \"{name}\" (expected cpu or cuda)");
+        throw new MolaException(n => $"{n("device")}: unknown device \"{name}\" (expected cpu or cuda)");
     }
 }

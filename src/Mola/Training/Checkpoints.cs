@@ -15,9 +15,7 @@ public static class Checkpoints
 {
     public const string Prefix = "checkpoint-";
 
-    /// <param name="run">What a resumed run must repeat to continue this one exactly (batch, data size, schedule,
-    /// seed), kept in trainer_state.json and compared by <see cref="Restore"/>.</param>
-    public static string Save(string outputDir, TrainerState state, AdapterModel adapter, AdamW optimizer, int keep, JsonObject? run = null)
+    public static string Save(string outputDir, TrainerState state, AdapterModel adapter, AdamW optimizer, int keep)
     {
         string final = Path.Combine(outputDir, $"{Prefix}{state.Step}");
         string tmp = Path.Combine(outputDir, $"{TempPrefix}{state.Step}-{Environment.ProcessId}");
@@ -34,7 +32,6 @@ public static class Checkpoints
                 ["epoch"] = state.Epoch,
                 ["micro_batch"] = state.MicroBatch,
             };
-            if (run is not null) json["run"] = run.DeepClone();
             File.WriteAllText(Path.Combine(tmp, "trainer_state.json"), json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         }
         catch (IOException e)
@@ -107,30 +104,16 @@ public static class Checkpoints
 
     /// <summary>Loads adapter weights, optimizer state and RNG state; returns the trainer state. Everything that must
     /// match for an exact continuation is compared first, so a mismatch changes nothing.</summary>
-    /// <param name="run">This run's settings as <see cref="Save"/> takes them; null skips that comparison (as does a
-    /// checkpoint written before they were kept).</param>
-    public static TrainerState Restore(string dir, AdapterModel adapter, AdamW optimizer, JsonObject? run = null)
+    /// <param name="runRecord">This run's <c>training_args.json</c>, compared with the checkpoint's run's
+    /// (<see cref="RunDescription.CheckResumes"/>); null skips the comparison.</param>
+    public static TrainerState Restore(string dir, AdapterModel adapter, AdamW optimizer, string? runRecord = null)
     {
         string statePath = Path.Combine(dir, "trainer_state.json");
         if (!File.Exists(statePath)) throw new MolaException($"{dir}: not a checkpoint (no trainer_state.json)");
-        var saved = AdapterConfig.Load(dir);
-        var now = adapter.Config;
-        if (!saved.NumExperts.SequenceEqual(now.NumExperts) || !saved.Rank.SequenceEqual(now.Rank) || !saved.TargetModules.SequenceEqual(now.TargetModules))
-            throw new MolaException($"{dir}: the checkpoint's adapter (experts, rank or targets) differs from this run's");
-        if (!saved.TopK.SequenceEqual(now.TopK) || saved.LoraAlpha != now.LoraAlpha || saved.LoraDropout != now.LoraDropout || saved.AuxLossCoef != now.AuxLossCoef)
-            throw new MolaException($"{dir}: the checkpoint's top-k, alpha, dropout or aux-loss coefficient differs from this run's " +
-                "(a resumed run continues the same training; drop --resume to start a new one)");
         var o = ReadState(statePath);
-        if (run is not null && o["run"] is JsonObject savedRun)
-        {
-            foreach (var (key, value) in savedRun)
-            {
-                if (value?.ToJsonString() != run[key]?.ToJsonString())
-                    throw new MolaException($"{dir}: this run's {key} is {run[key]?.ToJsonString() ?? "unset"}, the checkpoint's {value?.ToJsonString()} " +
-                        "(a resumed run must repeat the interrupted one's batch, data, schedule and seed; drop --resume to start a new one)");
-            }
-        }
-        adapter.LoadWeights(Path.Combine(dir, AdapterModel.WeightsFile));
+        if (runRecord is not null && SavedRunRecord(dir, o) is JsonObject saved)
+            RunDescription.CheckResumes(dir, saved, JsonNode.Parse(runRecord)!.AsObject());
+        adapter.LoadWeights(Path.Combine(dir, AdapterFile.WeightsFile));
         optimizer.Load(Path.Combine(dir, "optimizer.safetensors"));
         using (var f = SafeTensorsFile.Open(Path.Combine(dir, "rng_state.safetensors")))
         using (var rng = f.Read("cpu"))
@@ -143,6 +126,21 @@ public static class Checkpoints
         };
         if (optimizer.Steps != state.Step) throw new MolaException($"{dir}: optimizer state is at step {optimizer.Steps} but the trainer state says {state.Step}");
         return state;
+    }
+
+    public const string RunRecordFile = "training_args.json";
+
+    /// <summary>The record of the run a checkpoint belongs to: the <c>training_args.json</c> of its run directory (the
+    /// run writes it before its first step, so before any checkpoint), or, for a checkpoint written before resumes
+    /// compared that, with the settings its trainer_state.json kept under "run" (the same keys); null when neither is there.</summary>
+    static JsonObject? SavedRunRecord(string dir, JsonObject state)
+    {
+        string path = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(dir).TrimEnd('/'))!, RunRecordFile);
+        var record = File.Exists(path) ? JsonFile.ReadObject(path, "the run record (training_args.json) of the interrupted run") : new JsonObject();
+        if (state["run"] is JsonObject legacy)
+            foreach (var (key, value) in legacy)
+                if (!record.ContainsKey(key)) record[key] = value?.DeepClone();
+        return record.Count > 0 ? record : null;
     }
 
     /// <summary>trainer_state.json with its three counters checked, or an error naming the file.</summary>

@@ -44,13 +44,14 @@ public sealed record RunDescription
     {
         Training.Validate();
         Adapter.Validate();
-        if (Tokenize.CutoffLen < 1) throw new MolaException($"--cutoff-len must be at least 1, got {Tokenize.CutoffLen}");
-        if (ValSetSize < 0) throw new MolaException($"--val-set-size must be 0 or more, got {ValSetSize}");
+        if (Tokenize.CutoffLen < 1) throw new MolaException(n => $"{n("cutoff_len")} must be at least 1, got {Tokenize.CutoffLen}");
+        if (ValSetSize < 0) throw new MolaException(n => $"{n("val_set_size")} must be 0 or more, got {ValSetSize}");
     }
 
     /// <summary><c>training_args.json</c>: this run with the adapter it trains (<paramref name="adapter"/>: the spec built
-    /// for the model, or the initial adapter's own).</summary>
-    public string TrainingArgs(AdapterConfig adapter)
+    /// for the model, or the initial adapter's own), and what follows from its data (<paramref name="trainExamples"/>,
+    /// <paramref name="totalSteps"/>). A resume compares it with the checkpoint's run's (<see cref="CheckResumes"/>).</summary>
+    public string TrainingArgs(AdapterConfig adapter, int trainExamples, long totalSteps)
     {
         var (o, t) = (Training, Tokenize);
         var args = new JsonObject
@@ -80,9 +81,36 @@ public sealed record RunDescription
             ["save_steps"] = o.SaveSteps,
             ["save_total_limit"] = o.SaveTotalLimit,
             ["seed"] = o.Seed,
+            ["train_examples"] = trainExamples,
+            ["total_steps"] = totalSteps,
             ["command_line"] = CommandLine,
         };
         return args.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n";
+    }
+
+    /// <summary>The adapter's structure: another value builds other tensors.</summary>
+    static readonly string[] AdapterShape = ["adapter_kind", "num_experts", "rank", "target_modules"];
+    /// <summary>The adapter's other settings: the same tensors, trained differently.</summary>
+    static readonly string[] AdapterTraining = ["top_k", "lora_alpha", "lora_dropout", "aux_loss_coef"];
+    /// <summary>What else a resumed run must repeat to continue the interrupted one exactly: its batches, data and
+    /// schedule. Paths (a model or data set may move), checkpoint policy and gradient checkpointing may change.</summary>
+    static readonly string[] Continuation = ["batch_size", "micro_batch_size", "train_examples", "total_steps", "seed", "group_by_length",
+        "learning_rate", "warmup_steps", "max_grad_norm", "cutoff_len", "add_eos", "train_on_inputs"];
+
+    /// <summary>Refuses to resume checkpoint <paramref name="dir"/>, whose run record is <paramref name="saved"/>, with
+    /// this run (<paramref name="now"/>, <see cref="TrainingArgs"/> parsed) unless every setting that shapes the
+    /// continuation is the same. Keys the saved record lacks (a checkpoint from before they were recorded) are not compared.</summary>
+    public static void CheckResumes(string dir, JsonObject saved, JsonObject now)
+    {
+        bool Differs(string key) => saved.ContainsKey(key) && saved[key]?.ToJsonString() != now[key]?.ToJsonString();
+        if (AdapterShape.Any(Differs))
+            throw new MolaException($"{dir}: the checkpoint's adapter (experts, rank or targets) differs from this run's");
+        if (AdapterTraining.Any(Differs))
+            throw new MolaException($"{dir}: the checkpoint's top-k, alpha, dropout or aux-loss coefficient differs from this run's " +
+                "(a resumed run continues the same training; start a new run instead of resuming)");
+        if (Continuation.FirstOrDefault(Differs) is string key)
+            throw new MolaException($"{dir}: this run's {key} is {now[key]?.ToJsonString() ?? "unset"}, the checkpoint's {saved[key]?.ToJsonString()} " +
+                "(a resumed run must repeat the interrupted one's batch, data, schedule and seed; start a new run instead of resuming)");
     }
 
     static JsonArray Array(int[] values) => new(values.Select(x => (JsonNode)x!).ToArray());

@@ -12,7 +12,7 @@ namespace Mola.Training;
 public static class RunDirectory
 {
     /// <summary>The files a run writes at the top of its directory (its checkpoints are the <c>checkpoint-N/</c> directories).</summary>
-    public static readonly string[] RunFiles = ["adapter_config.json", AdapterModel.WeightsFile, "metrics.jsonl", "training_args.json", "eval.jsonl"];
+    public static readonly string[] RunFiles = [AdapterFile.ConfigFile, AdapterFile.WeightsFile, "metrics.jsonl", "training_args.json", "eval.jsonl"];
 
     public const string PreviousRun = ".previous-run";
     // Where MoveAside gathers the run before the one rename that makes it the previous run.
@@ -29,7 +29,7 @@ public static class RunDirectory
 
     /// <summary>Whether the run in <paramref name="dir"/> finished: its final adapter is there.</summary>
     public static bool Finished(string dir) =>
-        File.Exists(Path.Combine(dir, AdapterModel.WeightsFile)) && File.Exists(Path.Combine(dir, "adapter_config.json"));
+        File.Exists(Path.Combine(dir, AdapterFile.WeightsFile)) && File.Exists(Path.Combine(dir, AdapterFile.ConfigFile));
 
     /// <summary>Moves the run in <paramref name="dir"/> (if any) into <c>.previous-run/</c>. Returns whether there was one.</summary>
     public static bool MoveAside(string dir)
@@ -72,26 +72,28 @@ public static class RunDirectory
     /// replacement did not finish comes back, unless this run resumes the replacement (which then owns it until it
     /// finishes). Returns one line per thing done, for the log.
     /// </summary>
-    public static List<string> Tidy(string dir, bool resuming)
+    /// <param name="settingName">How the lines name a setting (<see cref="TrainingRecipe.SettingName"/>).</param>
+    public static List<string> Tidy(string dir, bool resuming, Func<string, string>? settingName = null)
     {
+        string overwrite = (settingName ?? (key => key))("overwrite");
         var done = Checkpoints.RemoveLeftovers(dir).Select(d => $"removed {Path.Combine(dir, d)} (left by a process that was killed)").ToList();
         string gathering = Path.Combine(dir, Gathering), previous = Path.Combine(dir, PreviousRun);
         if (Directory.Exists(gathering))
         {
             foreach (var e in Entries(gathering)) Move(Path.Combine(gathering, e), Path.Combine(dir, e));
             Directory.Delete(gathering, true);
-            done.Add($"{dir}: put back the run an --overwrite was moving aside when it was killed");
+            done.Add($"{dir}: put back the run an {overwrite} was moving aside when it was killed");
         }
         if (!Directory.Exists(previous)) return done;
         if (File.Exists(Path.Combine(previous, RestoringMarker)) || (!Finished(dir) && !resuming))
         {
             Restore(dir);
-            done.Add($"{dir}: restored the run that an unfinished --overwrite had replaced (the unfinished run is discarded)");
+            done.Add($"{dir}: restored the run that an unfinished {overwrite} had replaced (the unfinished run is discarded)");
         }
         else if (Finished(dir))
         {
             Commit(dir);
-            done.Add($"{dir}: removed the run that a finished --overwrite replaced");
+            done.Add($"{dir}: removed the run that a finished {overwrite} replaced");
         }
         return done;
     }

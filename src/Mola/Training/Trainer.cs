@@ -62,18 +62,9 @@ public sealed class Trainer
     /// to write files that describe the run, so that a resume that fails leaves them as they were.</summary>
     public Action? OnStart { get; set; }
 
-    /// <summary>What a resumed run must repeat to continue this one exactly; kept in every checkpoint.</summary>
-    JsonObject RunSettings() => new()
-    {
-        ["batch_size"] = _o.BatchSize,
-        ["micro_batch_size"] = _o.MicroBatchSize,
-        ["train_examples"] = _train.Count,
-        ["total_steps"] = TotalSteps,
-        ["seed"] = _o.Seed,
-        ["group_by_length"] = _o.GroupByLength,
-        ["learning_rate"] = _o.LearningRate,
-        ["warmup_steps"] = _o.WarmupSteps,
-    };
+    /// <summary>The run's <c>training_args.json</c>, compared on resume with that of the checkpoint's run directory;
+    /// null (a trainer used on its own) compares nothing.</summary>
+    public string? RunRecord { get; set; }
 
     /// <summary>Runs to the end (or resumes from <paramref name="resumeCheckpoint"/>) and saves the adapter into the output directory.
     /// When <paramref name="stop"/> is signalled the current optimizer step finishes, a checkpoint of it is saved and the
@@ -87,7 +78,7 @@ public sealed class Trainer
         var state = new TrainerState();
         if (resumeCheckpoint is not null)
         {
-            state = Checkpoints.Restore(resumeCheckpoint, _adapter, optimizer, RunSettings());
+            state = Checkpoints.Restore(resumeCheckpoint, _adapter, optimizer, RunRecord);
             if (Writes)
             {
                 TruncateMetrics(state.Step);
@@ -110,7 +101,7 @@ public sealed class Trainer
             if (Parallel?.Any(stop.IsCancellationRequested, $"the stop check before step {state.Step + 1}") ?? stop.IsCancellationRequested)
             {
                 string? checkpoint = savedStep == state.Step || !Writes ? Checkpoints.Latest(_out)
-                    : Checkpoints.Save(_out, state, _adapter, optimizer, _o.SaveTotalLimit, RunSettings());
+                    : Checkpoints.Save(_out, state, _adapter, optimizer, _o.SaveTotalLimit);
                 if (Writes) foreach (var sink in Sinks) sink.Finished(state.Step);
                 return new TrainResult(state.Step, lastLoss, lastEval, clock.Elapsed.TotalSeconds, _out, startStep, Interrupted: true, Checkpoint: checkpoint);
             }
@@ -137,8 +128,9 @@ public sealed class Trainer
             if (!double.IsFinite(loss) || !double.IsFinite(gradNorm))
             {
                 optimizer.ZeroGrad();
-                string last = FailureNote ?? (Checkpoints.Latest(_out) is string c ? $"the last good checkpoint is {c} (continue with --resume latest, perhaps with a lower --learning-rate)" : "no checkpoint was saved yet");
-                throw new MolaException($"step {state.Step + 1}: the loss is {(double.IsFinite(loss) ? "finite but the gradient norm is " + gradNorm : loss.ToString(CultureInfo.InvariantCulture))}; training stopped without saving this step; {last}");
+                string? checkpoint = Checkpoints.Latest(_out);
+                string Last(Func<string, string> n) => FailureNote ?? (checkpoint is string c ? $"the last good checkpoint is {c} (continue with {n("resume")} latest, perhaps with a lower {n("learning_rate")})" : "no checkpoint was saved yet");
+                throw new MolaException(n => $"step {state.Step + 1}: the loss is {(double.IsFinite(loss) ? "finite but the gradient norm is " + gradNorm : loss.ToString(CultureInfo.InvariantCulture))}; training stopped without saving this step; {Last(n)}");
             }
             optimizer.Step();
             optimizer.ZeroGrad();
@@ -170,7 +162,7 @@ public sealed class Trainer
             OnStep?.Invoke(metrics);
             if (save && Writes)
             {
-                string dir = Checkpoints.Save(_out, state, _adapter, optimizer, _o.SaveTotalLimit, RunSettings());
+                string dir = Checkpoints.Save(_out, state, _adapter, optimizer, _o.SaveTotalLimit);
                 savedStep = state.Step;
                 Log?.Invoke($"step {state.Step}: checkpoint {dir}");
             }
@@ -200,10 +192,10 @@ public sealed class Trainer
         try { _adapter.Save(_out); }
         catch (IOException e)
         {
-            string partial = Path.Combine(_out, AdapterModel.WeightsFile + ".tmp");
+            string partial = Path.Combine(_out, AdapterFile.WeightsFile + ".tmp");
             if (File.Exists(partial)) File.Delete(partial);
             long bytes = 4 * _adapter.parameters().Sum(t => t.numel());
-            throw new MolaException($"{Path.Combine(_out, AdapterModel.WeightsFile)}: could not write the adapter ({RunLock.Reason(e)}); it needs about {bytes:N0} bytes");
+            throw new MolaException($"{Path.Combine(_out, AdapterFile.WeightsFile)}: could not write the adapter ({RunLock.Reason(e)}); it needs about {bytes:N0} bytes");
         }
     }
 
@@ -219,7 +211,7 @@ public sealed class Trainer
     internal (double Loss, double Ce, double Aux, long Tokens) AccumulateGradients(List<List<TokenizedExample>> micro, Device device, Func<int, long>? dropoutSeed = null)
     {
         long predicted = micro.Sum(mb => mb.Sum(PredictedTokens));
-        if (predicted == 0) throw new MolaException("a training batch has no tokens to learn (every label is -100): check --cutoff-len and --train-on-inputs");
+        if (predicted == 0) throw new MolaException(n => $"a training batch has no tokens to learn (every label is -100): check {n("cutoff_len")} and {n("train_on_inputs")}");
         double loss = 0, ce = 0, aux = 0;
         long tokens = 0;
         _adapter.train();

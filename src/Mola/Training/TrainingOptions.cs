@@ -28,18 +28,18 @@ public sealed record TrainingOptions
 
     public void Validate()
     {
-        if (!(LearningRate > 0) || double.IsInfinity(LearningRate)) throw new MolaException($"--learning-rate must be a positive finite number, got {LearningRate}");
-        if (WarmupSteps < 0) throw new MolaException($"--warmup-steps must be 0 or more, got {WarmupSteps}");
-        if (Epochs < 1 && MaxSteps <= 0) throw new MolaException($"--epochs must be at least 1, got {Epochs}");
-        if (MaxSteps < 0) throw new MolaException($"--max-steps must be 0 (off) or more, got {MaxSteps}");
-        if (MicroBatchSize < 1) throw new MolaException($"--micro-batch-size must be at least 1, got {MicroBatchSize}");
-        if (BatchSize < 1) throw new MolaException($"--batch-size must be at least 1, got {BatchSize}");
+        if (!(LearningRate > 0) || double.IsInfinity(LearningRate)) throw new MolaException(n => $"{n("learning_rate")} must be a positive finite number, got {LearningRate}");
+        if (WarmupSteps < 0) throw new MolaException(n => $"{n("warmup_steps")} must be 0 or more, got {WarmupSteps}");
+        if (Epochs < 1 && MaxSteps <= 0) throw new MolaException(n => $"{n("epochs")} must be at least 1, got {Epochs}");
+        if (MaxSteps < 0) throw new MolaException(n => $"{n("max_steps")} must be 0 (off) or more, got {MaxSteps}");
+        if (MicroBatchSize < 1) throw new MolaException(n => $"{n("micro_batch_size")} must be at least 1, got {MicroBatchSize}");
+        if (BatchSize < 1) throw new MolaException(n => $"{n("batch_size")} must be at least 1, got {BatchSize}");
         if (MicroBatchSize > BatchSize)
-            throw new MolaException($"--micro-batch-size ({MicroBatchSize}) is larger than --batch-size ({BatchSize}); the batch is made of micro-batches");
+            throw new MolaException(n => $"{n("micro_batch_size")} ({MicroBatchSize}) is larger than {n("batch_size")} ({BatchSize}); the batch is made of micro-batches");
         if (BatchSize % MicroBatchSize != 0)
-            throw new MolaException($"--batch-size ({BatchSize}) must be a multiple of --micro-batch-size ({MicroBatchSize})");
-        if (SaveSteps < 0) throw new MolaException($"--save-steps must be 0 or more, got {SaveSteps}");
-        if (SaveTotalLimit < 0) throw new MolaException($"--save-total-limit must be 0 (keep all) or more, got {SaveTotalLimit}");
+            throw new MolaException(n => $"{n("batch_size")} ({BatchSize}) must be a multiple of {n("micro_batch_size")} ({MicroBatchSize})");
+        if (SaveSteps < 0) throw new MolaException(n => $"{n("save_steps")} must be 0 or more, got {SaveSteps}");
+        if (SaveTotalLimit < 0) throw new MolaException(n => $"{n("save_total_limit")} must be 0 (keep all) or more, got {SaveTotalLimit}");
     }
 
     public int AccumulationSteps => BatchSize / MicroBatchSize;

@@ -24,6 +24,9 @@ public sealed class TrainingRecipe(RunDescription run)
     public Action<string> Log { get; init; } = _ => { };
     /// <summary>Wraps the loop (a progress display): gets the run's total steps and the loop, which takes a per-step callback.</summary>
     public Func<long, Func<Action<StepMetrics>?, TrainResult>, TrainResult> Progress { get; init; } = (_, loop) => loop(null);
+    /// <summary>How the log lines and the errors written here name a setting, given its key (<c>warmup_steps</c>); the
+    /// CLI writes its option (<c>--warmup-steps</c>).</summary>
+    public Func<string, string> SettingName { get; init; } = key => key;
     /// <summary>Called with the model once it is ready, before the first step (the embedded default measures accuracy here).</summary>
     public Action<RecipeModel>? BeforeTraining { get; init; }
     /// <summary>Called with the trained model after the adapter is saved.</summary>
@@ -39,7 +42,7 @@ public sealed class TrainingRecipe(RunDescription run)
         string outDir = r.Output;
         var config = ModelConfig.Load(r.BaseModel);
         var adapterConfig = r.InitAdapter is string init ? AdapterConfig.Load(init) : r.Adapter.Build(config.NumHiddenLayers, r.BaseModel, Log);
-        adapterConfig = adapterConfig.ForModel(config.NumHiddenLayers, "--init-adapter");
+        adapterConfig = adapterConfig.ForModel(config.NumHiddenLayers);
         adapterConfig.Validate("adapter", config.NumHiddenLayers);
         CheckFitsInMemory(config, adapterConfig);
         var tmpl = PromptTemplate.Load(r.Template);
@@ -48,19 +51,19 @@ public sealed class TrainingRecipe(RunDescription run)
         var tok = MolaTokenizer.Load(r.BaseModel, config.BosTokenId, config.EosTokenId, config.VocabSize);
         var tokenize = r.Tokenize;
         if (tokenize.CutoffLen > config.MaxPositionEmbeddings)
-            Log($"warning: --cutoff-len {tokenize.CutoffLen} is past the model's {config.MaxPositionEmbeddings} positions (max_position_embeddings): " +
+            Log($"warning: {SettingName("cutoff_len")} {tokenize.CutoffLen} is past the model's {config.MaxPositionEmbeddings} positions (max_position_embeddings): " +
                 "longer examples train on positions the model never saw");
         var trainSet = InstructionDataset.Create(trainRecords, tmpl, tok, tokenize);
         var valSet = valRecords.Count > 0 ? InstructionDataset.Create(valRecords, tmpl, tok, tokenize) : null;
 
         // One writer per run directory, from here to the end; then what a killed run left is sorted out.
         bool writes = Parallel?.IsRoot ?? true;
-        using var runLock = writes ? RunLock.Acquire(outDir, $"--output {outDir}") : null;
+        using var runLock = writes ? RunLock.Acquire(outDir, $"{SettingName("output")} {outDir}") : null;
         bool movedAside = false;
         try
         {
             if (writes)
-                foreach (var line in RunDirectory.Tidy(outDir, resuming: r.Resume is not null)) Log(line);
+                foreach (var line in RunDirectory.Tidy(outDir, resuming: r.Resume is not null, SettingName)) Log(line);
             bool replacing = writes && CheckOutput(outDir, r.Resume is not null, r.Overwrite);
             string? resumeDir = r.Resume is null ? null
                 : r.Resume == "latest" ? Checkpoints.Latest(outDir) ?? throw new MolaException($"{outDir}: no checkpoint to resume from")
@@ -72,7 +75,7 @@ public sealed class TrainingRecipe(RunDescription run)
             long trainable = adapter.parameters().Sum(t => t.numel());
             Log($"base {r.BaseModel} ({config.ModelType}, {config.NumHiddenLayers} layers), data {r.Data}: {trainSet.Count} train / {valSet?.Count ?? 0} validation records");
             Log(AdapterSummary(adapter.Config, trainable));
-            var ready = new RecipeModel(model, tok, tmpl);
+            var ready = new RecipeModel(model, tok, tmpl, adapter);
             BeforeTraining?.Invoke(ready);
 
             // The previous run steps aside only now, when everything above has loaded, and comes back unless this run finishes.
@@ -83,13 +86,15 @@ public sealed class TrainingRecipe(RunDescription run)
             if (options.WarmupSteps >= trainer.TotalSteps)
             {
                 double peak = options.LearningRate * LrSchedule.Factor(trainer.TotalSteps - 1, options.WarmupSteps, trainer.TotalSteps);   // still rising at the last step
-                Log($"warning: --warmup-steps {options.WarmupSteps} is not below the run's {trainer.TotalSteps} optimizer steps, so the learning rate " +
-                    $"peaks at {peak:G3} instead of {options.LearningRate:G3} (fewer --warmup-steps, a smaller --batch-size or more --epochs)");
+                var n = SettingName;
+                Log($"warning: {n("warmup_steps")} {options.WarmupSteps} is not below the run's {trainer.TotalSteps} optimizer steps, so the learning rate " +
+                    $"peaks at {peak:G3} instead of {options.LearningRate:G3} (fewer {n("warmup_steps")}, a smaller {n("batch_size")} or more {n("epochs")})");
             }
+            trainer.RunRecord = r.TrainingArgs(adapter.Config, trainSet.Count, trainer.TotalSteps);
             if (writes) trainer.OnStart = () =>
             {
                 Directory.CreateDirectory(outDir);
-                RunDirectory.WriteFile(Path.Combine(outDir, "training_args.json"), r.TrainingArgs(adapter.Config));
+                RunDirectory.WriteFile(Path.Combine(outDir, Checkpoints.RunRecordFile), trainer.RunRecord);
             };
             trainer.Log = Log;
             using var lossCurve = new Monitoring.LossCurve(outDir);
@@ -129,7 +134,7 @@ public sealed class TrainingRecipe(RunDescription run)
         var entries = RunDirectory.Entries(dir);
         if (entries.Count == 0 || resuming) return false;
         if (!overwrite)
-            throw new MolaException($"{dir}: holds another run ({entries[0]}); use --overwrite to replace it, --resume latest to continue it, or another --output");
+            throw new MolaException(n => $"{dir}: holds another run ({entries[0]}); use {n("overwrite")} to replace it, {n("resume")} latest to continue it, or another {n("output")}");
         return true;
     }
 

@@ -175,8 +175,8 @@ public sealed class FuzzTests(ITestOutputHelper log) : IDisposable
             // Both readers: the adapter's own and the analysis's lighter one.
             return (FuzzBudget.Show(text), path, () =>
             {
-                AdapterConfig.Load(dir).ForModel(3, path).Validate(path, 3);
-                AdapterTensors.ReadConfig(path);
+                AdapterConfig.Load(dir).ForModel(3).Validate(path, 3);
+                AdapterFile.ReadKindAndExperts(path);
             }
             );
         });

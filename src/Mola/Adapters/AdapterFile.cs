@@ -1,0 +1,182 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using System.Text.RegularExpressions;
+using Mola.Models;
+using static TorchSharp.torch;
+
+namespace Mola.Adapters;
+
+/// <summary>
+/// An adapter directory as PEFT lays it out: <c>adapter_config.json</c> beside <c>adapter_model.safetensors</c>,
+/// whose tensors carry PEFT's names. The one place that names adapter tensors, reads the config's kind, checks the
+/// weights' sizes against the config before anything is allocated, copies them in (names, shapes and finiteness
+/// checked) and writes them; the analysis lists a file's expert tensors through it without a base model.
+/// </summary>
+public static partial class AdapterFile
+{
+    public const string ConfigFile = "adapter_config.json";
+    public const string WeightsFile = "adapter_model.safetensors";
+
+    /// <summary>The PEFT key prefix of an adapted module, e.g. <c>base_model.model.model.layers.3.self_attn.q_proj</c>.</summary>
+    public static string Prefix(int layer, string module) => $"base_model.model.model.layers.{layer}.{TargetModules.Parent(module)}.{module}";
+
+    /// <summary>A LoRA A matrix: expert <paramref name="expert"/>'s of a MoLA module, or plain LoRA's one (null).</summary>
+    public static string LoraA(string prefix, int? expert = null) => expert is int e ? $"{prefix}.lora_A.{e}.weight" : $"{prefix}.lora_A.weight";
+
+    /// <summary>A LoRA B matrix, named as <see cref="LoraA"/>.</summary>
+    public static string LoraB(string prefix, int? expert = null) => expert is int e ? $"{prefix}.lora_B.{e}.weight" : $"{prefix}.lora_B.weight";
+
+    /// <summary>A MoLA module's router.</summary>
+    public static string Router(string prefix) => $"{prefix}.router.weight";
+
+    /// <summary>The config file's path, after checking that the directory and the file exist.</summary>
+    public static string ConfigPath(string dir)
+    {
+        if (!Directory.Exists(dir)) throw new MolaException($"{dir}: adapter directory not found");
+        string path = Path.Combine(dir, ConfigFile);
+        if (!File.Exists(path)) throw new MolaException($"{path}: not found (an adapter directory holds {ConfigFile} and {WeightsFile})");
+        return path;
+    }
+
+    /// <summary>The adapter kind a config's <c>peft_type</c> names.</summary>
+    public static AdapterKind ReadKind(JsonObject config, string path)
+    {
+        string type = JsonFile.String(config, "peft_type", path) ?? throw new MolaException($"{path}: missing \"peft_type\" (\"MOLA\" or \"LORA\")");
+        return type.ToUpperInvariant() switch
+        {
+            "MOLA" => AdapterKind.Mola,
+            "LORA" => AdapterKind.Lora,
+            _ => throw new MolaException($"{path}: peft_type \"{type}\" is not supported (expected \"MOLA\" or \"LORA\")"),
+        };
+    }
+
+    /// <summary>What the analysis reads of a config, leniently (it needs no base model): the kind, and
+    /// <c>num_experts</c> when it is a per-layer list (null otherwise; <see cref="AdapterConfig.Load"/> owns the rest).</summary>
+    public static (AdapterKind Kind, int[]? NumExperts) ReadKindAndExperts(string path)
+    {
+        var root = JsonFile.ReadObject(path, "an adapter config with peft_type, target_modules, r, ...");
+        var kind = ReadKind(root, path);
+        // A single number is LoRA's spelling; the full adapter-config reader owns it.
+        int[]? numExperts = root["num_experts"] is JsonValue v && v.GetValueKind() == JsonValueKind.Number ? null
+            : JsonFile.IntList(root, "num_experts", path);
+        if (numExperts is not null && numExperts.Any(n => n < 1))
+            throw new MolaException($"{path}: num_experts entries must be positive integers, got {numExperts.First(n => n < 1)}");
+        return (kind, numExperts);
+    }
+
+    /// <summary>Each layer's rank and expert count in the config against its first target module's tensors, before
+    /// any parameter is allocated: a config typo (r 200000) would otherwise build gigabytes before the shape check.</summary>
+    public static void CheckSizes(AdapterConfig config, string configPath, string weightsPath)
+    {
+        if (config.TargetModules.Length == 0 || !File.Exists(weightsPath)) return;   // Attach and Load say what is wrong
+        using var file = SafeTensorsFile.Open(weightsPath);
+        bool mola = config.Kind == AdapterKind.Mola;
+        for (int l = 0; l < config.Rank.Length; l++)
+        {
+            string p = Prefix(l, config.TargetModules[0]);
+            string a = LoraA(p, mola ? 0 : null);
+            if (!file.Tensors.TryGetValue(a, out var info)) continue;   // Load names what is missing
+            if (info.Shape.Length != 2 || info.Shape[0] != config.Rank[l])
+                throw new MolaException($"{weightsPath}: tensor \"{a}\" has shape {SafeTensorsFile.FormatShape(info.Shape)}, but {configPath} says r {config.Rank[l]} for layer {l}");
+            if (mola && l < config.NumExperts.Length && !file.Tensors.ContainsKey(LoraA(p, config.NumExperts[l] - 1)))
+                throw new MolaException($"{weightsPath}: tensor \"{LoraA(p, config.NumExperts[l] - 1)}\" missing, but {configPath} says num_experts {config.NumExperts[l]} for layer {l}");
+        }
+    }
+
+    /// <summary>Copies the tensors of a safetensors file into <paramref name="destinations"/> (PEFT name, tensor):
+    /// every name present, shapes equal, values finite, no tensor the adapter does not have.</summary>
+    public static void Load(string path, IEnumerable<(string Name, Tensor Tensor)> destinations)
+    {
+        using var file = SafeTensorsFile.Open(path);
+        var expected = new HashSet<string>();
+        foreach (var (name, dst) in destinations)
+        {
+            expected.Add(name);
+            if (!file.Contains(name))
+                throw new MolaException($"{path}: tensor \"{name}\" missing (expected shape {SafeTensorsFile.FormatShape(dst.shape)}); the adapter does not fit this base model or config");
+            file.ReadInto(name, dst, "but this base model and config need");
+        }
+        var extra = file.Tensors.Keys.FirstOrDefault(k => !expected.Contains(k));
+        if (extra is not null)
+            throw new MolaException($"{path}: unexpected tensor \"{extra}\" ({ConfigFile} does not describe it: wrong layer count, experts or target modules?)");
+    }
+
+    /// <summary>Writes <c>adapter_config.json</c> and <c>adapter_model.safetensors</c> into <paramref name="directory"/>.</summary>
+    public static void Save(string directory, AdapterConfig config, IEnumerable<(string Name, Tensor Tensor)> tensors)
+    {
+        Directory.CreateDirectory(directory);
+        using var scope = NewDisposeScope();
+        var contiguous = tensors.Select(t => new KeyValuePair<string, Tensor>(t.Name, t.Tensor.detach().contiguous())).ToList();
+        SafeTensorsFile.Save(Path.Combine(directory, WeightsFile), contiguous, new Dictionary<string, string> { ["format"] = "pt" });
+        config.Save(directory);
+    }
+
+    /// <summary>One adapted module of a file: its prefix and its experts' A and B tensor names, in expert order
+    /// (plain LoRA: one expert).</summary>
+    public sealed record ModuleTensors(int Layer, string Module, string Prefix, IReadOnlyList<string> A, IReadOnlyList<string> B);
+
+    [GeneratedRegex(@"^base_model\.model\.model\.layers\.(\d+)\.(self_attn|mlp)\.([A-Za-z0-9_]+)\.lora_([AB])\.(?:(\d+)\.)?weight$")]
+    private static partial Regex LoraTensorName();
+
+    /// <summary>Figures are sized by the largest index: a damaged name must not ask for a billion rows.</summary>
+    const int MaxIndex = 9999;
+
+    /// <summary>The LoRA tensors of <paramref name="weightsPath"/> grouped by layer and module, layer order then
+    /// module order, every expert numbered from 0 with both matrices; with <paramref name="numExperts"/> (one entry per
+    /// layer, from <paramref name="configPath"/>) each module's expert count is checked against it.</summary>
+    public static IReadOnlyList<ModuleTensors> ListModules(string weightsPath, int[]? numExperts, string configPath)
+    {
+        using var file = SafeTensorsFile.Open(weightsPath);
+        // (layer, prefix) -> expert -> (A name, B name)
+        var found = new SortedDictionary<(int Layer, string Prefix), (string Module, SortedDictionary<int, string> A, SortedDictionary<int, string> B)>();
+        foreach (var name in file.Tensors.Keys)
+        {
+            var m = LoraTensorName().Match(name);
+            if (!m.Success) continue;
+            if (!int.TryParse(m.Groups[1].Value, out int layer) || layer > MaxIndex)
+                throw new MolaException($"{weightsPath}: tensor \"{name}\" names layer {m.Groups[1].Value} (no model has more than {MaxIndex + 1} layers; the file is damaged)");
+            string module = m.Groups[3].Value;
+            string prefix = $"base_model.model.model.layers.{layer}.{m.Groups[2].Value}.{module}";
+            int expert = 0;
+            if (m.Groups[5].Success && (!int.TryParse(m.Groups[5].Value, out expert) || expert > MaxIndex))
+                throw new MolaException($"{weightsPath}: tensor \"{name}\" names expert {m.Groups[5].Value} (the file is damaged)");
+            if (!found.TryGetValue((layer, prefix), out var entry))
+                found[(layer, prefix)] = entry = (module, new(), new());
+            (m.Groups[4].Value == "A" ? entry.A : entry.B)[expert] = name;
+        }
+        if (found.Count == 0) throw new MolaException($"{weightsPath}: no LoRA tensors named like base_model.model.model.layers.L.self_attn.q_proj.lora_A.0.weight");
+
+        // num_experts is checked only when it has one entry per layer (the adapter_config contract).
+        int layers = found.Keys.Max(k => k.Layer) + 1;
+        if (numExperts is not null && numExperts.Length != layers) numExperts = null;
+        var modules = new List<ModuleTensors>();
+        foreach (var ((layer, prefix), (module, a, b)) in found)
+        {
+            int experts = Math.Max(a.Count, b.Count);
+            for (int e = 0; e < experts; e++)
+            {
+                if (!a.ContainsKey(e)) throw new MolaException($"{weightsPath}: \"{LoraA(prefix, e)}\" is missing ({experts} experts found for this module, numbered {string.Join(", ", a.Keys)})");
+                if (!b.ContainsKey(e)) throw new MolaException($"{weightsPath}: \"{LoraB(prefix, e)}\" is missing ({experts} experts found for this module, numbered {string.Join(", ", b.Keys)})");
+            }
+            if (numExperts is not null && numExperts[layer] != experts)
+                throw new MolaException($"{weightsPath}: layer {layer} {module} has {experts} experts but {configPath} says num_experts[{layer}] = {numExperts[layer]}");
+            modules.Add(new ModuleTensors(layer, module, prefix, a.Values.ToList(), b.Values.ToList()));
+        }
+        modules.Sort((x, y) => x.Layer != y.Layer ? x.Layer.CompareTo(y.Layer) : CompareModules(x.Module, y.Module));
+        return modules;
+    }
+
+    /// <summary>Module names in the order the paper and PEFT list them (<see cref="TargetModules.All"/>); unknown names follow, sorted.</summary>
+    public static int CompareModules(string x, string y)
+    {
+        int ix = Order(x), iy = Order(y);
+        return ix != iy ? ix.CompareTo(iy) : string.CompareOrdinal(x, y);
+    }
+
+    static int Order(string module)
+    {
+        for (int i = 0; i < TargetModules.All.Count; i++)
+            if (TargetModules.All[i] == module) return i;
+        return TargetModules.All.Count;
+    }
+}
