@@ -135,11 +135,11 @@ public class AutoAllocationTests
         Assert.Equal(alloc.ToJsonString(), loaded.Allocation!.ToJsonString());
 
         Assert.Contains("--budget-params applies to --experts auto", Assert.Throws<MolaException>(() =>
-            (AdapterSpec.Paper with { Experts = "2468", BudgetParams = 100 }).Build(4, dir)).Message);
+            (AdapterSpec.Paper with { Experts = "2468", BudgetParams = 100 }).Build(4, dir)).Render(Mola.Cli.Cli.OptionName));
         Assert.Contains("--experts auto needs --budget-params", Assert.Throws<MolaException>(() =>
-            (AdapterSpec.Paper with { Experts = "auto", Targets = "q_proj" }).Build(3, dir)).Message);
+            (AdapterSpec.Paper with { Experts = "auto", Targets = "q_proj" }).Build(3, dir)).Render(Mola.Cli.Cli.OptionName));
         Assert.Contains("--allocation-beta must be a finite number, 0 or more", Assert.Throws<MolaException>(() =>
-            (AdapterSpec.Paper with { Experts = "auto:9", AllocationBeta = double.NaN }).Build(3, dir)).Message);
+            (AdapterSpec.Paper with { Experts = "auto:9", AllocationBeta = double.NaN }).Build(3, dir)).Render(Mola.Cli.Cli.OptionName));
     }
 
     [Trait("Category", "Slow")]

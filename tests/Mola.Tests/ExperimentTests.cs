@@ -74,7 +74,7 @@ public class ExperimentTests
         Assert.Contains("missing key \"validation\": the epochs grid is searched on validation records, never on test",
             ErrorOf(valid.Replace("epochs: [1]", "epochs: [1, 2]").Replace($"    validation: {Study("validation.jsonl")}\n", "")));
         Assert.Contains("unknown task \"glue\"", ErrorOf(valid.Replace("benchmark: openbookqa", "benchmark: glue")));
-        Assert.Contains("--scoring: unknown mode \"best\"", ErrorOf(valid.Replace("scoring: likelihood", "scoring: best")));
+        Assert.Contains("scoring: unknown mode \"best\"", ErrorOf(valid.Replace("scoring: likelihood", "scoring: best")));
         Assert.Contains("spec.yaml", ErrorOf(valid.Replace("seeds: [3]", "seeds: [3")));
         Assert.Contains("the name \"lora-r4\" is used twice", ErrorOf(valid.Replace("name: mola-2", "name: lora-r4")));
         string dup = ErrorOf(valid.Replace("scoring: likelihood", "scoring: likelihood\nscoring: generate"));

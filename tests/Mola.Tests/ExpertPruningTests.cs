@@ -168,9 +168,9 @@ public class ExpertPruningTests
         Assert.Equal([2, 1, 2], result.ExpertsAfter);
 
         Assert.Contains("--keep-experts 2: the adapter has 6 experts over 3 layers", Assert.Throws<MolaException>(() =>
-            ExpertPruning.Prune(dir, TestUtil.TempDir(), 2, null)).Message);
+            ExpertPruning.Prune(dir, TestUtil.TempDir(), 2, null)).Render(Mola.Cli.Cli.OptionName));
         Assert.Contains("give one of --keep-experts T or --max-redundancy X", Assert.Throws<MolaException>(() =>
-            ExpertPruning.Prune(dir, TestUtil.TempDir(), 4, 0.5)).Message);
+            ExpertPruning.Prune(dir, TestUtil.TempDir(), 4, 0.5)).Render(Mola.Cli.Cli.OptionName));
         string badCsv = Path.Combine(TestUtil.TempDir(), "routing.csv");
         File.WriteAllText(badCsv, "layer,module,expert,selections,tokens,frequency,mean_weight\n0,q_proj,5,3,10,0.3,0.5\n");
         Assert.Contains("routing.csv:2: layer 0 expert 5 is not in the adapter", Assert.Throws<MolaException>(() =>

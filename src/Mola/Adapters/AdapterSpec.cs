@@ -39,7 +39,7 @@ public sealed record AdapterSpec
         Check(AuxLossCoef, "aux_loss_coef", v => v >= 0 && double.IsFinite(v), "a finite number, 0 or more");
         Check(AllocationBeta, "allocation_beta", v => v >= 0 && double.IsFinite(v), "a finite number, 0 or more");
         if (BudgetParams is long b && b < 1) throw new MolaException(n => $"{n("budget_params")} must be a positive parameter count, got {b}");
-        Analysis.XminSearchOption.Parse(XminSearch, "--xmin-search");
+        Analysis.XminSearchOption.Parse(XminSearch, "xmin_search");
     }
 
     static void Check(double v, string key, Func<double, bool> valid, string expected)
@@ -58,20 +58,20 @@ public sealed record AdapterSpec
         var ranks = ExpertAllocation.Parse(Rank, layers, "rank");
         int[] e = [], k = [];
         AutoAllocationResult? auto = null;
-        if (kind == AdapterKind.Mola && AutoAllocation.TryParse(Experts ?? "", "--experts", out int? total))
+        if (kind == AdapterKind.Mola && AutoAllocation.TryParse(Experts ?? "", "num_experts", out int? total))
         {
             var targets = TargetModules.Parse(Targets);
-            var search = Analysis.XminSearchOption.Parse(XminSearch, "--xmin-search");
+            var search = Analysis.XminSearchOption.Parse(XminSearch, "xmin_search");
             auto = AutoAllocation.Derive(baseModel, total, BudgetParams, AllocationBeta, search, ranks, targets,
                 (done, all, _) => { if (done == all || done % Math.Max(1, all / 10) == 0) log?.Invoke($"layer quality {done}/{all} matrices"); });
             e = auto.Experts;
-            k = TopK is null ? auto.TopK : ExpertAllocation.Parse(TopK, layers, "--top-k");
+            k = TopK is null ? auto.TopK : ExpertAllocation.Parse(TopK, layers, "top_k");
             ExpertAllocation.Validate(e, k, ranks);
             log?.Invoke(auto.Describe());
         }
         else if (BudgetParams is not null)
         {
-            throw new MolaException("--budget-params applies to --experts auto (the total of experts is then the largest that fits)");
+            throw new MolaException(n => $"{n("budget_params")} applies to {n("num_experts")} auto (the total of experts is then the largest that fits)");
         }
         else if (kind == AdapterKind.Mola)
         {

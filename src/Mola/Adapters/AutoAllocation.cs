@@ -25,7 +25,7 @@ public sealed record AutoAllocationResult(int TotalExperts, double Beta, XminSea
     public string Describe() =>
         $"auto allocation {ExpertAllocation.Describe(Experts)} ({TotalExperts} experts, top-k {ExpertAllocation.Describe(TopK)}, " +
         $"{TrainableParameters.ToString("N0", CultureInfo.InvariantCulture)} trainable parameters" +
-        (BudgetParams is long b ? $" within --budget-params {b.ToString("N0", CultureInfo.InvariantCulture)}" : "") +
+        (BudgetParams is long b ? $" within a budget of {b.ToString("N0", CultureInfo.InvariantCulture)}" : "") +
         $") from PL_Alpha_Hill ({Search.ToString().ToLowerInvariant()} x_min search), beta {Beta.ToString(CultureInfo.InvariantCulture)}";
 }
 
@@ -48,7 +48,7 @@ public static class AutoAllocation
         if (!s.StartsWith("auto:", StringComparison.Ordinal)) return false;
         string t = s["auto:".Length..].Trim();
         if (!t.All(char.IsAsciiDigit) || !int.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out int v) || v < 1)
-            throw new MolaException($"{what} {spec}: \"{t}\" is not a positive total of experts (expected auto:T, e.g. auto:160)");
+            throw new MolaException(n => $"{n(what)} {spec}: \"{t}\" is not a positive total of experts (expected auto:T, e.g. auto:160)");
         total = v;
         return true;
     }
@@ -99,7 +99,7 @@ public static class AutoAllocation
     {
         long floor = count(layers);
         if (floor > budget)
-            throw new MolaException($"--budget-params {budget}: even one expert a layer needs {floor.ToString("N0", CultureInfo.InvariantCulture)} trainable parameters");
+            throw new MolaException(n => $"{n("budget_params")} {budget}: even one expert a layer needs {floor.ToString("N0", CultureInfo.InvariantCulture)} trainable parameters");
         // sum_l n_l c_l >= T min_l c_l, so no T past budget / min c fits.
         long upper = Math.Min(budget / Math.Max(1, cheapestExpert), (long)layers * ExpertAllocation.MaxBareExperts);
         int best = layers;
@@ -114,9 +114,9 @@ public static class AutoAllocation
         int[] rank, string[] targets, Action<int, int, string>? progress = null)
     {
         if ((total is null) == (budget is null))
-            throw new MolaException(total is null
-                ? "--experts auto needs --budget-params N (or give the total: auto:T)"
-                : "--experts auto:T and --budget-params both fix the total; give one (auto with --budget-params, or auto:T)");
+            throw new MolaException(n => total is null
+                ? $"{n("num_experts")} auto needs {n("budget_params")} N (or give the total: auto:T)"
+                : $"{n("num_experts")} auto:T and {n("budget_params")} both fix the total; give one (auto with {n("budget_params")}, or auto:T)");
         var config = ModelConfig.Load(baseModel);
         var quality = LayerQuality.Compute(baseModel, targets, search, progress);
         var alpha = quality.Alphas;

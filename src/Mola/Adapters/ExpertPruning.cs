@@ -30,16 +30,16 @@ public static class ExpertPruning
     public static PruneResult Prune(string adapterDir, string outputDir, int? keepExperts, double? maxRedundancy, long[][]? selections = null)
     {
         if ((keepExperts is null) == (maxRedundancy is null))
-            throw new MolaException("give one of --keep-experts T or --max-redundancy X");
+            throw new MolaException(n => $"give one of {n("keep_experts")} T or {n("max_redundancy")} X");
         var config = AdapterConfig.Load(adapterDir);
         string configPath = Path.Combine(adapterDir, "adapter_config.json");
         if (config.Kind != AdapterKind.Mola)
             throw new MolaException($"{configPath}: peft_type is \"LORA\": a plain LoRA adapter has no experts to prune");
         int layers = config.NumLayers;
         if (keepExperts is int keep && (keep < layers || keep > config.NumExperts.Sum()))
-            throw new MolaException($"--keep-experts {keep}: the adapter has {config.NumExperts.Sum()} experts over {layers} layers (keep between {layers}, one a layer, and {config.NumExperts.Sum()})");
+            throw new MolaException(n => $"{n("keep_experts")} {keep}: the adapter has {config.NumExperts.Sum()} experts over {layers} layers (keep between {layers}, one a layer, and {config.NumExperts.Sum()})");
         if (maxRedundancy is double x && !(x >= 0 && double.IsFinite(x)))
-            throw new MolaException($"--max-redundancy must be a finite distance of 0 or more, got {x.ToString(CultureInfo.InvariantCulture)}");
+            throw new MolaException(n => $"{n("max_redundancy")} must be a finite distance of 0 or more, got {x.ToString(CultureInfo.InvariantCulture)}");
         if (selections is not null)
             for (int l = 0; l < layers; l++)
                 if (l >= selections.Length || selections[l].Length != config.NumExperts[l])

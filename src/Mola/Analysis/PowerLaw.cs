@@ -115,11 +115,11 @@ public static class PowerLaw
 
 public static class XminSearchOption
 {
-    /// <summary>Reads <c>peak</c> or <c>all</c>; <paramref name="what"/> names the option or key for the error.</summary>
+    /// <summary>Reads <c>peak</c> or <c>all</c>; <paramref name="what"/> names the setting (its key, e.g. <c>xmin_search</c>) for the error.</summary>
     public static XminSearch Parse(string text, string what) => text.Trim().ToLowerInvariant() switch
     {
         "peak" => XminSearch.Peak,
         "all" => XminSearch.All,
-        _ => throw new MolaException($"{what}: \"{text}\" is not a search (expected peak or all)"),
+        _ => throw new MolaException(n => $"{n(what)}: \"{text}\" is not a search (expected peak or all)"),
     };
 }

@@ -130,10 +130,10 @@ public sealed class StudyRunner(StudySpec spec, string output)
         if (File.Exists(copy))
         {
             if (File.ReadAllText(copy) != text)
-                throw new MolaException($"{output}: holds a study of another spec ({SpecCopy} differs from {spec.Path}); give another --output");
+                throw new MolaException(n => $"{output}: holds a study of another spec ({SpecCopy} differs from {spec.Path}); give another {n("output")}");
         }
         else if (Directory.EnumerateFileSystemEntries(output).Any(e => Path.GetFileName(e) != RunLock.FileName))
-            throw new MolaException($"{output}: not empty and not a study; give another --output");
+            throw new MolaException(n => $"{output}: not empty and not a study; give another {n("output")}");
         else RunDirectory.WriteFile(copy, text);
     }
 

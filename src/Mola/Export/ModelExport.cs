@@ -26,8 +26,8 @@ public static class ModelExport
         {
             if (!Directory.Exists(adapterDirectory)) throw new MolaException($"{adapterDirectory}: adapter directory not found");
             if (AdapterConfig.Load(adapterDirectory).Kind == AdapterKind.Mola)
-                throw new MolaException($"{adapterDirectory}: a MoLA adapter cannot be merged into the base weights: its router picks experts " +
-                    "per token, so no single weight matrix equals it; use it with --adapter (generate, eval, serve) instead");
+                throw new MolaException(n => $"{adapterDirectory}: a MoLA adapter cannot be merged into the base weights: its router picks experts " +
+                    $"per token, so no single weight matrix equals it; use it with {n("adapter")} (generate, eval, serve) instead");
         }
         string full = Path.GetFullPath(output);
         if (full == Path.GetFullPath(baseDirectory) || (adapterDirectory is not null && full == Path.GetFullPath(adapterDirectory)))
