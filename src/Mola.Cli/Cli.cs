@@ -33,6 +33,7 @@ public static class Cli
         root.Subcommands.Add(AllocateCommand.Create());
         root.Subcommands.Add(AnalyzeCommand.Create());
         root.Subcommands.Add(PruneCommand.Create());
+        root.Subcommands.Add(ConvertAdapterCommand.Create());
         root.Subcommands.Add(BenchCommand.Create());
         root.Subcommands.Add(ServeCommand.Create());
         root.Subcommands.Add(ExportCommand.Create());

@@ -16,6 +16,20 @@ public static partial class AdapterFile
 {
     public const string ConfigFile = "adapter_config.json";
     public const string WeightsFile = "adapter_model.safetensors";
+    /// <summary>The weights as PEFT writes them with <c>safe_serialization=False</c> (and PEFT before 0.6 always).</summary>
+    public const string BinWeightsFile = "adapter_model.bin";
+
+    /// <summary>The adapter's weights file: <see cref="WeightsFile"/>, else <see cref="BinWeightsFile"/> when only that
+    /// exists (errors then name the safetensors file).</summary>
+    public static string WeightsPath(string dir)
+    {
+        string path = Path.Combine(dir, WeightsFile), bin = Path.Combine(dir, BinWeightsFile);
+        return !File.Exists(path) && File.Exists(bin) ? bin : path;
+    }
+
+    /// <summary>Opens a weights file as its name says: a torch <c>.bin</c> or safetensors.</summary>
+    static ITensorFile OpenWeights(string path) =>
+        path.EndsWith(".bin", StringComparison.Ordinal) ? TorchBinFile.Open(path) : SafeTensorsFile.Open(path);
 
     /// <summary>The PEFT key prefix of an adapted module, e.g. <c>base_model.model.model.layers.3.self_attn.q_proj</c>.</summary>
     public static string Prefix(int layer, string module) => $"base_model.model.model.layers.{layer}.{TargetModules.Parent(module)}.{module}";
@@ -69,7 +83,7 @@ public static partial class AdapterFile
     public static void CheckSizes(AdapterConfig config, string configPath, string weightsPath)
     {
         if (config.TargetModules.Length == 0 || !File.Exists(weightsPath)) return;   // Attach and Load say what is wrong
-        using var file = SafeTensorsFile.Open(weightsPath);
+        using var file = OpenWeights(weightsPath);
         bool mola = config.Kind == AdapterKind.Mola;
         for (int l = 0; l < config.Rank.Length; l++)
         {
@@ -83,18 +97,25 @@ public static partial class AdapterFile
         }
     }
 
-    /// <summary>Copies the tensors of a safetensors file into <paramref name="destinations"/> (PEFT name, tensor):
-    /// every name present, shapes equal, values finite, no tensor the adapter does not have.</summary>
-    public static void Load(string path, IEnumerable<(string Name, Tensor Tensor)> destinations)
+    /// <summary>Copies the tensors of a weights file (safetensors or torch <c>.bin</c>) into <paramref name="destinations"/>
+    /// (PEFT name, tensor): every name present, shapes equal, values finite, no tensor the adapter does not have; a
+    /// tensor named in <paramref name="scale"/> is multiplied by its factor (<see cref="AdapterConfig.ScaleB"/>).</summary>
+    public static void Load(string path, IEnumerable<(string Name, Tensor Tensor)> destinations, IReadOnlyDictionary<string, double>? scale = null)
     {
-        using var file = SafeTensorsFile.Open(path);
+        using var file = OpenWeights(path);
         var expected = new HashSet<string>();
+        using var _ = no_grad();
         foreach (var (name, dst) in destinations)
         {
             expected.Add(name);
             if (!file.Contains(name))
                 throw new MolaException($"{path}: tensor \"{name}\" missing (expected shape {SafeTensorsFile.FormatShape(dst.shape)}); the adapter does not fit this base model or config");
-            file.ReadInto(name, dst, "but this base model and config need");
+            SafeTensorsFile.CheckFits(path, file.Tensors[name], dst, "but this base model and config need");
+            // In float64 before the destination's dtype: the scaled B rounds once.
+            using var t = file.Read(name, scale?.ContainsKey(name) == true ? ScalarType.Float64 : dst.dtype);
+            SafeTensorsFile.RequireFinite(t, path, name);
+            if (scale is not null && scale.TryGetValue(name, out double factor)) t.mul_(factor);
+            dst.copy_(t);
         }
         var extra = file.Tensors.Keys.FirstOrDefault(k => !expected.Contains(k));
         if (extra is not null)
@@ -109,6 +130,54 @@ public static partial class AdapterFile
         var contiguous = tensors.Select(t => new KeyValuePair<string, Tensor>(t.Name, t.Tensor.detach().contiguous())).ToList();
         SafeTensorsFile.Save(Path.Combine(directory, WeightsFile), contiguous, new Dictionary<string, string> { ["format"] = "pt" });
         config.Save(directory);
+    }
+
+    /// <summary>Writes the adapter in <paramref name="from"/> (mola's or PEFT's layout, safetensors or <c>.bin</c>) into
+    /// <paramref name="to"/> in mola's: the config's per-layer ranks expanded, PEFT's per-module scaling folded into B,
+    /// weights as float32 safetensors. Needs no base model: a LoRA's layer count is read from its tensor names.
+    /// Returns the config written.</summary>
+    public static AdapterConfig Convert(string from, string to)
+    {
+        var config = AdapterConfig.Load(from);
+        string configPath = ConfigPath(from), weightsPath = WeightsPath(from);
+        if (!File.Exists(weightsPath)) throw new MolaException($"{weightsPath}: not found (an adapter directory holds {ConfigFile} and {WeightsFile} or {BinWeightsFile})");
+        int layers = config.NumLayers > 0 ? config.NumLayers : ListModules(weightsPath, null, configPath).Max(m => m.Layer) + 1;
+        config = config.ForModel(layers);
+        config.Validate(configPath, layers);
+        CheckSizes(config, configPath, weightsPath);
+        using var scope = NewDisposeScope();
+        var tensors = new List<(string Name, Tensor Tensor)>();
+        using (var file = OpenWeights(weightsPath))
+            foreach (var name in TensorNames(config))
+                tensors.Add((name, file.Contains(name) ? empty(file.Tensors[name].Shape, ScalarType.Float32)
+                    : throw new MolaException($"{weightsPath}: tensor \"{name}\" missing ({configPath} says the adapter has it)")));
+        Load(weightsPath, tensors, config.ScaleB);
+        config = config with { ScaleB = new Dictionary<string, double>() };
+        Save(to, config, tensors);
+        return config;
+    }
+
+    /// <summary>The tensor names an adapter of <paramref name="config"/> (expanded to its layers) has.</summary>
+    static IEnumerable<string> TensorNames(AdapterConfig config)
+    {
+        bool mola = config.Kind == AdapterKind.Mola;
+        for (int l = 0; l < config.NumLayers; l++)
+            foreach (var m in config.TargetModules)
+            {
+                string p = Prefix(l, m);
+                if (!mola)
+                {
+                    yield return LoraA(p);
+                    yield return LoraB(p);
+                    continue;
+                }
+                yield return Router(p);
+                for (int e = 0; e < config.NumExperts[l]; e++)
+                {
+                    yield return LoraA(p, e);
+                    yield return LoraB(p, e);
+                }
+            }
     }
 
     /// <summary>One adapted module of a file: its prefix and its experts' A and B tensor names, in expert order
@@ -126,7 +195,7 @@ public static partial class AdapterFile
     /// layer, from <paramref name="configPath"/>) each module's expert count is checked against it.</summary>
     public static IReadOnlyList<ModuleTensors> ListModules(string weightsPath, int[]? numExperts, string configPath)
     {
-        using var file = SafeTensorsFile.Open(weightsPath);
+        using var file = OpenWeights(weightsPath);
         // (layer, prefix) -> expert -> (A name, B name)
         var found = new SortedDictionary<(int Layer, string Prefix), (string Module, SortedDictionary<int, string> A, SortedDictionary<int, string> B)>();
         foreach (var name in file.Tensors.Keys)
