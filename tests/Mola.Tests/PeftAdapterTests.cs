@@ -97,6 +97,40 @@ public class PeftAdapterTests
             WithKey("rank_pattern", JsonNode.Parse("{\"q_proj\": 8}")), "--output", Path.Combine(TestUtil.TempDir(), "x")).SingleErrorLine());
     }
 
+    /// <summary>Fixtures/original-mola: llama-tiny-mola's adapter as GCYZSL/MoLA's patched PEFT 0.4 saves it
+    /// (make_original_mola_fixture.py); the reference's logits are llama-tiny-mola's.</summary>
+    [Fact]
+    public void OriginalMolaAdapterConvertsWithTopKAndGivesTheReferenceLogits()
+    {
+        string original = TestUtil.Fixture("original-mola", "adapter");
+        string to = Path.Combine(TestUtil.TempDir(), "converted");
+        var r = CliRunner.Run("convert-adapter", "--adapter", original, "--output", to, "--top-k", "1,2,2", "--json");
+        Assert.True(r.ExitCode == 0, r.ToString());
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(to, AdapterFile.ConfigFile)))!.AsObject();
+        Assert.Equal("MOLA", config["peft_type"]!.GetValue<string>());
+        Assert.Equal("[2,4,8]", config["num_experts"]!.ToJsonString());   // counted from the tensors
+        Assert.Equal("[1,2,2]", config["top_k"]!.ToJsonString());
+        var got = TestUtil.ReadAll(Path.Combine(to, AdapterFile.WeightsFile));
+        var want = TestUtil.ReadAll(TestUtil.Fixture("llama-tiny-mola", "adapter_model.safetensors"));
+        Assert.Equal(want.Keys.Order(), got.Keys.Order());
+        Assert.All(want, kv => Assert.True(TestUtil.BitEqual(got[kv.Key], kv.Value), kv.Key));
+
+        var f = TestUtil.ReadAll(TestUtil.Fixture("llama-tiny-mola", "expected.safetensors"));
+        using var model = ModelLoader.Load(Llama);
+        var adapter = AdapterModel.LoadForInference(model, to);
+        using (no_grad())
+        using (var output = adapter.Forward(f["input_ids"]))
+            Assert.True(TestUtil.MaxAbsDiff(output.Logits, f["logits"]) < 1e-4);
+        adapter.DetachFromBase();
+
+        var e = Assert.Throws<MolaException>(() => AdapterModel.Load(model, original));
+        Assert.Contains("an adapter saved by the original MoLA code (experts named lora_A_<e>), which records no top_k", e.Message);
+        Assert.Contains("--top-k is for adapters saved by the original MoLA code", CliRunner.Run("convert-adapter", "--adapter", Peft("lora-bin"),
+            "--output", Path.Combine(TestUtil.TempDir(), "x"), "--top-k", "2").SingleErrorLine());
+        Assert.Contains("top_k of layer 0 is 3 but that layer has 2 experts", CliRunner.Run("convert-adapter", "--adapter", original,
+            "--output", Path.Combine(TestUtil.TempDir(), "y"), "--top-k", "3").SingleErrorLine());
+    }
+
     /// <summary>A copy of the PEFT fixture with one config key set (null value: removed).</summary>
     static string WithKey(string key, JsonNode? value)
     {

@@ -7,13 +7,14 @@ public static class ConvertAdapterCommand
 {
     public static Command Create()
     {
-        var adapter = new Option<string>("--adapter") { Description = "Adapter directory to convert: a PEFT LoRA (adapter_model.safetensors or .bin) or mola's own (left unchanged)", Required = true };
+        var adapter = new Option<string>("--adapter") { Description = "Adapter directory to convert: a PEFT LoRA (adapter_model.safetensors or .bin), an original-MoLA adapter_model.bin, or mola's own (left unchanged)", Required = true };
         var output = new Option<string>("--output") { Description = "Directory for the adapter in mola's format (must not hold an adapter yet)", Required = true };
+        var topK = new Option<string?>("--top-k") { Description = "Experts per token, one value or one per layer (2 or 1,2,2): for an adapter saved by the original MoLA code (GCYZSL/MoLA), which records none" };
         var json = Cli.JsonOption();
-        var cmd = new Command("convert-adapter", "Write an adapter from another tool in mola's format: adapter_config.json with one rank per layer " +
+        var cmd = new Command("convert-adapter", "Write an adapter from another tool (a PEFT LoRA, or a MoLA adapter of the original code with --top-k) in mola's format: adapter_config.json with one rank per layer " +
             "and adapter_model.safetensors (float32), PEFT's per-module scaling (use_rslora, alpha_pattern) folded into lora_B. " +
             "Needs no base model; every command that takes --adapter also reads the original directly.")
-        { adapter, output, json };
+        { adapter, output, topK, json };
         cmd.SetAction(p => Cli.Run(p, json, o =>
         {
             string from = p.GetValue(adapter)!, to = Cli.OutputDirectory(p.GetValue(output)!, "--output");
@@ -21,7 +22,7 @@ public static class ConvertAdapterCommand
                 throw new MolaException($"--output {to}: the same directory as --adapter (the converted adapter goes to a new directory)");
             if (File.Exists(Path.Combine(to, AdapterFile.ConfigFile)) || File.Exists(Path.Combine(to, AdapterFile.WeightsFile)))
                 throw new MolaException($"--output {to}: already holds an adapter (choose a new directory)");
-            var config = AdapterFile.Convert(from, to);
+            var config = AdapterFile.Convert(from, to, p.GetValue(topK));
             string kind = config.Kind == AdapterKind.Mola ? "MoLA" : "LoRA";
             o.Line($"{kind} adapter, {config.NumLayers} layers, r {ExpertAllocation.Describe(config.Rank)}, lora_alpha {config.LoraAlpha}; wrote {to}");
             return new { kind = kind.ToUpperInvariant(), layers = config.NumLayers, r = config.Rank, lora_alpha = config.LoraAlpha, output = to };

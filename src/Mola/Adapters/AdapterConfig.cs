@@ -64,7 +64,9 @@ public sealed record AdapterConfig
         }
     }
 
-    public static AdapterConfig Load(string directory)
+    /// <param name="topK">Experts per token (a per-layer spec) for an adapter saved by the original MoLA code, which
+    /// records none; refused for any other adapter.</param>
+    public static AdapterConfig Load(string directory, string? topK = null)
     {
         string path = AdapterFile.ConfigPath(directory);
         var o = JsonFile.ReadObject(path, "an adapter config with peft_type, target_modules, r, ...");
@@ -104,9 +106,33 @@ public sealed record AdapterConfig
                 var other => throw JsonFile.Expected(path, "allocation", "an object (how the allocation was derived)", other),
             },
         };
+        if (kind == AdapterKind.Lora && rankNode is JsonArray && peft is null
+            && AdapterFile.OriginalMolaExperts(AdapterFile.WeightsPath(directory), rank.Length, targets) is int[] experts)
+        {
+            // GCYZSL/MoLA writes peft_type LORA with a per-layer r; its scripts take the experts and top-k on the command line.
+            if (topK is null)
+                throw new MolaException($"{AdapterFile.WeightsPath(directory)}: an adapter saved by the original MoLA code (experts named lora_A_<e>), which records no top_k; " +
+                    $"write it in mola's format with: mola convert-adapter --adapter {directory} --output DIR --top-k K");
+            cfg = cfg with
+            {
+                Kind = AdapterKind.Mola,
+                NumExperts = experts,
+                TopK = ExpertAllocation.Parse(topK, rank.Length, "--top-k"),
+                AuxLossCoef = AdapterSpec.Paper.AuxLossCoef,
+                OriginalMolaNames = true,
+            };
+        }
+        else if (topK is not null)
+            throw new MolaException($"--top-k: {path} records its own top-k (or is a LoRA); --top-k is for adapters saved by the original MoLA code");
         cfg.Validate(path);
         return cfg;
     }
+
+    /// <summary>Tensors are named as the original MoLA code saves them (<see cref="AdapterFile.OriginalMolaName"/>).</summary>
+    internal bool OriginalMolaNames { get; init; }
+
+    /// <summary>A tensor's name in this adapter's weights file, given ours.</summary>
+    public string StoredName(string name) => OriginalMolaNames ? AdapterFile.OriginalMolaName(name) : name;
 
     /// <summary>A LoRA config with a single <c>r</c> has no layer count of its own; it takes the model's.</summary>
     internal int? UniformRank { get; init; }

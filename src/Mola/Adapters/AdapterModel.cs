@@ -84,14 +84,14 @@ public sealed class AdapterModel : nn.Module
         try
         {
             // PEFT's per-module scaling is folded into B here, once: a checkpoint saved later holds the folded B.
-            AdapterFile.Load(weightsPath, adapter.NamedTensors(), adapter.Config.ScaleB);
+            AdapterFile.Load(weightsPath, adapter.NamedTensors(), adapter.Config.ScaleB, adapter.Config.StoredName);
         }
         catch
         {
             adapter.DetachFromBase();
             throw;
         }
-        adapter.Config = adapter.Config with { ScaleB = new Dictionary<string, double>() };
+        adapter.Config = adapter.Config with { ScaleB = new Dictionary<string, double>(), OriginalMolaNames = false };
         return adapter;
     }
 
