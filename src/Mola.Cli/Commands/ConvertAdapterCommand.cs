@@ -17,11 +17,7 @@ public static class ConvertAdapterCommand
         { adapter, output, topK, json };
         cmd.SetAction(p => Cli.Run(p, json, o =>
         {
-            string from = p.GetValue(adapter)!, to = Cli.OutputDirectory(p.GetValue(output)!, "--output");
-            if (Path.GetFullPath(from).TrimEnd('/') == Path.GetFullPath(to).TrimEnd('/'))
-                throw new MolaException($"--output {to}: the same directory as --adapter (the converted adapter goes to a new directory)");
-            if (File.Exists(Path.Combine(to, AdapterFile.ConfigFile)) || File.Exists(Path.Combine(to, AdapterFile.WeightsFile)))
-                throw new MolaException($"--output {to}: already holds an adapter (choose a new directory)");
+            string from = p.GetValue(adapter)!, to = Cli.NewAdapterDirectory(from, p.GetValue(output)!, "converted");
             var config = AdapterFile.Convert(from, to, p.GetValue(topK));
             string kind = config.Kind == AdapterKind.Mola ? "MoLA" : "LoRA";
             o.Line($"{kind} adapter, {config.NumLayers} layers, r {ExpertAllocation.Describe(config.Rank)}, lora_alpha {config.LoraAlpha}; wrote {to}");
