@@ -1,3 +1,4 @@
+using Mola.Adapters;
 using System.CommandLine;
 using System.Text.Encodings.Web;
 using System.Text.Json;
@@ -33,6 +34,7 @@ public static class Cli
         root.Subcommands.Add(AllocateCommand.Create());
         root.Subcommands.Add(AnalyzeCommand.Create());
         root.Subcommands.Add(PruneCommand.Create());
+        root.Subcommands.Add(ConvertAdapterCommand.Create());
         root.Subcommands.Add(BenchCommand.Create());
         root.Subcommands.Add(ServeCommand.Create());
         root.Subcommands.Add(ExportCommand.Create());
@@ -106,6 +108,18 @@ public static class Cli
         if (string.IsNullOrWhiteSpace(path)) throw new MolaException($"{option}: empty (expected a directory path)");
         if (File.Exists(path)) throw new MolaException($"{option} {path}: is a file (expected a directory)");
         return path;
+    }
+
+    /// <summary>The <c>--output</c> directory of a command that writes a new adapter from <paramref name="from"/>
+    /// (<c>prune</c>, <c>convert-adapter</c>): not the input, not holding an adapter already.</summary>
+    public static string NewAdapterDirectory(string from, string output, string what)
+    {
+        string to = OutputDirectory(output, "--output");
+        if (Path.GetFullPath(from).TrimEnd('/') == Path.GetFullPath(to).TrimEnd('/'))
+            throw new MolaException($"--output {to}: the same directory as --adapter (the {what} adapter goes to a new directory)");
+        if (File.Exists(Path.Combine(to, AdapterFile.ConfigFile)) || File.Exists(Path.Combine(to, AdapterFile.WeightsFile)))
+            throw new MolaException($"--output {to}: already holds an adapter (choose a new directory)");
+        return to;
     }
 
     /// <summary>The option that sets a library setting (<see cref="MolaException.Render"/>): its key with dashes, but

@@ -19,11 +19,7 @@ public static class PruneCommand
         { adapter, output, keep, maxRedundancy, routing, json };
         cmd.SetAction(p => Cli.Run(p, json, o =>
         {
-            string from = p.GetValue(adapter)!, to = Cli.OutputDirectory(p.GetValue(output)!, "--output");
-            if (Path.GetFullPath(from).TrimEnd('/') == Path.GetFullPath(to).TrimEnd('/'))
-                throw new MolaException($"--output {to}: the same directory as --adapter (the pruned adapter goes to a new directory)");
-            if (File.Exists(Path.Combine(to, "adapter_config.json")) || File.Exists(Path.Combine(to, AdapterFile.WeightsFile)))
-                throw new MolaException($"--output {to}: already holds an adapter (choose a new directory)");
+            string from = p.GetValue(adapter)!, to = Cli.NewAdapterDirectory(from, p.GetValue(output)!, "pruned");
             var config = AdapterConfig.Load(from);
             var selections = p.GetValue(routing) is string csv ? ExpertPruning.ReadSelections(csv, config.NumExperts) : null;
             var r = ExpertPruning.Prune(from, to, p.GetValue(keep), p.GetValue(maxRedundancy), selections);

@@ -64,7 +64,9 @@ public sealed record AdapterConfig
         }
     }
 
-    public static AdapterConfig Load(string directory)
+    /// <param name="topK">Experts per token (a per-layer spec) for an adapter saved by the original MoLA code, which
+    /// records none; refused for any other adapter.</param>
+    public static AdapterConfig Load(string directory, string? topK = null)
     {
         string path = AdapterFile.ConfigPath(directory);
         var o = JsonFile.ReadObject(path, "an adapter config with peft_type, target_modules, r, ...");
@@ -72,9 +74,14 @@ public sealed record AdapterConfig
         var targets = o["target_modules"] switch
         {
             JsonArray a => a.Select(x => JsonFile.StringOf(x, "target_modules", path, "a list of module names")).ToArray(),
-            JsonValue v when v.GetValueKind() == JsonValueKind.String => [v.GetValue<string>()],
+            // PEFT reads a single string as a regular expression over full module names; one module's name is ours.
+            JsonValue v when v.GetValueKind() == JsonValueKind.String => Adapters.TargetModules.All.Contains(v.GetValue<string>()) ? [v.GetValue<string>()]
+                : throw new MolaException($"{path}: target_modules is the regular expression \"{v.GetValue<string>()}\", which mola does not match; list the module names instead (e.g. [\"q_proj\", \"v_proj\"])"),
             _ => throw new MolaException($"{path}: missing \"target_modules\" (a list of module names)"),
         };
+        var peft = PeftConfig.Read(o, path);
+        if (peft is not null && kind == AdapterKind.Mola)
+            throw new MolaException($"{path}: use_rslora, rank_pattern, alpha_pattern and layers_to_transform apply to peft_type LORA only");
         var rankNode = o["r"] ?? throw new MolaException($"{path}: missing \"r\"");
         int layers = kind == AdapterKind.Mola ? IntList(o, "num_experts", path).Length : (rankNode is JsonArray ra ? ra.Count : 0);
         int[] rank = rankNode is JsonArray ? IntList(o, "r", path) : Enumerable.Repeat(JsonFile.IntValue(rankNode, "r", path), Math.Max(layers, 0)).ToArray();
@@ -90,6 +97,8 @@ public sealed record AdapterConfig
             TopK = kind == AdapterKind.Mola ? IntList(o, "top_k", path) : [],
             AuxLossCoef = JsonFile.Number(o, "aux_loss_coef", path) ?? 0,
             UniformRank = rankNode is not JsonArray ? JsonFile.IntValue(rankNode, "r", path) : null,
+            Peft = peft,
+            Source = path,
             Allocation = o["allocation"] switch
             {
                 null => null,
@@ -97,15 +106,78 @@ public sealed record AdapterConfig
                 var other => throw JsonFile.Expected(path, "allocation", "an object (how the allocation was derived)", other),
             },
         };
+        if (kind == AdapterKind.Lora && rankNode is JsonArray && peft is null
+            && AdapterFile.OriginalMolaExperts(AdapterFile.WeightsPath(directory), rank.Length, targets) is int[] experts)
+        {
+            // GCYZSL/MoLA writes peft_type LORA with a per-layer r; its scripts take the experts and top-k on the command line.
+            if (topK is null)
+                throw new MolaException($"{AdapterFile.WeightsPath(directory)}: an adapter saved by the original MoLA code (experts named lora_A_<e>), which records no top_k; " +
+                    $"write it in mola's format with: mola convert-adapter --adapter {directory} --output DIR --top-k K");
+            cfg = cfg with
+            {
+                Kind = AdapterKind.Mola,
+                NumExperts = experts,
+                TopK = ExpertAllocation.Parse(topK, rank.Length, "--top-k"),
+                AuxLossCoef = AdapterSpec.Paper.AuxLossCoef,
+                OriginalMolaNames = true,
+            };
+        }
+        else if (topK is not null)
+            throw new MolaException($"--top-k: {path} records its own top-k (or is a LoRA); --top-k is for adapters saved by the original MoLA code");
         cfg.Validate(path);
         return cfg;
     }
 
+    /// <summary>Tensors are named as the original MoLA code saves them (<see cref="AdapterFile.OriginalMolaName"/>).</summary>
+    internal bool OriginalMolaNames { get; init; }
+
+    /// <summary>A tensor's name in this adapter's weights file, given ours.</summary>
+    public string StoredName(string name) => OriginalMolaNames ? AdapterFile.OriginalMolaName(name) : name;
+
     /// <summary>A LoRA config with a single <c>r</c> has no layer count of its own; it takes the model's.</summary>
     internal int? UniformRank { get; init; }
 
-    public AdapterConfig ForModel(int layers) =>
-        Rank.Length == 0 && UniformRank is int r ? this with { Rank = Enumerable.Repeat(r, layers).ToArray() } : this;
+    /// <summary>PEFT's keys that need the layer count (<see cref="ForModel"/> applies them); null when none is set.</summary>
+    internal PeftConfig? Peft { get; init; }
+
+    /// <summary>The file this config was read from, for <see cref="ForModel"/>'s errors.</summary>
+    internal string Source { get; init; } = "adapter";
+
+    /// <summary>By tensor name, the factor a lora_B read from the file is multiplied by: PEFT's per-module scaling
+    /// (rsLoRA, alpha_pattern) over this config's alpha / r, so that the adapter computes what PEFT's did. Not saved:
+    /// a saved adapter holds the scaled B.</summary>
+    public IReadOnlyDictionary<string, double> ScaleB { get; init; } = new Dictionary<string, double>();
+
+    public AdapterConfig ForModel(int layers)
+    {
+        var config = Rank.Length == 0 && UniformRank is int r ? this with { Rank = Enumerable.Repeat(r, layers).ToArray() } : this;
+        return config.Peft is null ? config : config.ApplyPeft(layers);
+    }
+
+    /// <summary>Maps PEFT's per-module rank and alpha onto this config: one rank per layer (a layer whose modules PEFT
+    /// gave different ranks is refused), each module's scaling kept through <see cref="ScaleB"/>.</summary>
+    AdapterConfig ApplyPeft(int layers)
+    {
+        var peft = Peft!;
+        if (peft.LayersToTransform is int[] only && Enumerable.Range(0, layers).FirstOrDefault(l => !only.Contains(l), -1) is int skipped and >= 0)
+            throw new MolaException($"{Source}: layers_to_transform leaves layer {skipped} without LoRA, but a mola adapter covers every layer (expected null or all {layers} layers)");
+        var rank = new int[layers];
+        var scale = new Dictionary<string, double>();
+        for (int l = 0; l < layers; l++)
+        {
+            int r = l < Rank.Length ? Rank[l] : UniformRank ?? 0;
+            var ranks = TargetModules.Select(m => (Module: m, Rank: peft.Rank(l, m, r))).ToList();
+            if (ranks.FirstOrDefault(x => x.Rank != ranks[0].Rank) is { Module: not null } other)
+                throw new MolaException($"{Source}: rank_pattern gives layer {l} {ranks[0].Module} r {ranks[0].Rank} but {other.Module} r {other.Rank}; a mola adapter has one rank per layer");
+            rank[l] = ranks[0].Rank;
+            foreach (var m in TargetModules)
+            {
+                double factor = peft.Scaling(l, m, r, LoraAlpha) / (LoraAlpha / rank[l]);
+                if (factor != 1) scale[AdapterFile.LoraB(AdapterFile.Prefix(l, m))] = factor;
+            }
+        }
+        return this with { Rank = rank, UniformRank = null, Peft = null, ScaleB = scale };
+    }
 
     public void Save(string directory)
     {

@@ -16,6 +16,20 @@ public static partial class AdapterFile
 {
     public const string ConfigFile = "adapter_config.json";
     public const string WeightsFile = "adapter_model.safetensors";
+    /// <summary>The weights as PEFT writes them with <c>safe_serialization=False</c> (and PEFT before 0.6 always).</summary>
+    public const string BinWeightsFile = "adapter_model.bin";
+
+    /// <summary>The adapter's weights file: <see cref="WeightsFile"/>, else <see cref="BinWeightsFile"/> when only that
+    /// exists (errors then name the safetensors file).</summary>
+    public static string WeightsPath(string dir)
+    {
+        string path = Path.Combine(dir, WeightsFile), bin = Path.Combine(dir, BinWeightsFile);
+        return !File.Exists(path) && File.Exists(bin) ? bin : path;
+    }
+
+    /// <summary>Opens a weights file as its name says: a torch <c>.bin</c> or safetensors.</summary>
+    static ITensorFile OpenWeights(string path) =>
+        path.EndsWith(".bin", StringComparison.Ordinal) ? TorchBinFile.Open(path) : SafeTensorsFile.Open(path);
 
     /// <summary>The PEFT key prefix of an adapted module, e.g. <c>base_model.model.model.layers.3.self_attn.q_proj</c>.</summary>
     public static string Prefix(int layer, string module) => $"base_model.model.model.layers.{layer}.{TargetModules.Parent(module)}.{module}";
@@ -69,32 +83,42 @@ public static partial class AdapterFile
     public static void CheckSizes(AdapterConfig config, string configPath, string weightsPath)
     {
         if (config.TargetModules.Length == 0 || !File.Exists(weightsPath)) return;   // Attach and Load say what is wrong
-        using var file = SafeTensorsFile.Open(weightsPath);
+        using var file = OpenWeights(weightsPath);
         bool mola = config.Kind == AdapterKind.Mola;
         for (int l = 0; l < config.Rank.Length; l++)
         {
             string p = Prefix(l, config.TargetModules[0]);
-            string a = LoraA(p, mola ? 0 : null);
+            string a = config.StoredName(LoraA(p, mola ? 0 : null));
             if (!file.Tensors.TryGetValue(a, out var info)) continue;   // Load names what is missing
             if (info.Shape.Length != 2 || info.Shape[0] != config.Rank[l])
                 throw new MolaException($"{weightsPath}: tensor \"{a}\" has shape {SafeTensorsFile.FormatShape(info.Shape)}, but {configPath} says r {config.Rank[l]} for layer {l}");
-            if (mola && l < config.NumExperts.Length && !file.Tensors.ContainsKey(LoraA(p, config.NumExperts[l] - 1)))
-                throw new MolaException($"{weightsPath}: tensor \"{LoraA(p, config.NumExperts[l] - 1)}\" missing, but {configPath} says num_experts {config.NumExperts[l]} for layer {l}");
+            if (mola && l < config.NumExperts.Length && !file.Tensors.ContainsKey(config.StoredName(LoraA(p, config.NumExperts[l] - 1))))
+                throw new MolaException($"{weightsPath}: tensor \"{config.StoredName(LoraA(p, config.NumExperts[l] - 1))}\" missing, but {configPath} says num_experts {config.NumExperts[l]} for layer {l}");
         }
     }
 
-    /// <summary>Copies the tensors of a safetensors file into <paramref name="destinations"/> (PEFT name, tensor):
-    /// every name present, shapes equal, values finite, no tensor the adapter does not have.</summary>
-    public static void Load(string path, IEnumerable<(string Name, Tensor Tensor)> destinations)
+    /// <summary>Copies the tensors of a weights file (safetensors or torch <c>.bin</c>) into <paramref name="destinations"/>
+    /// (PEFT name, tensor): every name present, shapes equal, values finite, no tensor the adapter does not have; a
+    /// tensor named in <paramref name="scale"/> is multiplied by its factor (<see cref="AdapterConfig.ScaleB"/>);
+    /// <paramref name="stored"/> gives a tensor's name in the file where it is not ours (<see cref="AdapterConfig.StoredName"/>).</summary>
+    public static void Load(string path, IEnumerable<(string Name, Tensor Tensor)> destinations, IReadOnlyDictionary<string, double>? scale = null,
+        Func<string, string>? stored = null)
     {
-        using var file = SafeTensorsFile.Open(path);
+        using var file = OpenWeights(path);
         var expected = new HashSet<string>();
-        foreach (var (name, dst) in destinations)
+        using var _ = no_grad();
+        foreach (var (ours, dst) in destinations)
         {
+            string name = stored?.Invoke(ours) ?? ours;
             expected.Add(name);
             if (!file.Contains(name))
                 throw new MolaException($"{path}: tensor \"{name}\" missing (expected shape {SafeTensorsFile.FormatShape(dst.shape)}); the adapter does not fit this base model or config");
-            file.ReadInto(name, dst, "but this base model and config need");
+            SafeTensorsFile.CheckFits(path, file.Tensors[name], dst, "but this base model and config need");
+            // In float64 before the destination's dtype: the scaled B rounds once.
+            using var t = file.Read(name, scale?.ContainsKey(ours) == true ? ScalarType.Float64 : dst.dtype);
+            SafeTensorsFile.RequireFinite(t, path, name);
+            if (scale is not null && scale.TryGetValue(ours, out double factor)) t.mul_(factor);
+            dst.copy_(t);
         }
         var extra = file.Tensors.Keys.FirstOrDefault(k => !expected.Contains(k));
         if (extra is not null)
@@ -109,6 +133,86 @@ public static partial class AdapterFile
         var contiguous = tensors.Select(t => new KeyValuePair<string, Tensor>(t.Name, t.Tensor.detach().contiguous())).ToList();
         SafeTensorsFile.Save(Path.Combine(directory, WeightsFile), contiguous, new Dictionary<string, string> { ["format"] = "pt" });
         config.Save(directory);
+    }
+
+    /// <summary>Writes the adapter in <paramref name="from"/> (mola's or PEFT's layout, safetensors or <c>.bin</c>) into
+    /// <paramref name="to"/> in mola's: the config's per-layer ranks expanded, PEFT's per-module scaling folded into B,
+    /// weights as float32 safetensors. Needs no base model: a LoRA's layer count is read from its tensor names.
+    /// Returns the config written.</summary>
+    public static AdapterConfig Convert(string from, string to, string? topK = null)
+    {
+        var config = AdapterConfig.Load(from, topK);
+        string configPath = ConfigPath(from), weightsPath = WeightsPath(from);
+        if (!File.Exists(weightsPath)) throw new MolaException($"{weightsPath}: not found (an adapter directory holds {ConfigFile} and {WeightsFile} or {BinWeightsFile})");
+        int layers = config.NumLayers > 0 ? config.NumLayers : ListModules(weightsPath, null, configPath).Max(m => m.Layer) + 1;   // a uniform-r LoRA
+        config = config.ForModel(layers);
+        config.Validate(configPath, layers);
+        CheckSizes(config, configPath, weightsPath);
+        using var scope = NewDisposeScope();
+        var tensors = new List<(string Name, Tensor Tensor)>();
+        using (var file = OpenWeights(weightsPath))
+            foreach (var name in TensorNames(config))
+                tensors.Add((name, file.Contains(config.StoredName(name)) ? empty(file.Tensors[config.StoredName(name)].Shape, ScalarType.Float32)
+                    : throw new MolaException($"{weightsPath}: tensor \"{config.StoredName(name)}\" missing ({configPath} says the adapter has it)")));
+        Load(weightsPath, tensors, config.ScaleB, config.StoredName);
+        config = config with { ScaleB = new Dictionary<string, double>(), OriginalMolaNames = false };
+        Save(to, config, tensors);
+        return config;
+    }
+
+    [GeneratedRegex(@"\.lora_A_(\d+)\.weight$")]
+    private static partial Regex OriginalMolaA();
+
+    /// <summary>The experts per layer of an adapter saved by the original MoLA code (GCYZSL/MoLA: its patched PEFT 0.4
+    /// names expert e's matrices <c>lora_A_e</c> / <c>lora_B_e</c>, having dropped the adapter name from
+    /// <c>lora_A.default_e</c>), counted from the tensors of <paramref name="weightsPath"/>; null when the file is not
+    /// in that layout. Every module of a layer must have the same count (the original code gives them one).</summary>
+    public static int[]? OriginalMolaExperts(string weightsPath, int layers, string[] targetModules)
+    {
+        if (!File.Exists(weightsPath)) return null;
+        using var file = OpenWeights(weightsPath);
+        if (!file.Tensors.Keys.Any(k => OriginalMolaA().IsMatch(k))) return null;
+        var experts = new int[layers];
+        for (int l = 0; l < layers; l++)
+            foreach (var m in targetModules)
+            {
+                string p = Prefix(l, m) + ".lora_A_";
+                int n = file.Tensors.Keys.Count(k => k.StartsWith(p, StringComparison.Ordinal) && OriginalMolaA().IsMatch(k));
+                if (n == 0) throw new MolaException($"{weightsPath}: no tensor \"{p}0.weight\" (an adapter of the original MoLA code has experts on every target module of every layer)");
+                if (m != targetModules[0] && n != experts[l])
+                    throw new MolaException($"{weightsPath}: layer {l} has {experts[l]} experts on {targetModules[0]} but {n} on {m}");
+                experts[l] = n;
+            }
+        return experts;
+    }
+
+    /// <summary>A tensor's name in the original MoLA code's files: <c>lora_A.e</c> as <c>lora_A_e</c>, the router in its
+    /// ModuleDict as <c>router.router</c>.</summary>
+    public static string OriginalMolaName(string name) => name.EndsWith(".router.weight", StringComparison.Ordinal)
+        ? name[..^".weight".Length] + ".router.weight"
+        : Regex.Replace(name, @"\.lora_([AB])\.(\d+)\.weight$", ".lora_$1_$2.weight");
+
+    /// <summary>The tensor names an adapter of <paramref name="config"/> (expanded to its layers) has.</summary>
+    static IEnumerable<string> TensorNames(AdapterConfig config)
+    {
+        bool mola = config.Kind == AdapterKind.Mola;
+        for (int l = 0; l < config.NumLayers; l++)
+            foreach (var m in config.TargetModules)
+            {
+                string p = Prefix(l, m);
+                if (!mola)
+                {
+                    yield return LoraA(p);
+                    yield return LoraB(p);
+                    continue;
+                }
+                yield return Router(p);
+                for (int e = 0; e < config.NumExperts[l]; e++)
+                {
+                    yield return LoraA(p, e);
+                    yield return LoraB(p, e);
+                }
+            }
     }
 
     /// <summary>One adapted module of a file: its prefix and its experts' A and B tensor names, in expert order
@@ -126,7 +230,7 @@ public static partial class AdapterFile
     /// layer, from <paramref name="configPath"/>) each module's expert count is checked against it.</summary>
     public static IReadOnlyList<ModuleTensors> ListModules(string weightsPath, int[]? numExperts, string configPath)
     {
-        using var file = SafeTensorsFile.Open(weightsPath);
+        using var file = OpenWeights(weightsPath);
         // (layer, prefix) -> expert -> (A name, B name)
         var found = new SortedDictionary<(int Layer, string Prefix), (string Module, SortedDictionary<int, string> A, SortedDictionary<int, string> B)>();
         foreach (var name in file.Tensors.Keys)

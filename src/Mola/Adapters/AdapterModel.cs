@@ -13,7 +13,7 @@ namespace Mola.Adapters;
 public sealed class AdapterModel : nn.Module
 {
     public CausalLM Base { get; }
-    public AdapterConfig Config { get; }
+    public AdapterConfig Config { get; private set; }
     /// <summary>Every adapted module in layer order, then target order.</summary>
     public IReadOnlyList<(int Layer, string Module, Linear Target, IAdapterLayer Adapter)> Modules => _modules;
 
@@ -78,18 +78,20 @@ public sealed class AdapterModel : nn.Module
     public static AdapterModel Load(CausalLM model, string directory)
     {
         var config = AdapterConfig.Load(directory);
-        string cfgPath = Path.Combine(directory, AdapterFile.ConfigFile), weightsPath = Path.Combine(directory, AdapterFile.WeightsFile);
+        string cfgPath = Path.Combine(directory, AdapterFile.ConfigFile), weightsPath = AdapterFile.WeightsPath(directory);
         AdapterFile.CheckSizes(config.ForModel(model.Config.NumHiddenLayers), cfgPath, weightsPath);
         var adapter = Attach(model, config, cfgPath);
         try
         {
-            adapter.LoadWeights(weightsPath);
+            // PEFT's per-module scaling is folded into B here, once: a checkpoint saved later holds the folded B.
+            AdapterFile.Load(weightsPath, adapter.NamedTensors(), adapter.Config.ScaleB, adapter.Config.StoredName);
         }
         catch
         {
             adapter.DetachFromBase();
             throw;
         }
+        adapter.Config = adapter.Config with { ScaleB = new Dictionary<string, double>(), OriginalMolaNames = false };
         return adapter;
     }
 
@@ -110,7 +112,7 @@ public sealed class AdapterModel : nn.Module
                 yield return t;
     }
 
-    /// <summary>Copies adapter tensors from a safetensors file (names, shapes and finiteness checked; extra tensors refused).</summary>
+    /// <summary>Copies adapter tensors from a safetensors or <c>.bin</c> file (names, shapes and finiteness checked; extra tensors refused).</summary>
     public void LoadWeights(string path) => AdapterFile.Load(path, NamedTensors());
 
     /// <summary>Writes <c>adapter_config.json</c> and <c>adapter_model.safetensors</c> into <paramref name="directory"/>.</summary>
