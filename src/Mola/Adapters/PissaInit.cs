@@ -45,6 +45,8 @@ public static class PissaInit
     public static void ApplyResidual(AdapterModel adapter, IReadOnlyDictionary<string, Tensor> factors, string source)
     {
         using var _ = torch.no_grad();
+        // Every module checked before any weight changes: a mismatch leaves the base as it was.
+        var residuals = new List<(Tensor Weight, double Scaling, Tensor A, Tensor B)>();
         foreach (var (layer, module, target, adapterLayer) in adapter.Modules)
         {
             string prefix = AdapterFile.Prefix(layer, module);
@@ -53,8 +55,12 @@ public static class PissaInit
             var scaling = adapterLayer is MolaLayer m ? m.Scaling : throw new MolaException($"{source}: PiSSA factors on a LoRA adapter");
             if (a.shape[1] != target.InFeatures || b.shape[0] != target.OutFeatures || a.shape[0] != b.shape[1])
                 throw new MolaException($"{source}: \"{prefix}.pissa_A.weight\" {SafeTensorsFile.FormatShape(a.shape)} and pissa_B {SafeTensorsFile.FormatShape(b.shape)} do not fit the weight [{target.OutFeatures}, {target.InFeatures}]");
-            Subtract(target.weight, scaling, a, b);
+            residuals.Add((target.weight, scaling, a, b));
         }
+        var expected = residuals.Count * 2;
+        if (factors.Count != expected)
+            throw new MolaException($"{source}: {factors.Count} tensors, but the adapter's {residuals.Count} modules need {expected} (pissa_A and pissa_B each)");
+        foreach (var (weight, scaling, a, b) in residuals) Subtract(weight, scaling, a, b);
     }
 
     // In float64 and then rounded once to the weight's dtype: the residual plus s B A gives W back to that rounding.
@@ -62,7 +68,7 @@ public static class PissaInit
     static void Subtract(Tensor weight, double scaling, Tensor a, Tensor b)
     {
         using var scope = NewDisposeScope();
-        var update = b.to(ScalarType.Float64).matmul(a.to(ScalarType.Float64)) * scaling;
+        var update = b.to(ScalarType.Float64, weight.device).matmul(a.to(ScalarType.Float64, weight.device)) * scaling;
         weight.copy_((weight.to(ScalarType.Float64) - update).to(weight.dtype));
     }
 }
