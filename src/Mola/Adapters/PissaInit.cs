@@ -53,8 +53,10 @@ public static class PissaInit
             if (!factors.TryGetValue($"{prefix}.pissa_A.weight", out var a) || !factors.TryGetValue($"{prefix}.pissa_B.weight", out var b))
                 throw new MolaException($"{source}: \"{prefix}.pissa_A.weight\" or \"{prefix}.pissa_B.weight\" missing (a PiSSA adapter stores the initial factors of every module)");
             var scaling = adapterLayer is MolaLayer m ? m.Scaling : throw new MolaException($"{source}: PiSSA factors on a LoRA adapter");
-            if (a.shape[1] != target.InFeatures || b.shape[0] != target.OutFeatures || a.shape[0] != b.shape[1])
-                throw new MolaException($"{source}: \"{prefix}.pissa_A.weight\" {SafeTensorsFile.FormatShape(a.shape)} and pissa_B {SafeTensorsFile.FormatShape(b.shape)} do not fit the weight [{target.OutFeatures}, {target.InFeatures}]");
+            int rank = m.Rank;
+            if (a.shape[1] != target.InFeatures || b.shape[0] != target.OutFeatures || a.shape[0] != rank || b.shape[1] != rank)
+                throw new MolaException($"{source}: \"{prefix}.pissa_A.weight\" {SafeTensorsFile.FormatShape(a.shape)} and pissa_B {SafeTensorsFile.FormatShape(b.shape)} " +
+                    $"do not fit the weight [{target.OutFeatures}, {target.InFeatures}] at rank {rank} (expected [{rank}, {target.InFeatures}] and [{target.OutFeatures}, {rank}])");
             residuals.Add((target.weight, scaling, a, b));
         }
         var expected = residuals.Count * 2;
