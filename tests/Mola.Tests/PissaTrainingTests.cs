@@ -152,6 +152,19 @@ public class PissaTrainingTests
             Assert.Contains("PiSSA", e.Message);
         }
 
+        // Pruning keeps the initial factors: the pruned adapter loads onto the unchanged base with the same residual.
+        string pruned = Path.Combine(TestUtil.TempDir(), "pruned");
+        ExpertPruning.Prune(dir, pruned, keepExperts: 7, maxRedundancy: null);
+        using (var a = ModelLoader.Load(Llama))
+        using (var b = ModelLoader.Load(Llama))
+        {
+            AdapterModel.LoadForInference(a, dir);
+            var p = AdapterModel.LoadForInference(b, pruned);
+            Assert.Equal(7, p.Config.NumExperts.Sum());
+            static Tensor Q(CausalLM m) => m.named_parameters().Single(x => x.name == "model.layers.2.mlp.down_proj.weight").parameter;
+            Assert.True(TestUtil.BitEqual(Q(a), Q(b)));
+        }
+
         // A factors file of another adapter (rank 2 instead of 4): the shapes do not fit.
         string other = TestUtil.TempDir();
         Assert.Equal(0, CliRunner.Run(TrainCliTests.Args(other, "--init", "pissa", "--max-steps", "1", "--save-steps", "0", "--rank", "2"), TimeSpan.FromMinutes(2)).ExitCode);
