@@ -197,6 +197,14 @@ public class PissaTrainingTests
     }
 
     [Fact]
+    public void InitWithAnInitialAdapterIsRefused()
+    {
+        string dir = TestUtil.TempDir();
+        var r = CliRunner.Run("train", "--base-model", Llama, "--data", Data, "--output", dir, "--init", "pissa", "--init-adapter", dir);
+        Assert.StartsWith("--init cannot be combined with --init-adapter", r.SingleErrorLine());
+    }
+
+    [Fact]
     public void AnUnknownInitInTheConfigIsNamed()
     {
         string dir = TestUtil.TempDir();

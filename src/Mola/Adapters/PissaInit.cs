@@ -33,8 +33,9 @@ public static class PissaInit
             mola.lora_A.copy_(a.repeat(mola.NumExperts, 1));
             mola.lora_B.copy_(b.repeat(1, mola.NumExperts));
             string prefix = AdapterFile.Prefix(layer, module);
-            factors[$"{prefix}.pissa_A.weight"] = a.detach().clone().MoveToOuterDisposeScope();
-            factors[$"{prefix}.pissa_B.weight"] = b.detach().clone().MoveToOuterDisposeScope();
+            // Kept on the CPU, as a load reads them (they are small: (in + out) r floats a module).
+            factors[$"{prefix}.pissa_A.weight"] = a.detach().cpu().clone().MoveToOuterDisposeScope();
+            factors[$"{prefix}.pissa_B.weight"] = b.detach().cpu().clone().MoveToOuterDisposeScope();
             Subtract(target.weight, mola.Scaling, a, b);
         }
         return factors;
