@@ -62,6 +62,13 @@ public static class TrainCommand
         var saveLimit = new Option<int>("--save-total-limit") { Description = "Checkpoints kept, oldest deleted first (0: all)", DefaultValueFactory = _ => Paper.Training.SaveTotalLimit };
         var evalSteps = new Option<int>("--eval-steps") { Description = "Validation loss every this many steps (0: at each checkpoint and at the end)", DefaultValueFactory = _ => 0 };
         var resume = new Option<string?>("--resume") { Description = "Continue an interrupted run: a checkpoint directory, or latest (the newest in --output). Ctrl-C or SIGTERM saves the current step for it" };
+        var init = new Option<string>("--init")
+        {
+            Description = "How the experts start: lora (B = 0, the base unchanged) or pissa (every expert from the top-r singular triplets of " +
+                "its base weight W, and W replaced by the residual: the same model at step 0; MoLA only; the factors are saved in pissa_init.safetensors)",
+            DefaultValueFactory = _ => Paper.Adapter.Init,
+        };
+        init.AcceptOnlyFromAmong("lora", "pissa");
         var initAdapter = new Option<string?>("--init-adapter") { Description = "Start from a trained adapter (continuous learning); its experts, top-k, rank and targets are used" };
         var checkpointing = new Option<bool>("--gradient-checkpointing")
         {
@@ -89,7 +96,7 @@ public static class TrainCommand
         {
             baseModel, data, output, template, kind, experts, topK, rank, alpha, dropout, targets, auxCoef, lr, warmup, epochs,
             maxSteps, batch, micro, cutoff, valSize, trainOnInputs, addEos, groupByLength, saveSteps, saveLimit, evalSteps, skipMemoryCheck,
-            resume, initAdapter, checkpointing, seed, dtype, device, overwrite, reportTo, json,
+            resume, init, initAdapter, checkpointing, seed, dtype, device, overwrite, reportTo, json,
         };
         foreach (var opt in allocation.All) cmd.Options.Add(opt);
 
@@ -145,6 +152,7 @@ public static class TrainCommand
                     Alpha = p.GetValue(alpha),
                     Dropout = p.GetValue(dropout),
                     AuxLossCoef = p.GetValue(auxCoef),
+                    Init = p.GetValue(init)!,
                 }),
                 InitAdapter = p.GetValue(initAdapter),
                 ValSetSize = p.GetValue(valSize),
@@ -159,9 +167,9 @@ public static class TrainCommand
             Cli.OutputDirectory(run.Output, "--output");
             if (run.InitAdapter is not null)
             {
-                var clash = new Option[] { kind, experts, topK, rank, targets }.FirstOrDefault(opt => p.GetResult(opt) is { Implicit: false });
+                var clash = new Option[] { kind, experts, topK, rank, targets, init }.FirstOrDefault(opt => p.GetResult(opt) is { Implicit: false });
                 if (clash is not null)
-                    throw new MolaException($"{clash.Name} cannot be combined with --init-adapter: the adapter's own experts, top-k, rank and targets are used");
+                    throw new MolaException($"{clash.Name} cannot be combined with --init-adapter: the adapter's own experts, top-k, rank, targets and init are used");
             }
             run = run with { DType = Cli.DType(p, dtype), Device = Cli.Device(p, device) };
 

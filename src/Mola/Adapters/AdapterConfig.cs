@@ -23,6 +23,10 @@ public sealed record AdapterConfig
     /// <summary>How an automatic allocation was derived (<c>"allocation"</c>: method, total, beta, layer alpha,
     /// budget, parameter count); kept as written, null for a fixed spec.</summary>
     public JsonObject? Allocation { get; init; }
+    /// <summary><c>"init": "pissa"</c>: the experts started from the base weights' top singular triplets and the base
+    /// is replaced by its residual, rebuilt on load from <see cref="AdapterFile.PissaFile"/> (<see cref="PissaInit"/>).
+    /// False (no key, or <c>"lora"</c>): B = 0 and the base as it is.</summary>
+    public bool Pissa { get; init; }
 
     public int NumLayers => Rank.Length;
 
@@ -53,6 +57,7 @@ public sealed record AdapterConfig
         if (LoraDropout is < 0 or >= 1 or double.NaN) throw new MolaException($"{source}: lora_dropout must be in [0, 1)");
         if (!double.IsFinite(LoraAlpha)) throw new MolaException($"{source}: lora_alpha must be a finite number, got {LoraAlpha}");
         if (!double.IsFinite(AuxLossCoef) || AuxLossCoef < 0) throw new MolaException($"{source}: aux_loss_coef must be a finite number of 0 or more, got {AuxLossCoef}");
+        if (Pissa && Kind != AdapterKind.Mola) throw new MolaException($"{source}: init pissa applies to MoLA adapters (peft_type MOLA)");
         if (Kind != AdapterKind.Mola) return;
         if (NumExperts.Length != Rank.Length || TopK.Length != Rank.Length)
             throw new MolaException($"{source}: num_experts ({NumExperts.Length}), top_k ({TopK.Length}) and r ({Rank.Length}) must have one entry per layer");
@@ -104,6 +109,12 @@ public sealed record AdapterConfig
                 null => null,
                 JsonObject a => (JsonObject)a.DeepClone(),
                 var other => throw JsonFile.Expected(path, "allocation", "an object (how the allocation was derived)", other),
+            },
+            Pissa = (JsonFile.String(o, "init", path) ?? "lora") switch
+            {
+                "lora" => false,
+                "pissa" => true,
+                var other => throw new MolaException($"{path}: init \"{other}\" is not supported (expected \"lora\" or \"pissa\")"),
             },
         };
         if (kind == AdapterKind.Lora && rankNode is JsonArray && peft is null
@@ -197,6 +208,7 @@ public sealed record AdapterConfig
             o["top_k"] = ToJson(TopK);
             o["aux_loss_coef"] = AuxLossCoef;
             if (Allocation is not null) o["allocation"] = Allocation.DeepClone();
+            if (Pissa) o["init"] = "pissa";
         }
         o["bias"] = "none";
         o["task_type"] = "CAUSAL_LM";

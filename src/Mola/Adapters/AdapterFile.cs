@@ -31,6 +31,9 @@ public static partial class AdapterFile
     static ITensorFile OpenWeights(string path) =>
         path.EndsWith(".bin", StringComparison.Ordinal) ? TorchBinFile.Open(path) : SafeTensorsFile.Open(path);
 
+    /// <summary>A PiSSA adapter's initial factors (<see cref="PissaInit"/>): with the unchanged base they rebuild the residual.</summary>
+    public const string PissaFile = "pissa_init.safetensors";
+
     /// <summary>The PEFT key prefix of an adapted module, e.g. <c>base_model.model.model.layers.3.self_attn.q_proj</c>.</summary>
     public static string Prefix(int layer, string module) => $"base_model.model.model.layers.{layer}.{TargetModules.Parent(module)}.{module}";
 
@@ -282,5 +285,27 @@ public static partial class AdapterFile
         for (int i = 0; i < TargetModules.All.Count; i++)
             if (TargetModules.All[i] == module) return i;
         return TargetModules.All.Count;
+    }
+
+    /// <summary>Writes a PiSSA adapter's initial factors (<see cref="PissaInit.Apply"/>'s) beside its weights.</summary>
+    public static void SavePissa(string directory, IReadOnlyDictionary<string, Tensor> factors) =>
+        SafeTensorsFile.Save(Path.Combine(directory, PissaFile), factors.OrderBy(kv => kv.Key, StringComparer.Ordinal).ToList(),
+            new Dictionary<string, string> { ["format"] = "pt" });
+
+    /// <summary>The initial factors a PiSSA adapter directory stores (finite; <see cref="PissaInit.ApplyResidual"/>
+    /// checks that they fit the model), or a clear error when the file is not there.</summary>
+    public static Dictionary<string, Tensor> LoadPissa(string directory)
+    {
+        string path = Path.Combine(directory, PissaFile);
+        if (!File.Exists(path))
+            throw new MolaException($"{path}: not found ({ConfigFile} says init pissa: the base weights are rebuilt as residuals from the initial factors this file stores)");
+        using var file = SafeTensorsFile.Open(path);
+        var factors = new Dictionary<string, Tensor>();
+        foreach (var name in file.Tensors.Keys)
+        {
+            file.RequireFinite(name);
+            factors[name] = file.Read(name, ScalarType.Float32);
+        }
+        return factors;
     }
 }

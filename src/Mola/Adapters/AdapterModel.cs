@@ -14,6 +14,8 @@ public sealed class AdapterModel : nn.Module
 {
     public CausalLM Base { get; }
     public AdapterConfig Config { get; private set; }
+    /// <summary>A PiSSA adapter's initial factors (<see cref="PissaInit"/>), saved beside its weights; null otherwise.</summary>
+    public IReadOnlyDictionary<string, Tensor>? PissaFactors { get; private set; }
     /// <summary>Every adapted module in layer order, then target order.</summary>
     public IReadOnlyList<(int Layer, string Module, Linear Target, IAdapterLayer Adapter)> Modules => _modules;
 
@@ -85,6 +87,7 @@ public sealed class AdapterModel : nn.Module
         {
             // PEFT's per-module scaling is folded into B here, once: a checkpoint saved later holds the folded B.
             AdapterFile.Load(weightsPath, adapter.NamedTensors(), adapter.Config.ScaleB, adapter.Config.StoredName);
+            if (config.Pissa) adapter.InitPissa(directory);
         }
         catch
         {
@@ -115,8 +118,32 @@ public sealed class AdapterModel : nn.Module
     /// <summary>Copies adapter tensors from a safetensors or <c>.bin</c> file (names, shapes and finiteness checked; extra tensors refused).</summary>
     public void LoadWeights(string path) => AdapterFile.Load(path, NamedTensors());
 
-    /// <summary>Writes <c>adapter_config.json</c> and <c>adapter_model.safetensors</c> into <paramref name="directory"/>.</summary>
-    public void Save(string directory) => AdapterFile.Save(directory, Config, NamedTensors());
+    /// <summary>Writes <c>adapter_config.json</c> and <c>adapter_model.safetensors</c> into <paramref name="directory"/>,
+    /// and a PiSSA adapter's initial factors (<see cref="AdapterFile.PissaFile"/>).</summary>
+    public void Save(string directory)
+    {
+        if (Config.Pissa && PissaFactors is null)
+            throw new MolaException($"{directory}: a PiSSA adapter is saved only after its initialisation (InitPissa)");
+        AdapterFile.Save(directory, Config, NamedTensors());
+        if (PissaFactors is not null) AdapterFile.SavePissa(directory, PissaFactors);
+    }
+
+    /// <summary>PiSSA (<see cref="PissaInit"/>): with no <paramref name="factorsDirectory"/>, every expert starts from the
+    /// base weights' top singular triplets and the base becomes the residual; with one (a saved adapter or checkpoint),
+    /// the residual is rebuilt from the factors stored there, on the unchanged base checkpoint. The experts' own weights
+    /// are left as they are in that case (loaded from the same directory).</summary>
+    public void InitPissa(string? factorsDirectory = null)
+    {
+        if (PissaFactors is not null) throw new MolaException("the PiSSA residual is already applied to this base model");
+        if (factorsDirectory is null) PissaFactors = PissaInit.Apply(this);
+        else
+        {
+            var factors = AdapterFile.LoadPissa(factorsDirectory);
+            PissaInit.ApplyResidual(this, factors, Path.Combine(factorsDirectory, AdapterFile.PissaFile));
+            PissaFactors = factors;
+        }
+        Config = Config with { Pissa = true };
+    }
 
     /// <summary>Removes the adapter from the base model (the base is left as it was, LoRA unmerged).</summary>
     public void DetachFromBase()

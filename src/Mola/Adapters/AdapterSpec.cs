@@ -30,6 +30,8 @@ public sealed record AdapterSpec
     public long? BudgetParams { get; init; }
     /// <summary><c>--experts auto</c>: the x_min search of the layer-quality fit (<c>peak</c> or <c>all</c>).</summary>
     public string XminSearch { get; init; } = "peak";
+    /// <summary>How the experts start: <c>lora</c> (B = 0) or <c>pissa</c> (<see cref="PissaInit"/>; MoLA only).</summary>
+    public string Init { get; init; } = "lora";
 
     /// <summary>The scalars (NaN and Infinity parse, so they are refused here).</summary>
     public void Validate()
@@ -40,6 +42,9 @@ public sealed record AdapterSpec
         Check(AllocationBeta, "allocation_beta", v => v >= 0 && double.IsFinite(v), "a finite number, 0 or more");
         if (BudgetParams is long b && b < 1) throw new MolaException(n => $"{n("budget_params")} must be a positive parameter count, got {b}");
         Analysis.XminSearchOption.Parse(XminSearch, "xmin_search");
+        if (Init is not ("lora" or "pissa")) throw new MolaException(n => $"{n("init")} must be lora or pissa, got \"{Init}\"");
+        if (Init == "pissa" && AdapterKinds.Parse(Kind) != AdapterKind.Mola)
+            throw new MolaException(n => $"{n("init")} pissa applies to {n("adapter_kind")} mola (every expert of a module starts from the same singular triplets)");
     }
 
     static void Check(double v, string key, Func<double, bool> valid, string expected)
@@ -96,6 +101,7 @@ public sealed record AdapterSpec
             TopK = k,
             AuxLossCoef = AuxLossCoef,
             Allocation = auto?.ToJson(),
+            Pissa = Init == "pissa",
         };
     }
 }

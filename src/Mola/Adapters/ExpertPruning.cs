@@ -35,6 +35,8 @@ public static class ExpertPruning
         string configPath = Path.Combine(adapterDir, "adapter_config.json");
         if (config.Kind != AdapterKind.Mola)
             throw new MolaException($"{configPath}: peft_type is \"LORA\": a plain LoRA adapter has no experts to prune");
+        // A PiSSA adapter's residual depends only on its initial factors, not on the experts: they go over unchanged.
+        var pissa = config.Pissa ? AdapterFile.LoadPissa(adapterDir) : null;
         int layers = config.NumLayers;
         if (keepExperts is int keep && (keep < layers || keep > config.NumExperts.Sum()))
             throw new MolaException(n => $"{n("keep_experts")} {keep}: the adapter has {config.NumExperts.Sum()} experts over {layers} layers (keep between {layers}, one a layer, and {config.NumExperts.Sum()})");
@@ -96,6 +98,7 @@ public static class ExpertPruning
                 tensors.Add((AdapterFile.Router(prefix), torch.stack(live[l].Select(x => x.Modules[mi].Router).ToList()).to(ScalarType.Float32).contiguous()));
             }
         AdapterFile.Save(outputDir, config with { NumExperts = experts, TopK = topK }, tensors);
+        if (pissa is not null) AdapterFile.SavePissa(outputDir, pissa);
         return new PruneResult(config.NumExperts, experts, topK, steps);
     }
 

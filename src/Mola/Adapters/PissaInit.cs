@@ -33,8 +33,9 @@ public static class PissaInit
             mola.lora_A.copy_(a.repeat(mola.NumExperts, 1));
             mola.lora_B.copy_(b.repeat(1, mola.NumExperts));
             string prefix = AdapterFile.Prefix(layer, module);
-            factors[$"{prefix}.pissa_A.weight"] = a.detach().clone().MoveToOuterDisposeScope();
-            factors[$"{prefix}.pissa_B.weight"] = b.detach().clone().MoveToOuterDisposeScope();
+            // Kept on the CPU, as a load reads them (they are small: (in + out) r floats a module).
+            factors[$"{prefix}.pissa_A.weight"] = a.detach().cpu().clone().MoveToOuterDisposeScope();
+            factors[$"{prefix}.pissa_B.weight"] = b.detach().cpu().clone().MoveToOuterDisposeScope();
             Subtract(target.weight, mola.Scaling, a, b);
         }
         return factors;
@@ -45,16 +46,24 @@ public static class PissaInit
     public static void ApplyResidual(AdapterModel adapter, IReadOnlyDictionary<string, Tensor> factors, string source)
     {
         using var _ = torch.no_grad();
+        // Every module checked before any weight changes: a mismatch leaves the base as it was.
+        var residuals = new List<(Tensor Weight, double Scaling, Tensor A, Tensor B)>();
         foreach (var (layer, module, target, adapterLayer) in adapter.Modules)
         {
             string prefix = AdapterFile.Prefix(layer, module);
             if (!factors.TryGetValue($"{prefix}.pissa_A.weight", out var a) || !factors.TryGetValue($"{prefix}.pissa_B.weight", out var b))
                 throw new MolaException($"{source}: \"{prefix}.pissa_A.weight\" or \"{prefix}.pissa_B.weight\" missing (a PiSSA adapter stores the initial factors of every module)");
             var scaling = adapterLayer is MolaLayer m ? m.Scaling : throw new MolaException($"{source}: PiSSA factors on a LoRA adapter");
-            if (a.shape[1] != target.InFeatures || b.shape[0] != target.OutFeatures || a.shape[0] != b.shape[1])
-                throw new MolaException($"{source}: \"{prefix}.pissa_A.weight\" {SafeTensorsFile.FormatShape(a.shape)} and pissa_B {SafeTensorsFile.FormatShape(b.shape)} do not fit the weight [{target.OutFeatures}, {target.InFeatures}]");
-            Subtract(target.weight, scaling, a, b);
+            int rank = m.Rank;
+            if (a.shape[1] != target.InFeatures || b.shape[0] != target.OutFeatures || a.shape[0] != rank || b.shape[1] != rank)
+                throw new MolaException($"{source}: \"{prefix}.pissa_A.weight\" {SafeTensorsFile.FormatShape(a.shape)} and pissa_B {SafeTensorsFile.FormatShape(b.shape)} " +
+                    $"do not fit the weight [{target.OutFeatures}, {target.InFeatures}] at rank {rank} (expected [{rank}, {target.InFeatures}] and [{target.OutFeatures}, {rank}])");
+            residuals.Add((target.weight, scaling, a, b));
         }
+        var expected = residuals.Count * 2;
+        if (factors.Count != expected)
+            throw new MolaException($"{source}: {factors.Count} tensors, but the adapter's {residuals.Count} modules need {expected} (pissa_A and pissa_B each)");
+        foreach (var (weight, scaling, a, b) in residuals) Subtract(weight, scaling, a, b);
     }
 
     // In float64 and then rounded once to the weight's dtype: the residual plus s B A gives W back to that rounding.
@@ -62,7 +71,7 @@ public static class PissaInit
     static void Subtract(Tensor weight, double scaling, Tensor a, Tensor b)
     {
         using var scope = NewDisposeScope();
-        var update = b.to(ScalarType.Float64).matmul(a.to(ScalarType.Float64)) * scaling;
+        var update = b.to(ScalarType.Float64, weight.device).matmul(a.to(ScalarType.Float64, weight.device)) * scaling;
         weight.copy_((weight.to(ScalarType.Float64) - update).to(weight.dtype));
     }
 }

@@ -29,6 +29,10 @@ public sealed class AdapterSet : IDisposable
         {
             for (int i = 0; i < adapters.Count; i++)
             {
+                // A PiSSA adapter replaces the base weights by residuals, which the base model's rows and the other adapters share here.
+                if (AdapterConfig.Load(adapters[i].Directory).Pissa)
+                    throw new MolaException($"{adapters[i].Directory}: a PiSSA adapter (init pissa) changes the base weights, which serve shares between " +
+                        "the base model and every adapter; use it with generate, eval or perplexity");
                 var adapter = AdapterModel.Load(model, adapters[i].Directory);
                 adapter.eval();   // dropout off
                 _adapters.Add(adapter);

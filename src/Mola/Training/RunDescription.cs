@@ -66,6 +66,7 @@ public sealed record RunDescription
             ["lora_dropout"] = adapter.LoraDropout,
             ["target_modules"] = new JsonArray(adapter.TargetModules.Select(x => (JsonNode)x!).ToArray()),
             ["aux_loss_coef"] = adapter.AuxLossCoef,
+            ["init"] = adapter.Pissa ? "pissa" : "lora",
             ["learning_rate"] = o.LearningRate,
             ["warmup_steps"] = o.WarmupSteps,
             ["epochs"] = o.Epochs,
@@ -89,7 +90,7 @@ public sealed record RunDescription
     }
 
     /// <summary>The adapter's structure: another value builds other tensors.</summary>
-    static readonly string[] AdapterShape = ["adapter_kind", "num_experts", "rank", "target_modules"];
+    static readonly string[] AdapterShape = ["adapter_kind", "num_experts", "rank", "target_modules", "init"];
     /// <summary>The adapter's other settings: the same tensors, trained differently.</summary>
     static readonly string[] AdapterTraining = ["top_k", "lora_alpha", "lora_dropout", "aux_loss_coef"];
     /// <summary>What else a resumed run must repeat to continue the interrupted one exactly: its batches, data and
@@ -104,7 +105,7 @@ public sealed record RunDescription
     {
         bool Differs(string key) => saved.ContainsKey(key) && saved[key]?.ToJsonString() != now[key]?.ToJsonString();
         if (AdapterShape.Any(Differs))
-            throw new MolaException($"{dir}: the checkpoint's adapter (experts, rank or targets) differs from this run's");
+            throw new MolaException($"{dir}: the checkpoint's adapter (experts, rank, targets or init) differs from this run's");
         if (AdapterTraining.Any(Differs))
             throw new MolaException($"{dir}: the checkpoint's top-k, alpha, dropout or aux-loss coefficient differs from this run's " +
                 "(a resumed run continues the same training; start a new run instead of resuming)");

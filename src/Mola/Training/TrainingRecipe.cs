@@ -72,6 +72,13 @@ public sealed class TrainingRecipe(RunDescription run)
             using var model = ModelLoader.Load(r.BaseModel, r.DType, r.Device ?? CPU, Log);
             torch.manual_seed(r.Training.Seed);
             var adapter = r.InitAdapter is string initDir ? AdapterModel.Load(model, initDir) : AdapterModel.Attach(model, adapterConfig);
+            // A new PiSSA run decomposes the base; a resumed one rebuilds the residual from the checkpoint's factors
+            // (the experts' weights come from the checkpoint too). An initial adapter brought its own (Load).
+            if (adapterConfig.Pissa && r.InitAdapter is null)
+            {
+                if (resumeDir is null) Log($"PiSSA: decomposing {adapter.Modules.Count} weight matrices (one float64 SVD each: over 10 minutes for a 1.1B model on 2 cores)");
+                adapter.InitPissa(resumeDir);
+            }
             long trainable = adapter.parameters().Sum(t => t.numel());
             Log($"base {r.BaseModel} ({config.ModelType}, {config.NumHiddenLayers} layers), data {r.Data}: {trainSet.Count} train / {valSet?.Count ?? 0} validation records");
             Log(AdapterSummary(adapter.Config, trainable));
