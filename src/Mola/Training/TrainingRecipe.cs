@@ -123,6 +123,7 @@ public sealed class TrainingRecipe(RunDescription run)
                 ? $"trained steps {result.StartStep + 1} to {result.Steps} ({result.Steps - result.StartStep} after resuming at step {result.StartStep})"
                 : $"trained {result.Steps} steps";
             Log($"{trained} in {result.Seconds:F1} s; final loss {result.FinalLoss:F4}" + (result.EvalLoss is double ev ? $", eval loss {ev:F4}" : "") + $"; adapter saved to {outDir}");
+            ready.Adapter.eval();   // scored as mola eval scores: the adapter's dropout off (Model.eval() does not reach it)
             AfterTraining?.Invoke(ready);
             return new RecipeResult(result, trainable, movedAside);
         }
