@@ -170,8 +170,14 @@ public class ExperimentTests
         Assert.Equal(uninterrupted.Cells.Select(Key), resumed.Cells.Select(Key));
         foreach (var v in new[] { "lora-r4", "mola-2" })
         {
+            // To float32 rounding, not bit for bit: one CI run of the whole suite (test classes in parallel) once differed in
+            // the last bits of one tensor, which neither this test alone nor the class reproduces (BLAS kernels may pick
+            // another path by the data's alignment). The cells' accuracies above are equal exactly.
             string rel = Path.Combine(v, "words", "seed-3", "epochs-1", AdapterFile.WeightsFile);
-            Assert.Equal(File.ReadAllBytes(Path.Combine(whole, rel)), File.ReadAllBytes(Path.Combine(stopped, rel)));
+            var (a, b) = (TestUtil.ReadAll(Path.Combine(whole, rel)), TestUtil.ReadAll(Path.Combine(stopped, rel)));
+            Assert.Equal(a.Keys.Order(), b.Keys.Order());
+            foreach (var name in a.Keys)
+                Assert.True(TestUtil.RelDiff(b[name], a[name]) <= 1e-5, $"{v} {name}: relative difference {TestUtil.RelDiff(b[name], a[name])}");
         }
 
         // A cell killed after training but before its score was written is scored from its saved adapter.
