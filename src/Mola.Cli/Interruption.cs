@@ -29,14 +29,7 @@ public sealed class Interruption : IDisposable
     /// <summary>Ends the process without the runtime's shutdown, which crashes while libtorch computes on another thread
     /// (measured: SIGSEGV). Whatever is on disk is consistent: checkpoints are renamed into place whole, and a resume
     /// drops a half-written metrics line.</summary>
-    static void ExitNow(int code)
-    {
-        if (OperatingSystem.IsWindows()) Environment.Exit(code);
-        _exit(code);
-    }
-
-    [DllImport("libc", EntryPoint = "_exit")]
-    static extern void _exit(int status);
+    static void ExitNow(int code) => Mola.Platform.Native.ExitNow(code);
 
     public void Dispose()
     {

@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using System.Globalization;
-using System.Runtime.InteropServices;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -154,7 +153,7 @@ public sealed class DataParallel
         _stderr.WriteLine($"error: rank {Rank}: {_waitingFor} did not complete within {Timeout.TotalSeconds:0.###} s: another of the {Size} ranks " +
             $"has stopped or hangs; the job is aborted (the last checkpoint is intact; {TimeoutVariable} sets the limit in seconds)");
         // No MPI call from this thread (the main one is inside MPI): mpirun ends the job when a rank exits non-zero.
-        _exit(1);
+        Platform.Native.ExitNow(1);
     }
 
     /// <summary>Ends this rank's part: a rank that finished (or stopped on a signal with the others) leaves MPI
@@ -179,9 +178,6 @@ public sealed class DataParallel
     void Abort(int code)
     {
         _mpi.Abort(code);
-        _exit(code);   // MPI_Abort returns only if the launcher is gone
+        Platform.Native.ExitNow(code);   // MPI_Abort returns only if the launcher is gone
     }
-
-    [DllImport("libc", EntryPoint = "_exit")]
-    static extern void _exit(int status);
 }
