@@ -46,7 +46,7 @@ public class DataCommandTests
         new DataField<string>("lecture"),
         new DataField<string>("solution"));
 
-    static Dictionary<string, object?> ScienceQaRow(Dictionary<string, object?>? image, string question, string[] choices, sbyte answer, string hint, string subject, string topic) => new()
+    internal static Dictionary<string, object?> ScienceQaRow(Dictionary<string, object?>? image, string question, string[] choices, sbyte answer, string hint, string subject, string topic) => new()
     {
         ["image"] = image,
         ["question"] = question,

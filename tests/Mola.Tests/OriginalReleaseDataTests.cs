@@ -27,23 +27,15 @@ public class OriginalReleaseDataTests
 
     static string WithPid(string record, string pid) => record[..^1] + $",\"pid\":\"{pid}\"}}";
 
-    static JsonObject Problem(string question, string[] choices, int answer, string hint, string? image, string split, string subject, string topic) => new()
+    /// <summary>A problem of problems.json: the hub's row of the same question (its columns are the same names), its
+    /// image a file name or null, and its split.</summary>
+    static JsonObject Problem(string question, string[] choices, sbyte answer, string hint, string? image, string split, string subject, string topic)
     {
-        ["question"] = question,
-        ["choices"] = new JsonArray(choices.Select(c => (JsonNode)c).ToArray()),
-        ["answer"] = answer,
-        ["hint"] = hint,
-        ["image"] = image,
-        ["task"] = "closed choice",
-        ["grade"] = "grade4",
-        ["subject"] = subject,
-        ["topic"] = topic,
-        ["category"] = "Weather and climate around the world",
-        ["skill"] = "Use climate data to make predictions",
-        ["lecture"] = "A long lecture.",
-        ["solution"] = "A long solution.",
-        ["split"] = split,
-    };
+        var row = System.Text.Json.JsonSerializer.SerializeToNode(DataCommandTests.ScienceQaRow(null, question, choices, answer, hint, subject, topic))!.AsObject();
+        row["image"] = image;
+        row["split"] = split;
+        return row;
+    }
 
     /// <summary>problems.json as released: one object, pid to problem, indented over many lines.</summary>
     static string ProblemsFile() => Write("problems.json", new JsonObject
@@ -85,6 +77,11 @@ public class OriginalReleaseDataTests
         var r = CliRunner.Run("data", "scienceqa", "--input", problems, "--output", output, "--split", "train", "--json");
         Assert.True(r.ExitCode == 0, r.ToString());
         Assert.Equal([WithPid(DataCommandTests.ScienceQaExpected[0], "5")], DataCommandTests.Records(output));
+        // Several files after one --input (a shell glob).
+        string good = Write("pid_splits.json", """{"test": ["7"]}""");
+        var r2 = CliRunner.Run("data", "scienceqa", "--input", problems, good, "--output", output, "--split", "test");
+        Assert.True(r2.ExitCode == 0, r2.ToString());
+        Assert.Equal([WithPid(DataCommandTests.ScienceQaExpected[1], "7")], DataCommandTests.Records(output));
     }
 
     const string CsqaRecord = """{"instruction":"Context: N/A\nQuestion: A revolving door is convenient for two direction travel, but it also serves as a security measure at a what?\nOptions: (A) bank (B) library (C) department store (D) mall (E) new york\n","input":"","output":"Answer: The answer is A.","answer":"A","id":"1afa02df02c908a558b4036e80242fac","question_concept":"revolving door"}""";

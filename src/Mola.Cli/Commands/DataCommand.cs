@@ -12,8 +12,9 @@ public static class DataCommand
         {
             Description = "A file as downloaded: the Hugging Face hub's Parquet, JSON or JSON Lines, or the original release's " +
                 "(ScienceQA's problems.json and pid_splits.json, CommonsenseQA's and OpenBookQA's JSON Lines, GLUE's .tsv / msr_paraphrase_*.txt); " +
-                "told apart by content. Repeat for several shards",
+                "told apart by content. Several files (shards, a shell glob) follow one --input or repeat it",
             Required = true,
+            AllowMultipleArgumentsPerToken = true,
         };
         var output = new Option<string>("--output")
         {
