@@ -71,7 +71,26 @@ public static class Cli
 
     public static Option<string?> AdapterOption() => new("--adapter")
     {
-        Description = "Adapter directory (adapter_config.json + adapter_model.safetensors) to apply to the base model",
+        Description = "Adapter directory to apply to the base model: mola's (adapter_config.json + adapter_model.safetensors), " +
+            "a PEFT LoRA (safetensors or .bin), or a MoLA adapter saved by the original code (with --top-k)",
+    };
+
+    /// <summary>Reads the adapter's config before the base model loads, so that a wrong --adapter or --top-k fails at once.</summary>
+    public static void CheckAdapter(string? adapterDir, string? topK)
+    {
+        if (adapterDir is null)
+        {
+            if (topK is not null) throw new MolaException("--top-k: it is the top-k of an --adapter saved by the original MoLA code, and no --adapter is given");
+            return;
+        }
+        Adapters.AdapterConfig.Load(adapterDir, topK);
+    }
+
+    /// <summary>--top-k of an adapter saved by the original MoLA code (GCYZSL/MoLA), which records none.</summary>
+    public static Option<string?> AdapterTopKOption(string? applies = null) => new("--top-k")
+    {
+        Description = "Experts per token, one value or one per layer (2 or 1,2,2), for a MoLA adapter saved by the original code " +
+            "(GCYZSL/MoLA), which records none" + (applies ?? "; refused for an adapter that records its own"),
     };
 
     public static Option<string> DTypeOption(string defaultValue = "float32") => new("--dtype")

@@ -12,13 +12,13 @@ namespace Mola.Tests;
 
 public class AnalysisTests
 {
-    static readonly string[] Modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+    internal static readonly string[] Modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
-    static string Prefix(int layer, string module) =>
+    internal static string Prefix(int layer, string module) =>
         $"base_model.model.model.layers.{layer}.{(module is "gate_proj" or "up_proj" or "down_proj" ? "mlp" : "self_attn")}.{module}";
 
     /// <summary>The naive statement: form every B_e A_e [out, in] and average ||P_i - P_j||_F over i &lt; j.</summary>
-    static double NaiveMeanPairwise(IReadOnlyList<Tensor> a, IReadOnlyList<Tensor> b)
+    internal static double NaiveMeanPairwise(IReadOnlyList<Tensor> a, IReadOnlyList<Tensor> b)
     {
         using var scope = NewDisposeScope();
         var products = a.Zip(b, (ai, bi) => bi.to(ScalarType.Float64).matmul(ai.to(ScalarType.Float64))).ToList();

@@ -46,7 +46,7 @@ public class DataCommandTests
         new DataField<string>("lecture"),
         new DataField<string>("solution"));
 
-    static Dictionary<string, object?> ScienceQaRow(Dictionary<string, object?>? image, string question, string[] choices, sbyte answer, string hint, string subject, string topic) => new()
+    internal static Dictionary<string, object?> ScienceQaRow(Dictionary<string, object?>? image, string question, string[] choices, sbyte answer, string hint, string subject, string topic) => new()
     {
         ["image"] = image,
         ["question"] = question,
@@ -68,19 +68,19 @@ public class DataCommandTests
         ScienceQaRow(new() { ["bytes"] = new byte[] { 0x89, 0x50, 0x4e, 0x47 }, ["path"] = "image.png" }, "Which animal's feet are adapted for digging?", ["mole", "duck"], 0, "", "natural science", "adaptations"),
         ScienceQaRow(null, "Which is the warmest month?", ["January", "July"], 1, "  Phoenix is in Arizona.\n", "natural science", "weather-and-climate"));
 
-    static string Extras(string subject, string topic) =>
+    internal static string Extras(string subject, string topic) =>
         $$""","task":"closed choice","grade":"grade4","subject":"{{subject}}","topic":"{{topic}}","category":"Weather and climate around the world","skill":"Use climate data to make predictions"}""";
 
-    static readonly string[] ScienceQaExpected =
+    internal static readonly string[] ScienceQaExpected =
     [
         """{"instruction":"Context: N/A\nQuestion: Which tense does the sentence use?\nMona will print her name.\nOptions: (A) future tense (B) present tense (C) past tense\n","input":"","output":"Answer: The answer is A.","answer":"A" """.TrimEnd() + Extras("language science", "verbs"),
         """{"instruction":"Context: Phoenix is in Arizona.\nQuestion: Which is the warmest month?\nOptions: (A) January (B) July\n","input":"","output":"Answer: The answer is B.","answer":"B" """.TrimEnd() + Extras("natural science", "weather-and-climate"),
     ];
 
-    static List<string> Records(string path) =>
+    internal static List<string> Records(string path) =>
         JsonNode.Parse(File.ReadAllText(path))!.AsArray().Select(r => r!.ToJsonString(AsWritten)).ToList();
 
-    static readonly JsonSerializerOptions AsWritten = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+    internal static readonly JsonSerializerOptions AsWritten = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 
     [Fact]
     public void ScienceQaKeepsTextOnlyQuestionsWithSubjectAndTopic()
@@ -202,7 +202,7 @@ public class DataCommandTests
         File.WriteAllText(output, "[]");
         var r = CliRunner.Run("data", "scienceqa", "--input", cola, "--output", output);
         Assert.Equal($"{cola}: not derek-thomas/ScienceQA as the hub ships it: no columns \"image\", \"question\", \"choices\", \"answer\", \"hint\" " +
-            "(expected image, question, choices, answer, hint; the file has sentence, label, idx)", r.SingleErrorLine());
+            "(expected image, question, choices, answer, hint, or ScienceQA's problems.json (pid to problem, with \"split\"); the file has sentence, label, idx)", r.SingleErrorLine());
         Assert.Equal("[]", File.ReadAllText(output));
     }
 

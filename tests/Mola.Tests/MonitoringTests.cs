@@ -16,6 +16,8 @@ public class MonitoringTests
     /// <summary>One summary value: a scalar, or a histogram's (min, max, num, sum, bucket counts).</summary>
     sealed record Value(long Step, string Tag, float? Scalar, double[]? Histogram, double[]? Buckets);
 
+    const string SessionStart = "(SessionLog START)";
+
     [Fact]
     public void TensorBoardEventsHoldTheMetricsOfEveryStepAndTheExpertUsageOfEveryLayer()
     {
@@ -53,6 +55,41 @@ public class MonitoringTests
         using var final = JsonDocument.Parse(File.ReadAllLines(Path.Combine(dir, "eval.jsonl")).Last());
         Assert.Equal((float)final.RootElement.GetProperty("eval_loss").GetDouble(), values.Single(v => v.Tag == "eval/loss" && v.Step == 4).Scalar);
         AssertPng(Path.Combine(dir, "loss.png"));
+    }
+
+    /// <summary>A run that goes on past its last checkpoint, then is resumed from it: the resumed run's event file starts
+    /// with a SessionLog START at its first step, and read as TensorBoard reads a directory (files in name order, a START
+    /// at step S dropping what came before at steps S and later) every step shows once, with metrics.jsonl's values.</summary>
+    [Fact]
+    public void AResumedRunPurgesTheStepsLoggedAfterItsCheckpoint()
+    {
+        string dir = TestUtil.TempDir();
+        string[] run = ["--max-steps", "4", "--save-steps", "2", "--save-total-limit", "3", "--report-to", "tensorboard"];
+        var first = CliRunner.Run(TrainCliTests.Args(dir, run), TimeSpan.FromMinutes(4));
+        Assert.True(first.ExitCode == 0, first.ToString());
+        var resumed = CliRunner.Run(TrainCliTests.Args(dir, [.. run, "--resume", Path.Combine(dir, "checkpoint-2")]), TimeSpan.FromMinutes(4));
+        Assert.True(resumed.ExitCode == 0, resumed.ToString());
+
+        var files = Directory.GetFiles(Path.Combine(dir, "tensorboard"), "events.out.tfevents.*").Order(StringComparer.Ordinal).ToList();
+        Assert.Equal(2, files.Count);
+        var (before, after) = (ReadEvents(files[0]), ReadEvents(files[1]));
+        Assert.DoesNotContain(before, v => v.Tag == SessionStart);
+        Assert.Equal(new Value(3, SessionStart, null, null, null), after[0]);   // before any value of the resumed run
+        Assert.Single(after, v => v.Tag == SessionStart);
+        // Without the purge, steps 3 and 4 would show twice.
+        Assert.Equal(2, before.Concat(after).Count(v => v.Tag == "train/loss" && v.Step == 3));
+
+        var shown = new List<Value>();
+        foreach (var v in before.Concat(after))
+        {
+            if (v.Tag == SessionStart) shown.RemoveAll(x => x.Step >= v.Step);
+            else shown.Add(v);
+        }
+        var losses = shown.Where(v => v.Tag == "train/loss").ToList();
+        Assert.Equal([1L, 2, 3, 4], losses.Select(v => v.Step));
+        var metrics = TrainCliTests.Metrics(dir);
+        Assert.Equal(metrics.Select(m => (float)m.GetProperty("loss").GetDouble()), losses.Select(v => v.Scalar!.Value));
+        Assert.All(shown.GroupBy(v => (v.Tag, v.Step)), g => Assert.Single(g));
     }
 
     [Fact]
@@ -110,6 +147,8 @@ public class MonitoringTests
         {
             if (field == 2 && wire == 0) step = (long)varint;
             if (field == 5 && wire == 2) summaries.Add(payload);
+            // 7 session_log (SessionLog: 1 status, START = 1)
+            if (field == 7 && wire == 2 && Fields(payload).Any(f => f.Field == 1 && f.Varint == 1)) values.Add(new Value(step, SessionStart, null, null, null));
         }
         foreach (var summary in summaries)
             foreach (var (field, _, _, value) in Fields(summary))

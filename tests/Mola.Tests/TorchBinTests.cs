@@ -15,11 +15,16 @@ public class TorchBinTests
 {
     static string Bin(string name) => TestUtil.Fixture("torch-bin", name);
 
-    [Fact]
-    public void ValuesDtypesSharedStoragesAndStridedViewsEqualPythons()
+    /// <summary>tensors-zip64.bin is tensors.bin's archive written again by Python's zipfile with the Zip64 records of an
+    /// archive over 4 GiB (make_zip64_fixture.py: Zip64 local and central extra fields, 0xFFFFFFFF sizes and offsets,
+    /// the Zip64 end record and locator).</summary>
+    [Theory]
+    [InlineData("tensors.bin")]
+    [InlineData("tensors-zip64.bin")]
+    public void ValuesDtypesSharedStoragesAndStridedViewsEqualPythons(string file)
     {
         var expected = JsonNode.Parse(File.ReadAllText(Bin("tensors.expected.json")))!.AsObject();
-        using var f = TorchBinFile.Open(Bin("tensors.bin"));
+        using var f = TorchBinFile.Open(Bin(file));
         Assert.Equal(expected.Select(kv => kv.Key).Order(), f.Tensors.Keys.Order());
         var dtypes = new Dictionary<string, string>
         {
@@ -99,6 +104,18 @@ public class TorchBinTests
         File.WriteAllBytes(path, bytes[..(bytes.Length / 2)]);
         var e = Assert.Throws<MolaException>(() => TorchBinFile.Open(path));
         Assert.StartsWith(path + ": ", e.Message);
+    }
+
+    [Fact]
+    public void AZip64ArchiveWithoutItsLocatorIsAClearError()
+    {
+        string path = Path.Combine(TestUtil.TempDir(), "pytorch_model.bin");
+        var bytes = File.ReadAllBytes(Bin("tensors-zip64.bin"));
+        int locator = bytes.AsSpan().LastIndexOf("PK\u0006\u0007"u8);
+        Assert.True(locator > 0);
+        bytes[locator + 2] = 0;
+        File.WriteAllBytes(path, bytes);
+        Assert.Equal($"{path}: no Zip64 locator (a damaged or truncated torch checkpoint)", Assert.Throws<MolaException>(() => TorchBinFile.Open(path)).Message);
     }
 
     [Fact]

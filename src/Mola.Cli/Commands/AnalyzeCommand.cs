@@ -11,7 +11,8 @@ public static class AnalyzeCommand
 {
     public static Command Create()
     {
-        var adapter = new Option<string>("--adapter") { Description = "MoLA adapter directory (adapter_config.json, adapter_model.safetensors)" };
+        var adapter = new Option<string>("--adapter") { Description = "MoLA adapter directory: mola's (adapter_config.json, adapter_model.safetensors) or one saved by the original MoLA code (with --top-k)" };
+        var adapterTopK = Cli.AdapterTopKOption("; with --compare, it applies to those that record none");
         var compare = new Option<string[]>("--compare")
         {
             Description = "Two or more adapter directories whose per-layer redundancy is drawn side by side",
@@ -40,7 +41,7 @@ public static class AnalyzeCommand
             "as CSV, JSON and PNG figures; with --base-model and --data also routing statistics (how often each expert is chosen " +
             "and with what weight); --compare draws several adapters' per-layer redundancy in one figure; --layer-quality the base " +
             "model's PL_Alpha_Hill per layer.")
-        { adapter, compare, output, baseModel, data, template, dtype, device, layerQuality, xminSearch, targets, json };
+        { adapter, adapterTopK, compare, output, baseModel, data, template, dtype, device, layerQuality, xminSearch, targets, json };
         cmd.SetAction(p => Cli.Run(p, json, o =>
         {
             string? adapterDir = p.GetValue(adapter);
@@ -63,7 +64,7 @@ public static class AnalyzeCommand
             if ((adapterDir is null) == (compareDirs.Length == 0))
                 throw new MolaException("give either --adapter DIR or --compare DIR1 DIR2 ... (or --layer-quality with --base-model)");
             if (adapterDir is null)
-                return Compare(o, compareDirs, outputDir);
+                return Compare(o, compareDirs, outputDir, p.GetValue(adapterTopK));
 
             if (quality is null ? (baseDir is null) != (dataPath is null) : dataPath is not null && baseDir is null)
                 throw new MolaException("routing statistics need both --base-model and --data");
@@ -71,11 +72,11 @@ public static class AnalyzeCommand
             {
                 var texts = RoutingRun.ReadTexts(dataPath!, PromptTemplate.Load(p.GetValue(template)!));
                 using var model = ModelLoader.Load(baseDir!, Cli.DType(p, dtype), Cli.Device(p, device), o.Line);
-                var adapterModel = AdapterModel.Load(model, adapterDir);
+                var adapterModel = AdapterModel.Load(model, adapterDir, p.GetValue(adapterTopK));
                 var tok = MolaTokenizer.Load(baseDir!, model.Config.BosTokenId, model.Config.EosTokenId, model.Config.VocabSize);
                 return new ProgressReporter(o).Run("routing", texts.Count, report => RoutingRun.Collect(adapterModel, tok, texts, n => report(n, "texts")));
             };
-            var r = AnalysisRunner.Run(adapterDir, outputDir, routing);
+            var r = AnalysisRunner.Run(adapterDir, outputDir, routing, p.GetValue(adapterTopK));
             foreach (var l in r.Redundancy.Layers)
                 o.Line($"layer {l.Layer,3}  experts {l.Experts,2}  mean pairwise distance {(l.MeanPairwiseFrobenius is { } v ? v.ToString("F6") : "- (one expert)")}");
             o.Line($"wrote redundancy.csv, {(r.Routing is null ? "" : "routing.csv, ")}analysis.json, {string.Join(", ", r.Figures)} to {outputDir}");
@@ -107,10 +108,10 @@ public static class AnalyzeCommand
         return json with { Figures = json.Figures.Select(f => Path.Combine(outputDir, f)).ToList() };
     }
 
-    static object Compare(Output o, string[] dirs, string outputDir)
+    static object Compare(Output o, string[] dirs, string outputDir, string? topK)
     {
         if (dirs.Length < 2) throw new MolaException("--compare needs at least two adapter directories");
-        var r = AnalysisRunner.Compare(dirs, outputDir);
+        var r = AnalysisRunner.Compare(dirs, outputDir, topK);
         for (int i = 0; i < r.Labels.Count; i++)
             o.Line($"{r.Labels[i]}: " + string.Join("  ", r.Reports[i].Layers.Select(l => $"L{l.Layer} {(l.MeanPairwiseFrobenius is { } v ? v.ToString("F4") : "-")}")));
         o.Line($"wrote redundancy.csv, analysis.json, {string.Join(", ", r.Figures)} to {outputDir}");

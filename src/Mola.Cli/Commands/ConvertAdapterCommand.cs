@@ -9,7 +9,7 @@ public static class ConvertAdapterCommand
     {
         var adapter = new Option<string>("--adapter") { Description = "Adapter directory to convert: a PEFT LoRA (adapter_model.safetensors or .bin), an original-MoLA adapter_model.bin, or mola's own (left unchanged)", Required = true };
         var output = new Option<string>("--output") { Description = "Directory for the adapter in mola's format (must not hold an adapter yet)", Required = true };
-        var topK = new Option<string?>("--top-k") { Description = "Experts per token, one value or one per layer (2 or 1,2,2): for an adapter saved by the original MoLA code (GCYZSL/MoLA), which records none" };
+        var topK = Cli.AdapterTopKOption();
         var json = Cli.JsonOption();
         var cmd = new Command("convert-adapter", "Write an adapter from another tool (a PEFT LoRA, or a MoLA adapter of the original code with --top-k) in mola's format: adapter_config.json with one rank per layer " +
             "and adapter_model.safetensors (float32), PEFT's per-module scaling (use_rslora, alpha_pattern) folded into lora_B. " +

@@ -10,8 +10,11 @@ public static class DataCommand
         var task = new Argument<string>("dataset") { Description = $"The data set: {string.Join(", ", PublicDatasets.Names)}" };
         var inputs = new Option<string[]>("--input")
         {
-            Description = "A file as downloaded from the Hugging Face hub: Parquet (.parquet), JSON or JSON Lines with the hub's columns (repeat for several shards)",
+            Description = "A file as downloaded: the Hugging Face hub's Parquet, JSON or JSON Lines, or the original release's " +
+                "(ScienceQA's problems.json and pid_splits.json, CommonsenseQA's and OpenBookQA's JSON Lines, GLUE's .tsv / msr_paraphrase_*.txt); " +
+                "told apart by content. Several files (shards, a shell glob) follow one --input or repeat it",
             Required = true,
+            AllowMultipleArgumentsPerToken = true,
         };
         var output = new Option<string>("--output")
         {
@@ -19,22 +22,20 @@ public static class DataCommand
             Required = true,
         };
         var splitBy = new Option<string?>("--split-by") { Description = "Write one file per value of this column (topic: ScienceQA's continual-learning sequence), named VALUE.json" };
+        var split = new Option<string?>("--split")
+        {
+            Description = "The split to take from a file that holds them all: ScienceQA's problems.json (train, val, test; with its " +
+                "pid_splits.json as another --input, any list it has, in its order)",
+        };
         var json = Cli.JsonOption();
         var cmd = new Command("data", "Convert a public benchmark data set (ScienceQA, CommonsenseQA, OpenBookQA, GLUE MRPC/CoLA/RTE) " +
-            "as the Hugging Face hub ships it into mola's records, by docs/BENCHMARKS.md's rules, keeping its descriptive columns (ScienceQA's subject, topic, ...)")
-        { task, inputs, output, splitBy, json };
+            "as the Hugging Face hub ships it or as its authors released it into mola's records, by docs/BENCHMARKS.md's rules, keeping its descriptive columns (ScienceQA's subject, topic, ...)")
+        { task, inputs, output, split, splitBy, json };
         cmd.SetAction(p => Cli.Run(p, json, o =>
         {
             string name = p.GetValue(task)!;
-            var records = new List<System.Text.Json.Nodes.JsonObject>();
-            int skipped = 0;
-            foreach (string file in p.GetValue(inputs)!)
-            {
-                var result = PublicDatasets.Convert(name, file);
-                records.AddRange(result.Records);
-                skipped += result.Skipped;
-            }
-            if (records.Count == 0) throw new MolaException($"--input: no records ({skipped} rows left out by the rules: ScienceQA's questions with an image, GLUE's hidden labels)");
+            var (records, skipped) = PublicDatasets.Convert(name, p.GetValue(inputs)!, p.GetValue(split));
+            if (records.Count == 0) throw new MolaException($"--input: no records ({skipped} rows left out by the rules: ScienceQA's questions with an image, hidden test labels)");
             string target = p.GetValue(output)!;
             var files = new Dictionary<string, int>();
             if (p.GetValue(splitBy) is { } column)

@@ -15,6 +15,7 @@ public static class EvalCommand
     {
         var baseModel = Cli.BaseModelOption();
         var adapter = Cli.AdapterOption();
+        var adapterTopK = Cli.AdapterTopKOption();
         adapter.Description += " (omit to score the base model alone)";
         var data = new Option<string>("--data") { Description = "Benchmark records: JSON array or JSONL of {\"instruction\", \"input\", \"output\", \"answer\"}", Required = true };
         var task = new Option<string>("--task") { Description = $"One of {string.Join(", ", Benchmarks.Names)}", Required = true };
@@ -33,7 +34,7 @@ public static class EvalCommand
         var json = Cli.JsonOption();
         var cmd = new Command("eval", "Benchmark accuracy on one of the paper's six tasks (ScienceQA, CommonsenseQA, OpenBookQA, MRPC, CoLA, RTE), " +
             "with per-class counts and, for the two-class tasks (MRPC, CoLA, RTE), Matthews correlation. See docs/BENCHMARKS.md for the record format.")
-        { baseModel, adapter, data, task, scoring, batchSize, maxNew, template, output, dtype, device, json };
+        { baseModel, adapter, adapterTopK, data, task, scoring, batchSize, maxNew, template, output, dtype, device, json };
         cmd.SetAction(p => Cli.Run(p, json, o =>
         {
             var bench = Benchmarks.Get(p.GetValue(task)!);
@@ -44,8 +45,9 @@ public static class EvalCommand
             var records = InstructionRecord.Load(dataPath);
             foreach (var r in records) bench.GoldLabel(r.Answer, r.Output, $"{dataPath}:{r.Line}");   // bad gold labels fail before loading weights
             string dir = p.GetValue(baseModel)!;
+            Cli.CheckAdapter(p.GetValue(adapter), p.GetValue(adapterTopK));
             using var model = ModelLoader.Load(dir, Cli.DType(p, dtype), Cli.Device(p, device), o.Line);
-            if (p.GetValue(adapter) is string adapterDir) AdapterModel.LoadForInference(model, adapterDir);
+            if (p.GetValue(adapter) is string adapterDir) AdapterModel.LoadForInference(model, adapterDir, p.GetValue(adapterTopK));
             var tok = MolaTokenizer.Load(dir, model.Config.BosTokenId, model.Config.EosTokenId, model.Config.VocabSize);
             int extra = mode == Scoring.Generate ? p.GetValue(maxNew) : 0;
             var lengths = records.Select(r => tok.Encode(tmpl.Prompt(r.Instruction, r.Input), bos: true).Count + extra).ToList();

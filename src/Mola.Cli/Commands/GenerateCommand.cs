@@ -14,6 +14,7 @@ public static class GenerateCommand
     {
         var baseModel = Cli.BaseModelOption();
         var adapter = Cli.AdapterOption();
+        var adapterTopK = Cli.AdapterTopKOption();
         var prompt = new Option<string?>("--prompt") { Description = "Raw text to continue (BOS is added)" };
         var instruction = new Option<string?>("--instruction") { Description = "An instruction, wrapped in --template; only the response is printed" };
         var input = new Option<string?>("--input") { Description = "Context for --instruction (the template's input)" };
@@ -34,7 +35,7 @@ public static class GenerateCommand
         var json = Cli.JsonOption();
         var cmd = new Command("generate", "Generate text with a base model and an optional adapter (KV cache; greedy or sampling). " +
             "Give --prompt for raw text, or --instruction [--input] for the template's response.")
-        { baseModel, adapter, prompt, instruction, input, template, maxNew, greedy, temperature, topP, topK, truncate, seed, dtype, device, json };
+        { baseModel, adapter, adapterTopK, prompt, instruction, input, template, maxNew, greedy, temperature, topP, topK, truncate, seed, dtype, device, json };
         cmd.SetAction(p => Cli.Run(p, json, o =>
         {
             string? rawPrompt = p.GetValue(prompt), instr = p.GetValue(instruction);
@@ -54,8 +55,9 @@ public static class GenerateCommand
             options.Validate();
             var tmpl = instr is null ? null : PromptTemplate.Load(p.GetValue(template)!);
             string dir = p.GetValue(baseModel)!;
+            Cli.CheckAdapter(p.GetValue(adapter), p.GetValue(adapterTopK));
             using var model = ModelLoader.Load(dir, Cli.DType(p, dtype), Cli.Device(p, device), o.Line);
-            if (p.GetValue(adapter) is string adapterDir) AdapterModel.LoadForInference(model, adapterDir);
+            if (p.GetValue(adapter) is string adapterDir) AdapterModel.LoadForInference(model, adapterDir, p.GetValue(adapterTopK));
             var tok = MolaTokenizer.Load(dir, model.Config.BosTokenId, model.Config.EosTokenId, model.Config.VocabSize);
             string text = tmpl is null ? rawPrompt! : tmpl.Prompt(instr!, p.GetValue(input));
             var ids = PromptIds(tok.Encode(text, bos: true), options.MaxNewTokens, model.Config.MaxPositionEmbeddings, p.GetValue(truncate));

@@ -17,6 +17,7 @@ public static class ServeCommand
             Description = "An adapter to serve, as NAME=DIR (repeat for several; a request's \"model\" picks one by NAME, the base model by its directory's name)",
             AllowMultipleArgumentsPerToken = false,
         };
+        var adapterTopK = Cli.AdapterTopKOption("; the adapters that record their own keep it");
         var host = new Option<string>("--host") { Description = "Address to listen on (127.0.0.1: this machine only)", DefaultValueFactory = _ => "127.0.0.1" };
         var port = new Option<int>("--port") { Description = "TCP port (0: any free port)", DefaultValueFactory = _ => 8000 };
         var apiKey = new Option<string?>("--api-key") { Description = "Require Authorization: Bearer KEY on every /v1 request (default: MOLA_API_KEY, else none)" };
@@ -37,7 +38,7 @@ public static class ServeCommand
         var cmd = new Command("serve", "Serve a base model and its MoLA/LoRA adapters over an OpenAI-compatible HTTP API " +
             "(/v1/completions, /v1/chat/completions, /v1/models, /health); concurrent requests decode together in one batch. " +
             "SIGTERM or Ctrl-C stops taking requests and lets those in flight finish (cancelled after 30 s).")
-        { baseModel, adapters, host, port, apiKey, template, chatTemplate, maxBatch, maxQueue, maxBody, timeout, dtype, device };
+        { baseModel, adapters, adapterTopK, host, port, apiKey, template, chatTemplate, maxBatch, maxQueue, maxBody, timeout, dtype, device };
         cmd.SetAction(p => Cli.Run(p, null, o =>
         {
             var named = (p.GetValue(adapters) ?? []).Select(ParseAdapter).ToList();
@@ -54,10 +55,13 @@ public static class ServeCommand
             var chat = ChatFormat(p.GetValue(chatTemplate)!, PromptTemplate.Load(p.GetValue(template)!), dir);
             foreach (var (name, adapterDir) in named)
                 if (!Directory.Exists(adapterDir)) throw new MolaException($"--adapter {name}={adapterDir}: adapter directory not found");
+                else Adapters.AdapterConfig.Load(adapterDir, p.GetValue(adapterTopK), topKWhereMissing: true);   // before the model loads
+            if (p.GetValue(adapterTopK) is not null && named.Count == 0)
+                throw new MolaException("--top-k: it is the top-k of an --adapter saved by the original MoLA code, and no --adapter is given");
 
             using var model = ModelLoader.Load(dir, Cli.DType(p, dtype), Cli.Device(p, device), o.Line);
             var tok = MolaTokenizer.Load(dir, model.Config.BosTokenId, model.Config.EosTokenId, model.Config.VocabSize);
-            using var set = named.Count == 0 ? null : new AdapterSet(model, named);
+            using var set = named.Count == 0 ? null : new AdapterSet(model, named, p.GetValue(adapterTopK));
             using var engine = new BatchEngine(model, tok, set, baseName, p.GetValue(maxBatch), p.GetValue(maxQueue));
             var options = new ServerOptions
             {

@@ -70,8 +70,9 @@ public sealed record AdapterConfig
     }
 
     /// <param name="topK">Experts per token (a per-layer spec) for an adapter saved by the original MoLA code, which
-    /// records none; refused for any other adapter.</param>
-    public static AdapterConfig Load(string directory, string? topK = null)
+    /// records none; refused for any other adapter, unless <paramref name="topKWhereMissing"/> (several adapters
+    /// given one top-k, as serve's: it applies to those that record none).</param>
+    public static AdapterConfig Load(string directory, string? topK = null, bool topKWhereMissing = false)
     {
         string path = AdapterFile.ConfigPath(directory);
         var o = JsonFile.ReadObject(path, "an adapter config with peft_type, target_modules, r, ...");
@@ -123,7 +124,8 @@ public sealed record AdapterConfig
             // GCYZSL/MoLA writes peft_type LORA with a per-layer r; its scripts take the experts and top-k on the command line.
             if (topK is null)
                 throw new MolaException($"{AdapterFile.WeightsPath(directory)}: an adapter saved by the original MoLA code (experts named lora_A_<e>), which records no top_k; " +
-                    $"write it in mola's format with: mola convert-adapter --adapter {directory} --output DIR --top-k K");
+                    $"give it with --top-k K (one value or one per layer, as the original's scripts took it), or write the adapter in mola's format once with: " +
+                    $"mola convert-adapter --adapter {directory} --output DIR --top-k K");
             cfg = cfg with
             {
                 Kind = AdapterKind.Mola,
@@ -133,7 +135,7 @@ public sealed record AdapterConfig
                 OriginalMolaNames = true,
             };
         }
-        else if (topK is not null)
+        else if (topK is not null && !topKWhereMissing)
             throw new MolaException($"--top-k: {path} records its own top-k (or is a LoRA); --top-k is for adapters saved by the original MoLA code");
         cfg.Validate(path);
         return cfg;

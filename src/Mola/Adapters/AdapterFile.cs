@@ -142,9 +142,9 @@ public static partial class AdapterFile
     /// <paramref name="to"/> in mola's: the config's per-layer ranks expanded, PEFT's per-module scaling folded into B,
     /// weights as float32 safetensors. Needs no base model: a LoRA's layer count is read from its tensor names.
     /// Returns the config written.</summary>
-    public static AdapterConfig Convert(string from, string to, string? topK = null)
+    public static AdapterConfig Convert(string from, string to, string? topK = null, bool topKWhereMissing = false)
     {
-        var config = AdapterConfig.Load(from, topK);
+        var config = AdapterConfig.Load(from, topK, topKWhereMissing);
         string configPath = ConfigPath(from), weightsPath = WeightsPath(from);
         if (!File.Exists(weightsPath)) throw new MolaException($"{weightsPath}: not found (an adapter directory holds {ConfigFile} and {WeightsFile} or {BinWeightsFile})");
         int layers = config.NumLayers > 0 ? config.NumLayers : ListModules(weightsPath, null, configPath).Max(m => m.Layer) + 1;   // a uniform-r LoRA
@@ -161,6 +161,41 @@ public static partial class AdapterFile
         config = config with { ScaleB = new Dictionary<string, double>(), OriginalMolaNames = false };
         Save(to, config, tensors);
         return config;
+    }
+
+    /// <summary>An adapter directory in mola's own layout, for the readers that walk its safetensors by our tensor names
+    /// (redundancy, pruning): the directory itself when it is in it (or a LoRA, which those readers refuse by its own
+    /// path), else a copy <see cref="Convert"/> writes to a temporary directory, deleted on Dispose.</summary>
+    public sealed class OwnLayout : IDisposable
+    {
+        readonly string? _temporary;
+
+        public string Directory { get; }
+
+        OwnLayout(string directory, string? temporary) => (Directory, _temporary) = (directory, temporary);
+
+        /// <param name="topK">The top-k of an adapter saved by the original MoLA code (<see cref="AdapterConfig.Load"/>).</param>
+        public static OwnLayout Of(string directory, string? topK = null, bool topKWhereMissing = false)
+        {
+            // Our own MoLA layout goes to the readers as it is, which check what they read (leniently: no base model).
+            bool safetensors = WeightsPath(directory).EndsWith(WeightsFile, StringComparison.Ordinal);
+            if (topK is null && safetensors && ReadKindAndExperts(ConfigPath(directory)).Kind == AdapterKind.Mola) return new OwnLayout(directory, null);
+            var config = AdapterConfig.Load(directory, topK, topKWhereMissing);
+            if (config.Kind == AdapterKind.Lora || !config.OriginalMolaNames && safetensors) return new OwnLayout(directory, null);
+            string temporary = Path.Combine(Path.GetTempPath(), $"mola-adapter-{Guid.NewGuid():N}");
+            try { Convert(directory, temporary, topK, topKWhereMissing); }
+            catch
+            {
+                if (System.IO.Directory.Exists(temporary)) System.IO.Directory.Delete(temporary, recursive: true);
+                throw;
+            }
+            return new OwnLayout(temporary, temporary);
+        }
+
+        public void Dispose()
+        {
+            if (_temporary is not null && System.IO.Directory.Exists(_temporary)) System.IO.Directory.Delete(_temporary, recursive: true);
+        }
     }
 
     [GeneratedRegex(@"\.lora_A_(\d+)\.weight$")]

@@ -76,10 +76,11 @@ public sealed class AdapterModel : nn.Module
         _ => throw new MolaException($"unknown target module \"{module}\""),
     };
 
-    /// <summary>Loads an adapter directory onto <paramref name="model"/>, checking that it fits.</summary>
-    public static AdapterModel Load(CausalLM model, string directory)
+    /// <summary>Loads an adapter directory onto <paramref name="model"/>, checking that it fits; <paramref name="topK"/>
+    /// is the top-k of an adapter saved by the original MoLA code (<see cref="AdapterConfig.Load"/>).</summary>
+    public static AdapterModel Load(CausalLM model, string directory, string? topK = null, bool topKWhereMissing = false)
     {
-        var config = AdapterConfig.Load(directory);
+        var config = AdapterConfig.Load(directory, topK, topKWhereMissing);
         string cfgPath = Path.Combine(directory, AdapterFile.ConfigFile), weightsPath = AdapterFile.WeightsPath(directory);
         AdapterFile.CheckSizes(config.ForModel(model.Config.NumHiddenLayers), cfgPath, weightsPath);
         var adapter = Attach(model, config, cfgPath);
@@ -99,9 +100,9 @@ public sealed class AdapterModel : nn.Module
     }
 
     /// <summary>Loads an adapter for inference: dropout off, plain LoRA merged into the base weights.</summary>
-    public static AdapterModel LoadForInference(CausalLM model, string directory)
+    public static AdapterModel LoadForInference(CausalLM model, string directory, string? topK = null)
     {
-        var adapter = Load(model, directory);
+        var adapter = Load(model, directory, topK);
         if (adapter._routed.Count == 0) adapter.Merge();   // plain LoRA; routing cannot be folded into a weight
         adapter.eval();
         return adapter;

@@ -27,7 +27,15 @@ public static class ExpertPruning
     /// <param name="maxRedundancy">Prune while the closest pair is at most this far apart.</param>
     /// <param name="selections">Per layer and original expert, how often the router chose it (summed over modules);
     /// null: merge pairs instead of dropping one.</param>
-    public static PruneResult Prune(string adapterDir, string outputDir, int? keepExperts, double? maxRedundancy, long[][]? selections = null)
+    /// <param name="topK">The top-k of an adapter saved by the original MoLA code, which records none.</param>
+    public static PruneResult Prune(string adapterDir, string outputDir, int? keepExperts, double? maxRedundancy, long[][]? selections = null, string? topK = null)
+    {
+        // Read through mola's layout: a PEFT or original-MoLA directory is converted first (a temporary copy).
+        using var own = AdapterFile.OwnLayout.Of(adapterDir, topK);
+        return PruneOwn(own.Directory, outputDir, keepExperts, maxRedundancy, selections);
+    }
+
+    static PruneResult PruneOwn(string adapterDir, string outputDir, int? keepExperts, double? maxRedundancy, long[][]? selections)
     {
         if ((keepExperts is null) == (maxRedundancy is null))
             throw new MolaException(n => $"give one of {n("keep_experts")} T or {n("max_redundancy")} X");

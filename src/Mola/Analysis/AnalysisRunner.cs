@@ -32,9 +32,9 @@ public static class AnalysisRunner
 
     /// <summary>Redundancy of <paramref name="adapterDir"/>, and routing statistics when
     /// <paramref name="routing"/> is given (it runs the model over a data set with the routing hook on).</summary>
-    public static AnalysisResult Run(string adapterDir, string outputDir, Func<RoutingStatistics>? routing = null)
+    public static AnalysisResult Run(string adapterDir, string outputDir, Func<RoutingStatistics>? routing = null, string? topK = null)
     {
-        var redundancy = Redundancy.Compute(adapterDir);
+        var redundancy = Redundancy.Compute(adapterDir, topK);
         var stats = routing?.Invoke();
         Directory.CreateDirectory(outputDir);
         var figures = new List<string> { HeatmapFile, ByLayerFile };
@@ -56,10 +56,10 @@ public static class AnalysisRunner
     }
 
     /// <summary>Per-layer redundancy of several adapters in one figure and one CSV (with an adapter column).</summary>
-    public static ComparisonResult Compare(IReadOnlyList<string> adapterDirs, string outputDir)
+    public static ComparisonResult Compare(IReadOnlyList<string> adapterDirs, string outputDir, string? topK = null)
     {
         if (adapterDirs.Count == 0) throw new MolaException(n => $"{n("compare")} needs at least one adapter directory");
-        var reports = adapterDirs.Select(Redundancy.Compute).ToList();
+        var reports = adapterDirs.Select(d => Redundancy.Compute(d, topK, topKWhereMissing: true)).ToList();
         var labels = Labels(adapterDirs);
         Directory.CreateDirectory(outputDir);
         Figures.CompareRedundancy(reports, labels, Path.Combine(outputDir, CompareFile));

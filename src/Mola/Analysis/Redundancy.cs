@@ -22,8 +22,16 @@ public sealed record RedundancyReport(string AdapterDir, IReadOnlyList<ModuleRed
 /// the experts' updates mean the experts learned the same thing.</summary>
 public static class Redundancy
 {
-    /// <summary>Reads an adapter directory and computes the redundancy of every layer and module.</summary>
-    public static RedundancyReport Compute(string adapterDir)
+    /// <summary>Reads an adapter directory (any layout <c>--adapter</c> reads; <paramref name="topK"/> for one saved by
+    /// the original MoLA code, as <see cref="AdapterConfig.Load"/> takes it) and computes the redundancy of every layer
+    /// and module.</summary>
+    public static RedundancyReport Compute(string adapterDir, string? topK = null, bool topKWhereMissing = false)
+    {
+        using var own = AdapterFile.OwnLayout.Of(adapterDir, topK, topKWhereMissing);
+        return Compute(own.Directory) with { AdapterDir = adapterDir };
+    }
+
+    static RedundancyReport Compute(string adapterDir)
     {
         string configPath = AdapterFile.ConfigPath(adapterDir);
         var (kind, numExperts) = AdapterFile.ReadKindAndExperts(configPath);

@@ -5,59 +5,206 @@ namespace Mola.Data;
 
 /// <summary>
 /// The six public benchmark data sets, as the Hugging Face hub ships them (the columns of its Parquet files and
-/// JSON exports), turned into our records by docs/BENCHMARKS.md's rules: <c>instruction</c>, <c>input</c> (empty),
-/// <c>output</c> (<c>Answer: The answer is X.</c>) and <c>answer</c>, plus the data set's own descriptive columns
-/// (ScienceQA's <c>subject</c>, <c>topic</c>, ...) as they are.
+/// JSON exports) and as their authors released them (ScienceQA's <c>problems.json</c> with <c>pid_splits.json</c>,
+/// CommonsenseQA's and OpenBookQA's JSON Lines, GLUE's tab-separated files), turned into our records by
+/// docs/BENCHMARKS.md's rules: <c>instruction</c>, <c>input</c> (empty), <c>output</c> (<c>Answer: The answer is X.</c>)
+/// and <c>answer</c>, plus the data set's own descriptive columns (ScienceQA's <c>subject</c>, <c>topic</c>, ...) as
+/// they are. An original release's row is first rewritten into the hub's row, as the hub's loading script does, so
+/// both give the same records.
 /// </summary>
 public static class PublicDatasets
 {
-    sealed record Task(string Name, string Hub, string[] Columns, string[] Extras, Func<Row, JsonObject?> Convert);
+    sealed record Task(string Name, string Hub, string[] Columns, string[] Extras, Func<Row, JsonObject?> Convert, Original[] Originals);
+
+    /// <summary>An original release's file: <paramref name="Matches"/> recognises it by its content, <paramref name="ToHub"/>
+    /// rewrites a row into the hub's columns; <paramref name="Reread"/> reads the file again where its first line is
+    /// data rather than a header (CoLA's training files).</summary>
+    sealed record Original(string Describes, Func<TableData, bool> Matches, Func<TableRow, JsonObject> ToHub, Func<TableData, TableData>? Reread = null);
 
     static readonly string[] GlueExtras = ["idx"];
+
+    static readonly string[] ColaColumns = ["source", "label", "original_mark", "sentence"];
 
     static readonly Task[] Tasks =
     [
         new("scienceqa", "derek-thomas/ScienceQA", ["image", "question", "choices", "answer", "hint"],
-            ["task", "grade", "subject", "topic", "category", "skill"], ScienceQa),
-        new("commonsenseqa", "tau/commonsense_qa", ["question", "choices", "answerKey"], ["id", "question_concept"], CommonsenseQa),
-        new("openbookqa", "allenai/openbookqa", ["question_stem", "choices", "answerKey"], ["id"], OpenBookQa),
+            ["task", "grade", "subject", "topic", "category", "skill", "pid"], ScienceQa,
+            [new("ScienceQA's problems.json (pid to problem, with \"split\")",
+                t => t.Format == TableFormat.JsonKeyed && Has(t, "question", "choices", "answer"), ScienceQaProblem)]),
+        new("commonsenseqa", "tau/commonsense_qa", ["question", "choices", "answerKey"], ["id", "question_concept"], CommonsenseQa,
+            [new("CommonsenseQA's JSON Lines (\"question\": {\"stem\", \"choices\", \"question_concept\"})",
+                t => t.Format == TableFormat.JsonRows && Has(t, "id", "question") && !Has(t, "choices"), r => Nested(r, "question", "question_concept"))]),
+        new("openbookqa", "allenai/openbookqa", ["question_stem", "choices", "answerKey"], ["id", "fact1", "humanScore", "clarity"], OpenBookQa,
+            [new("OpenBookQA's JSON Lines (\"question\": {\"stem\", \"choices\"})",
+                t => t.Format == TableFormat.JsonRows && Has(t, "id", "question") && !Has(t, "question_stem"), r => Nested(r, "question_stem", null))]),
         new("mrpc", "nyu-mll/glue mrpc", ["sentence1", "sentence2", "label"], GlueExtras,
             r => Glue(r, ["not_equivalent", "equivalent"], "Do the two sentences mean the same thing?",
-                $"Sentence 1: {r.String("sentence1")}\nSentence 2: {r.String("sentence2")}\n")),
+                $"Sentence 1: {r.String("sentence1")}\nSentence 2: {r.String("sentence2")}\n"),
+            [new("the MSR paraphrase corpus' msr_paraphrase_*.txt or GLUE's MRPC/*.tsv (Quality, #1 ID, #2 ID, #1 String, #2 String)",
+                t => t.Format == TableFormat.Tsv && Has(t, "#1 String", "#2 String"),
+                r => GlueRow(r, GlueLabel(r, "Quality", null), ("sentence1", "#1 String"), ("sentence2", "#2 String")))]),
         new("cola", "nyu-mll/glue cola", ["sentence", "label"], GlueExtras,
-            r => Glue(r, ["unacceptable", "acceptable"], "Is the sentence grammatically acceptable?", $"Sentence: {r.String("sentence")}\n")),
+            r => Glue(r, ["unacceptable", "acceptable"], "Is the sentence grammatically acceptable?", $"Sentence: {r.String("sentence")}\n"),
+            [new("CoLA's in_domain_train.tsv and the like (no header: source, label, original mark, sentence)",
+                t => t.Format == TableFormat.Tsv && t.Columns.Count == 4 && t.Columns[1] is "0" or "1",
+                r => GlueRow(r, GlueLabel(r, "label", null), ("sentence", "sentence")), t => TableFile.ReadTsv(t.Path, ColaColumns)),
+             new("GLUE's CoLA/test.tsv (index, sentence)",
+                t => t.Format == TableFormat.Tsv && t.Columns.SequenceEqual(["index", "sentence"]), r => GlueRow(r, -1, ("sentence", "sentence")))]),
         new("rte", "nyu-mll/glue rte", ["sentence1", "sentence2", "label"], GlueExtras,
             r => Glue(r, ["entailment", "not_entailment"], "Does the premise entail the hypothesis?",
-                $"Premise: {r.String("sentence1")}\nHypothesis: {r.String("sentence2")}\n")),
+                $"Premise: {r.String("sentence1")}\nHypothesis: {r.String("sentence2")}\n"),
+            [new("GLUE's RTE/train.tsv, dev.tsv or test.tsv (index, sentence1, sentence2, label)",
+                t => t.Format == TableFormat.Tsv && Has(t, "index", "sentence1", "sentence2"),
+                r => GlueRow(r, GlueLabel(r, "label", ["entailment", "not_entailment"]), ("sentence1", "sentence1"), ("sentence2", "sentence2")))]),
     ];
 
     public static IReadOnlyList<string> Names { get; } = Tasks.Select(t => t.Name).ToList();
 
-    /// <summary>What converting one file gave: the records, and how many rows the rules leave out (ScienceQA's
-    /// questions with an image, GLUE's hidden test labels).</summary>
+    /// <summary>What converting gave: the records, and how many rows the rules leave out (ScienceQA's questions with an
+    /// image, hidden test labels).</summary>
     public sealed record Result(List<JsonObject> Records, int Skipped);
 
-    /// <summary>Converts the rows of <paramref name="path"/> (Parquet, JSON or JSONL) as the data set <paramref name="task"/>.</summary>
-    public static Result Convert(string task, string path)
+    /// <summary>Converts the rows of <paramref name="paths"/> (each Parquet, JSON, JSON Lines or tab-separated text,
+    /// told apart by content) as the data set <paramref name="task"/>. <paramref name="split"/> picks one split of a file
+    /// that holds them all (ScienceQA's problems.json: train, val, test, or any list of a pid_splits.json among
+    /// <paramref name="paths"/>, which then also gives the order); any other file is one split already.</summary>
+    public static Result Convert(string task, IReadOnlyList<string> paths, string? split = null)
     {
         var t = Tasks.FirstOrDefault(x => x.Name == task.ToLowerInvariant())
             ?? throw new MolaException($"unknown data set \"{task}\" (expected one of {string.Join(", ", Names)})");
-        var (columns, rows) = TableFile.Read(path);
-        var missing = t.Columns.Where(c => !columns.Contains(c)).ToList();
-        if (missing.Count > 0)
-            throw new MolaException($"{path}: not {t.Hub} as the hub ships it: no column{(missing.Count > 1 ? "s" : "")} {string.Join(", ", missing.Select(m => $"\"{m}\""))} " +
-                $"(expected {string.Join(", ", t.Columns)}; the file has {(columns.Count == 0 ? "no rows" : string.Join(", ", columns))})");
+        var tables = paths.Select(TableFile.Read).ToList();
+        var index = tables.Where(x => x.Format == TableFormat.JsonLists).ToList();
+        if (index.Count > 1) throw new MolaException($"{index[1].Path}: a second split index (after {index[0].Path}); give one pid_splits.json");
+        if (index.Count == 1 && t.Name != "scienceqa")
+            throw new MolaException($"{index[0].Path}: a split index (a JSON object of id lists, as ScienceQA's pid_splits.json), not {t.Hub} rows");
         var records = new List<JsonObject>();
         int skipped = 0;
-        foreach (var (where, obj) in rows)
+        foreach (var table in tables.Where(x => x.Format != TableFormat.JsonLists))
         {
-            var record = t.Convert(new Row(obj, where));
-            if (record is null) { skipped++; continue; }
-            foreach (string extra in t.Extras)
-                if (obj[extra] is JsonValue v) record[extra] = v.DeepClone();
-            records.Add(record);
+            var (rows, keyed) = Rows(t, table);
+            if (keyed) rows = ScienceQaSplit(table, rows, split, index.Count == 1 ? index[0] : null);
+            else if (split is not null)
+                throw new MolaException(n => $"{n("split")} {split}: {table.Path} is one split already (only ScienceQA's problems.json holds several)");
+            foreach (var (where, obj) in rows)
+            {
+                var record = t.Convert(new Row(obj, where));
+                if (record is null) { skipped++; continue; }
+                foreach (string extra in t.Extras)
+                    if (obj[extra] is JsonValue v) record[extra] = v.DeepClone();
+                records.Add(record);
+            }
         }
+        if (index.Count == 1 && tables.All(x => x.Format != TableFormat.JsonKeyed))
+            throw new MolaException($"{index[0].Path}: a split index without its problems.json");
         return new Result(records, skipped);
+    }
+
+    /// <summary>The table's rows in the hub's columns, and whether they are keyed (ScienceQA's problems.json); a file that
+    /// is neither the hub's layout nor an original release's is refused naming what it lacks.</summary>
+    static (IEnumerable<(string, JsonObject)> Rows, bool Keyed) Rows(Task t, TableData table)
+    {
+        // The hub ships Parquet and JSON rows; tab-separated text and keyed JSON are original releases.
+        if (table.Format is TableFormat.Parquet or TableFormat.JsonRows && t.Columns.All(c => table.Columns.Contains(c)))
+            return (table.Rows.Select(r => (r.Where, r.Values)), false);
+        if (t.Originals.FirstOrDefault(o => o.Matches(table)) is { } original)
+        {
+            var read = original.Reread?.Invoke(table) ?? table;
+            return (read.Rows.Select(r => (r.Where, original.ToHub(r))), table.Format == TableFormat.JsonKeyed);
+        }
+        var missing = t.Columns.Where(c => !table.Columns.Contains(c)).ToList();
+        string has = table.Columns.Count == 0 ? "no rows" : table.Format == TableFormat.Tsv
+            ? $"a first line of {string.Join(", ", table.Columns.Select(c => $"\"{Short(c)}\""))}"
+            : string.Join(", ", table.Columns);
+        throw new MolaException($"{table.Path}: not {t.Hub} as the hub ships it: no column{(missing.Count > 1 ? "s" : "")} {string.Join(", ", missing.Select(m => $"\"{m}\""))} " +
+            $"(expected {string.Join(", ", t.Columns)}, or {string.Join(", or ", t.Originals.Select(o => o.Describes))}; the file has {has})");
+    }
+
+    static string Short(string s) => s.Length <= 30 ? s : s[..27] + "...";
+
+    static bool Has(TableData t, params string[] columns) => columns.All(t.Columns.Contains);
+
+    /// <summary>One split of problems.json: the ids pid_splits.json lists for it, in its order (the hub's), or without an
+    /// index the problems whose own "split" is it, in the file's order.</summary>
+    static IEnumerable<(string, JsonObject)> ScienceQaSplit(TableData table, IEnumerable<(string Where, JsonObject Row)> rows, string? split, TableData? index)
+    {
+        string names = index is null ? "train, val, test" : string.Join(", ", index.Lists.Keys);
+        if (split is null)
+            throw new MolaException(n => $"{table.Path}: ScienceQA's problems.json holds every split; choose one with {n("split")} ({names})");
+        if (index is null)
+        {
+            var chosen = rows.Where(r => r.Row["split"] is JsonValue v && v.GetValueKind() == JsonValueKind.String && v.GetValue<string>() == split).ToList();
+            if (chosen.Count == 0)
+            {
+                var found = rows.Select(r => r.Row["split"] is JsonValue v && v.GetValueKind() == JsonValueKind.String ? v.GetValue<string>() : null)
+                    .OfType<string>().Distinct().Order(StringComparer.Ordinal);
+                throw new MolaException(n => $"{n("split")} {split}: no problem of {table.Path} has \"split\": \"{split}\" (its splits: {string.Join(", ", found)})");
+            }
+            return chosen;
+        }
+        if (!index.Lists.TryGetValue(split, out var ids))
+            throw new MolaException(n => $"{n("split")} {split}: {index.Path} has no list \"{split}\" (it has {names})");
+        var byKey = rows.ToDictionary(r => r.Row["pid"]!.GetValue<string>());
+        return ids.Select(id => byKey.TryGetValue(id, out var r) ? r
+            : throw new MolaException($"{index.Path}: \"{split}\" lists pid \"{id}\", which {table.Path} does not have"));
+    }
+
+    /// <summary>A problem of problems.json in the hub's columns: the same names, the image a file name or null, the pid kept.</summary>
+    static JsonObject ScienceQaProblem(TableRow r)
+    {
+        var row = (JsonObject)r.Values.DeepClone();
+        if (row["image"] is JsonValue v && v.GetValueKind() == JsonValueKind.String && v.GetValue<string>().Length == 0) row["image"] = null;
+        row["pid"] = r.Key;
+        return row;
+    }
+
+    /// <summary>A CommonsenseQA / OpenBookQA line in the hub's columns (as the hub's loading scripts rewrite it): the
+    /// question object's stem (and concept) flattened, its list of {label, text} choices turned into lists; a missing
+    /// answerKey (CommonsenseQA's test file) is empty, a hidden label.</summary>
+    static JsonObject Nested(TableRow r, string stemColumn, string? conceptColumn)
+    {
+        var row = new Row(r.Values, r.Where);
+        if (r.Values["question"] is not JsonObject q)
+            throw row.Invalid($"key \"question\": expected an object of \"stem\" and \"choices\", got {JsonFile.Describe(r.Values["question"])}");
+        var hub = (JsonObject)r.Values.DeepClone();
+        hub.Remove("question");
+        var inner = new Row(q, $"{r.Where}: key \"question\"");
+        hub[stemColumn] = inner.String("stem");
+        if (conceptColumn is not null) hub[conceptColumn] = inner.String("question_concept");
+        if (q["choices"] is not JsonArray choices || choices.Any(c => c is not JsonObject))
+            throw inner.Invalid($"key \"choices\": expected a list of {{\"label\", \"text\"}} objects, got {JsonFile.Describe(q["choices"])}");
+        var labels = new JsonArray();
+        var texts = new JsonArray();
+        for (int i = 0; i < choices.Count; i++)
+        {
+            var c = new Row((JsonObject)choices[i]!, $"{r.Where}: key \"question.choices[{i}]\"");
+            labels.Add(c.String("label"));
+            texts.Add(c.String("text"));
+        }
+        hub["choices"] = new JsonObject { ["label"] = labels, ["text"] = texts };
+        hub["answerKey"] ??= "";
+        return hub;
+    }
+
+    /// <summary>A GLUE line in the hub's columns: the sentences, the label's index (-1: none, a hidden test label) and
+    /// idx, the line's position among the file's rows (as the hub's script numbers them).</summary>
+    static JsonObject GlueRow(TableRow r, long label, params (string Hub, string Column)[] sentences)
+    {
+        var hub = new JsonObject();
+        foreach (var (name, column) in sentences) hub[name] = r.Values[column]?.DeepClone();
+        hub["label"] = label;
+        hub["idx"] = r.Index;
+        return hub;
+    }
+
+    /// <summary>A tab-separated label: a class index (<c>0</c>, <c>1</c>) or, with <paramref name="names"/>, a class
+    /// name; a file without the column has hidden labels (-1).</summary>
+    static long GlueLabel(TableRow r, string column, string[]? names)
+    {
+        if (r.Values[column] is null) return -1;
+        string text = r.Values[column]!.GetValue<string>();
+        int label = names is null ? (text is "0" or "1" ? text[0] - '0' : -2) : Array.IndexOf(names, text);
+        return label >= 0 ? label : throw new MolaException(
+            $"{r.Where}: column \"{column}\": expected {(names is null ? "0 or 1" : string.Join(" or ", names))}, got \"{Short(text)}\"");
     }
 
     /// <summary>One row, whose typed reads name the row and column when the value is not what the data set holds.</summary>
@@ -130,14 +277,15 @@ public static class PublicDatasets
         return Choice(hint.Length == 0 ? "N/A" : hint, r.String("question"), letters.Select(c => c.ToString()), choices, letters[(int)answer].ToString());
     }
 
-    static JsonObject CommonsenseQa(Row r) => MultipleChoice(r, "question", "ABCDE");
+    static JsonObject? CommonsenseQa(Row r) => MultipleChoice(r, "question", "ABCDE");
 
-    static JsonObject OpenBookQa(Row r) => MultipleChoice(r, "question_stem", "ABCD");
+    static JsonObject? OpenBookQa(Row r) => MultipleChoice(r, "question_stem", "ABCD");
 
-    static JsonObject MultipleChoice(Row r, string questionColumn, string letters)
+    static JsonObject? MultipleChoice(Row r, string questionColumn, string letters)
     {
         var (labels, texts) = r.Choices("choices");
         string key = r.String("answerKey");
+        if (key.Length == 0) return null;   // a hidden test label (CommonsenseQA's test split)
         if (!labels.Contains(key)) throw r.Invalid($"column \"answerKey\": expected one of the choices' labels ({string.Join(", ", labels)}), got \"{key}\"");
         if (labels.Any(l => l.Length != 1 || !letters.Contains(l)))
             throw r.Invalid($"column \"choices.label\": expected letters from {letters[0]} to {letters[^1]}, got {string.Join(", ", labels)}");

@@ -21,7 +21,8 @@ public sealed class AdapterSet : IDisposable
     /// <summary>The adapters' names, in the order of their indices (-1 is the base model alone).</summary>
     public IReadOnlyList<string> Names { get; }
 
-    public AdapterSet(CausalLM model, IReadOnlyList<(string Name, string Directory)> adapters)
+    /// <param name="topK">The top-k of the adapters saved by the original MoLA code, which record none (the others keep theirs).</param>
+    public AdapterSet(CausalLM model, IReadOnlyList<(string Name, string Directory)> adapters, string? topK = null)
     {
         Names = adapters.Select(a => a.Name).ToList();
         var perTarget = new Dictionary<Linear, ILinearAdapter?[]>(ReferenceEqualityComparer.Instance);
@@ -30,10 +31,10 @@ public sealed class AdapterSet : IDisposable
             for (int i = 0; i < adapters.Count; i++)
             {
                 // A PiSSA adapter replaces the base weights by residuals, which the base model's rows and the other adapters share here.
-                if (AdapterConfig.Load(adapters[i].Directory).Pissa)
+                if (AdapterConfig.Load(adapters[i].Directory, topK, topKWhereMissing: true).Pissa)
                     throw new MolaException($"{adapters[i].Directory}: a PiSSA adapter (init pissa) changes the base weights, which serve shares between " +
                         "the base model and every adapter; use it with generate, eval or perplexity");
-                var adapter = AdapterModel.Load(model, adapters[i].Directory);
+                var adapter = AdapterModel.Load(model, adapters[i].Directory, topK, topKWhereMissing: true);
                 adapter.eval();   // dropout off
                 _adapters.Add(adapter);
                 foreach (var (_, _, target, module) in adapter.Modules)
