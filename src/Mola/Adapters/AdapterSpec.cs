@@ -57,7 +57,7 @@ public sealed record AdapterSpec
 
     /// <summary>The adapter for a model of <paramref name="layers"/> layers; bad specs fail here, before any weight loads.
     /// <c>--experts auto:T</c> (or <c>auto</c> with <see cref="BudgetParams"/>) reads the weights of
-    /// <paramref name="baseModel"/> for their layer quality (one SVD a matrix); <paramref name="log"/> gets its progress
+    /// <paramref name="baseModel"/> for their layer quality (one eigendecomposition a matrix); <paramref name="log"/> gets its progress
     /// and the allocation made.</summary>
     public AdapterConfig Build(int layers, string baseModel, Action<string>? log = null)
     {
