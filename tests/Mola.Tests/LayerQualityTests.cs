@@ -80,6 +80,39 @@ public class LayerQualityTests
         Assert.InRange(fit.Alpha, alpha - 0.25, alpha + 0.25);
     }
 
+    /// <summary>The Gram route against the squared singular values (libtorch's svdvals, a different algorithm: a
+    /// bidiagonalisation of W itself), tall and wide: a Pareto spectrum of 300 eigenvalues (alpha 2.5, from 1 to about 45), then
+    /// 20 more falling geometrically to 1e-14 of the largest. The Gram route errs by about max(m, n) eps lambda_max absolutely (here
+    /// 340 x 2.2e-16 = 7.5e-14 of the largest; asserted with a factor 4), so eigenvalues above 1e-4 of the largest keep
+    /// 1e-9 relative accuracy, which is where the tail starts, and the fit (alpha, x_min, tail) is the same to 1e-9.</summary>
+    [Theory]
+    [InlineData(340, XminSearch.All)]
+    [InlineData(340, XminSearch.Peak)]
+    [InlineData(-1, XminSearch.All)]
+    public void GramEigenvalues_EqualTheSquaredSingularValues_AndGiveTheSameFit(int rows, XminSearch search)
+    {
+        var pareto = Pareto(300, 2.5, seed: 9);
+        double top = pareto.Max();
+        var lambda = pareto.Concat(Enumerable.Range(1, 20).Select(i => top * Math.Pow(10, -0.7 * i))).ToArray();
+        using var tall = MatrixWithSpectrum(lambda, rows: 340, seed: 4);
+        using var w = rows > 0 ? tall.clone() : tall.t().contiguous();   // [340, 320] or [320, 340]
+        var gram = LayerQuality.Eigenvalues(w);
+        using var sv = linalg.svdvals(w);
+        var reference = sv.data<double>().Select(x => x * x).ToArray();
+        Assert.Equal(320, gram.Length);
+        double absolute = 4 * 340 * 2.220446049250313e-16 * reference[0];
+        for (int i = 0; i < reference.Length; i++)
+        {
+            Assert.True(Math.Abs(gram[i] - reference[i]) <= absolute, $"eigenvalue {i}: {gram[i]} against {reference[i]}");
+            if (reference[i] >= 1e-4 * reference[0])
+                Assert.True(Math.Abs(gram[i] - reference[i]) <= 1e-9 * reference[i], $"eigenvalue {i}: {gram[i]} against {reference[i]}, relative");
+        }
+        var (a, b) = (PowerLaw.Fit(gram, search), PowerLaw.Fit(reference, search));
+        Assert.True(Math.Abs(a.Xmin - b.Xmin) <= 1e-9 * b.Xmin, $"x_min {a.Xmin} against {b.Xmin}");
+        Assert.Equal(b.TailSize, a.TailSize);
+        Assert.True(Math.Abs(a.Alpha - b.Alpha) <= 1e-9 * b.Alpha, $"alpha {a.Alpha} against {b.Alpha}");
+    }
+
     [Fact]
     public void Pearson_SmallSeries_MatchesTheFormulaByHand()
     {

@@ -88,14 +88,21 @@ public class PissaTrainingTests
     }
 
     /// <summary>Through the CLI: a PiSSA run whose one step cannot move the weights (learning rate 1e-30) leaves the
-    /// model as it was, so perplexity with the adapter (its loader rebuilding the residual) is the base model's own.</summary>
-    [Fact]
-    public void ThroughTheCli_AnUntrainedPissaAdapterScoresAsTheBaseModel()
+    /// model as it was, so perplexity with the adapter (its loader rebuilding the residual) is the base model's own,
+    /// whether the factors came from the randomized SVD (the default) or the exact one; the config records which.</summary>
+    [Theory]
+    [InlineData(null, 4)]
+    [InlineData("full", 0)]
+    [InlineData("1", 1)]
+    public void ThroughTheCli_AnUntrainedPissaAdapterScoresAsTheBaseModel(string? iterations, int recorded)
     {
         string dir = TestUtil.TempDir();
-        var train = CliRunner.Run(TrainCliTests.Args(dir, "--init", "pissa", "--max-steps", "1", "--learning-rate", "1e-30", "--warmup-steps", "0", "--save-steps", "0"),
+        string[] extra = iterations is null ? [] : ["--pissa-iterations", iterations];
+        var train = CliRunner.Run(TrainCliTests.Args(dir, ["--init", "pissa", "--max-steps", "1", "--learning-rate", "1e-30", "--warmup-steps", "0", "--save-steps", "0", .. extra]),
             TimeSpan.FromMinutes(2));
         Assert.True(train.ExitCode == 0, train.ToString());
+        Assert.Equal(recorded, AdapterConfig.Load(dir).PissaIterations);
+        Assert.Equal(recorded, JsonNode.Parse(File.ReadAllText(Path.Combine(dir, AdapterFile.ConfigFile)))!["pissa_iterations"]!.GetValue<int>());
         string texts = Path.Combine(dir, "texts.jsonl");
         File.WriteAllLines(texts, InstructionRecord.Load(Data).Take(6).Select(r => System.Text.Json.JsonSerializer.Serialize(new { text = PromptTemplate.Alpaca.Full(r) })));
         var adapted = CliRunner.Run("perplexity", "--base-model", Llama, "--adapter", dir, "--data", texts, "--json");
@@ -187,6 +194,8 @@ public class PissaTrainingTests
     [Theory]
     [InlineData(new[] { "--init", "pissa", "--adapter-kind", "lora", "--experts", "1", "--top-k", "1" }, "--init pissa applies to --adapter-kind mola")]
     [InlineData(new[] { "--init", "svd" }, "'svd' not recognized")]
+    [InlineData(new[] { "--pissa-iterations", "2" }, "--pissa-iterations applies to --init pissa")]
+    [InlineData(new[] { "--init", "pissa", "--pissa-iterations", "many" }, "--pissa-iterations must be a number of subspace iterations (0 or more) or full, got \"many\"")]
     public void BadInitOptionsAreOneError(string[] extra, string message)
     {
         string dir = TestUtil.TempDir();

@@ -27,8 +27,8 @@ public static class AnalyzeCommand
         var device = Cli.DeviceOption();
         var layerQuality = new Option<bool>("--layer-quality")
         {
-            Description = "Layer quality of --base-model: PL_Alpha_Hill of every targeted weight's W^T W spectrum (one SVD a matrix, " +
-                "streamed), per layer the mean over modules; with --adapter also its Pearson correlation with the adapter's per-layer redundancy",
+            Description = "Layer quality of --base-model: PL_Alpha_Hill of every targeted weight's W^T W spectrum (one float64 eigendecomposition of the smaller Gram matrix a matrix, " +
+                "streamed, with progress), per layer the mean over modules; with --adapter also its Pearson correlation with the adapter's per-layer redundancy",
         };
         var xminSearch = new Option<string>("--xmin-search")
         {
@@ -48,7 +48,7 @@ public static class AnalyzeCommand
             var compareDirs = p.GetValue(compare) ?? [];
             string outputDir = Cli.OutputDirectory(p.GetValue(output)!, "--output");
             string? baseDir = p.GetValue(baseModel), dataPath = p.GetValue(data);
-            // Layer quality is the slow part (one SVD a matrix): every option is checked first, and with --adapter the
+            // Layer quality is the slow part (one eigendecomposition a matrix): every option is checked first, and with --adapter the
             // adapter is analysed before it, so a bad adapter fails at once.
             Func<LayerQualityReport>? quality = null;
             if (p.GetValue(layerQuality))

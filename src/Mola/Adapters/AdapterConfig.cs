@@ -27,6 +27,10 @@ public sealed record AdapterConfig
     /// is replaced by its residual, rebuilt on load from <see cref="AdapterFile.PissaFile"/> (<see cref="PissaInit"/>).
     /// False (no key, or <c>"lora"</c>): B = 0 and the base as it is.</summary>
     public bool Pissa { get; init; }
+    /// <summary><c>"pissa_iterations"</c>: the subspace iterations of the randomized SVD that gave the PiSSA factors, 0 for
+    /// the exact SVD (also what an adapter without the key used). A record of how they were made: a load rebuilds the
+    /// residual from the stored factors and never decomposes again.</summary>
+    public int PissaIterations { get; init; }
 
     public int NumLayers => Rank.Length;
 
@@ -58,6 +62,7 @@ public sealed record AdapterConfig
         if (!double.IsFinite(LoraAlpha)) throw new MolaException($"{source}: lora_alpha must be a finite number, got {LoraAlpha}");
         if (!double.IsFinite(AuxLossCoef) || AuxLossCoef < 0) throw new MolaException($"{source}: aux_loss_coef must be a finite number of 0 or more, got {AuxLossCoef}");
         if (Pissa && Kind != AdapterKind.Mola) throw new MolaException($"{source}: init pissa applies to MoLA adapters (peft_type MOLA)");
+        if (PissaIterations < 0) throw new MolaException($"{source}: pissa_iterations is {PissaIterations}, expected 0 (the exact SVD) or more");
         if (Kind != AdapterKind.Mola) return;
         if (NumExperts.Length != Rank.Length || TopK.Length != Rank.Length)
             throw new MolaException($"{source}: num_experts ({NumExperts.Length}), top_k ({TopK.Length}) and r ({Rank.Length}) must have one entry per layer");
@@ -117,6 +122,7 @@ public sealed record AdapterConfig
                 "pissa" => true,
                 var other => throw new MolaException($"{path}: init \"{other}\" is not supported (expected \"lora\" or \"pissa\")"),
             },
+            PissaIterations = JsonFile.Int(o, "pissa_iterations", path) ?? 0,
         };
         if (kind == AdapterKind.Lora && rankNode is JsonArray && peft is null
             && AdapterFile.OriginalMolaExperts(AdapterFile.WeightsPath(directory), rank.Length, targets) is int[] experts)
@@ -210,7 +216,11 @@ public sealed record AdapterConfig
             o["top_k"] = ToJson(TopK);
             o["aux_loss_coef"] = AuxLossCoef;
             if (Allocation is not null) o["allocation"] = Allocation.DeepClone();
-            if (Pissa) o["init"] = "pissa";
+            if (Pissa)
+            {
+                o["init"] = "pissa";
+                o["pissa_iterations"] = PissaIterations;
+            }
         }
         o["bias"] = "none";
         o["task_type"] = "CAUSAL_LM";

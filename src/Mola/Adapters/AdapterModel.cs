@@ -133,10 +133,11 @@ public sealed class AdapterModel : nn.Module
     /// base weights' top singular triplets and the base becomes the residual; with one (a saved adapter or checkpoint),
     /// the residual is rebuilt from the factors stored there, on the unchanged base checkpoint. The experts' own weights
     /// are left as they are in that case (loaded from the same directory).</summary>
-    public void InitPissa(string? factorsDirectory = null)
+    /// <param name="progress">The decomposition's progress (<see cref="PissaInit.Apply"/>).</param>
+    public void InitPissa(string? factorsDirectory = null, Action<int, int>? progress = null)
     {
         if (PissaFactors is not null) throw new MolaException("the PiSSA residual is already applied to this base model");
-        if (factorsDirectory is null) PissaFactors = PissaInit.Apply(this);
+        if (factorsDirectory is null) PissaFactors = PissaInit.Apply(this, progress);
         else
         {
             var factors = AdapterFile.LoadPissa(factorsDirectory);

@@ -32,6 +32,8 @@ public sealed record AdapterSpec
     public string XminSearch { get; init; } = "peak";
     /// <summary>How the experts start: <c>lora</c> (B = 0) or <c>pissa</c> (<see cref="PissaInit"/>; MoLA only).</summary>
     public string Init { get; init; } = "lora";
+    /// <summary>Init pissa: subspace iterations of the randomized SVD (<see cref="TruncatedSvd"/>), 0 for the exact SVD.</summary>
+    public int PissaIterations { get; init; } = PissaInit.DefaultIterations;
 
     /// <summary>The scalars (NaN and Infinity parse, so they are refused here).</summary>
     public void Validate()
@@ -45,6 +47,7 @@ public sealed record AdapterSpec
         if (Init is not ("lora" or "pissa")) throw new MolaException(n => $"{n("init")} must be lora or pissa, got \"{Init}\"");
         if (Init == "pissa" && AdapterKinds.Parse(Kind) != AdapterKind.Mola)
             throw new MolaException(n => $"{n("init")} pissa applies to {n("adapter_kind")} mola (every expert of a module starts from the same singular triplets)");
+        if (PissaIterations < 0) throw new MolaException(n => $"{n("pissa_iterations")} must be 0 (the exact SVD) or more, got {PissaIterations}");
     }
 
     static void Check(double v, string key, Func<double, bool> valid, string expected)
@@ -54,7 +57,7 @@ public sealed record AdapterSpec
 
     /// <summary>The adapter for a model of <paramref name="layers"/> layers; bad specs fail here, before any weight loads.
     /// <c>--experts auto:T</c> (or <c>auto</c> with <see cref="BudgetParams"/>) reads the weights of
-    /// <paramref name="baseModel"/> for their layer quality (one SVD a matrix); <paramref name="log"/> gets its progress
+    /// <paramref name="baseModel"/> for their layer quality (one eigendecomposition a matrix); <paramref name="log"/> gets its progress
     /// and the allocation made.</summary>
     public AdapterConfig Build(int layers, string baseModel, Action<string>? log = null)
     {
@@ -102,6 +105,7 @@ public sealed record AdapterSpec
             AuxLossCoef = AuxLossCoef,
             Allocation = auto?.ToJson(),
             Pissa = Init == "pissa",
+            PissaIterations = Init == "pissa" ? PissaIterations : 0,
         };
     }
 }

@@ -13,7 +13,7 @@ public sealed record PeftConfig
 {
     /// <summary>Keys mola's own config uses (<see cref="AdapterConfig.Save"/>) and the MoLA ones.</summary>
     static readonly HashSet<string> Ours = ["peft_type", "base_model_name_or_path", "target_modules", "r", "lora_alpha", "lora_dropout",
-        "num_experts", "top_k", "aux_loss_coef", "allocation", "init", "bias", "task_type"];
+        "num_experts", "top_k", "aux_loss_coef", "allocation", "init", "pissa_iterations", "bias", "task_type"];
 
     /// <summary>Keys that do not change what a trained adapter computes: bookkeeping, how weights were initialised
     /// (init_lora_weights, LoftQ, EVA, CorDA), runtime switches. fan_in_fan_out only transposes a GPT-2 Conv1D's base

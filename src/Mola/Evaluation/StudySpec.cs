@@ -135,7 +135,7 @@ public sealed record StudySpec
         static readonly string[] StudyKeys = ["base_model", "template", "scoring", "seeds", "epochs", "training", "variants", "tasks", "instruction", "continual"];
         static readonly string[] TrainingKeys = ["learning_rate", "warmup_steps", "batch_size", "micro_batch_size", "max_steps", "cutoff_len",
             "train_on_inputs", "add_eos", "group_by_length", "gradient_checkpointing", "save_steps", "save_total_limit"];
-        static readonly string[] VariantKeys = ["name", "kind", "experts", "top_k", "rank", "targets", "alpha", "dropout", "aux_loss_coef"];
+        static readonly string[] VariantKeys = ["name", "kind", "experts", "top_k", "rank", "targets", "alpha", "dropout", "aux_loss_coef", "init", "pissa_iterations"];
         static readonly string[] TaskKeys = ["name", "benchmark", "train", "validation", "test"];
 
         public StudySpec Study(YamlMappingNode root)
@@ -236,7 +236,11 @@ public sealed record StudySpec
                 Alpha = m.TryGetValue("alpha", out var al) ? Dbl(al, "alpha") : AdapterSpec.Paper.Alpha,
                 Dropout = m.TryGetValue("dropout", out var dr) ? Dbl(dr, "dropout") : AdapterSpec.Paper.Dropout,
                 AuxLossCoef = m.TryGetValue("aux_loss_coef", out var ax) ? Dbl(ax, "aux_loss_coef") : AdapterSpec.Paper.AuxLossCoef,
+                Init = Str(m, "init") ?? AdapterSpec.Paper.Init,
+                PissaIterations = m.TryGetValue("pissa_iterations", out var pi) ? Wrap(pi, () => PissaInit.ParseIterations(Scalar(pi, "pissa_iterations"), "pissa_iterations"))
+                    : AdapterSpec.Paper.PissaIterations,
             };
+            if (pi is not null && a.Init != "pissa") throw Error(pi, "key \"pissa_iterations\" applies to init: pissa");
             // The specs that need no layer count are checked here; the allocation itself once config.json is read.
             Wrap(node, () => { a.Validate(); AdapterKinds.Parse(a.Kind); return 0; });
             return new StudyVariant(Name(Required(m, "name", node, where), "name"), a);

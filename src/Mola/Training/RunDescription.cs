@@ -67,6 +67,7 @@ public sealed record RunDescription
             ["target_modules"] = new JsonArray(adapter.TargetModules.Select(x => (JsonNode)x!).ToArray()),
             ["aux_loss_coef"] = adapter.AuxLossCoef,
             ["init"] = adapter.Pissa ? "pissa" : "lora",
+            ["pissa_iterations"] = adapter.PissaIterations,
             ["learning_rate"] = o.LearningRate,
             ["warmup_steps"] = o.WarmupSteps,
             ["epochs"] = o.Epochs,
