@@ -4,7 +4,7 @@
 #   MOLA=path/Mola.Cli.dll bench/targets.sh   measures that build instead (before/after pairs)
 # Two `mola bench` runs, 2 threads (libtorch's default on 2 cores), wall clock: the bench step shape (float32) and the
 # TinyLlama-1.1B shape (float32 and bfloat16, random weights, ~10 GB, so under $HEAVY_LOCK when that file exists).
-# About 4-5 minutes on a quiet 2-core machine. Ratios are paired within one run; run it on a quiet machine (the load
+# An estimated 4-5 minutes on a quiet 2-core machine (not yet timed on one). Ratios are paired within one run; run it on a quiet machine (the load
 # average is printed with the rows) and repeat it: single runs on a busy one say little.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,8 +24,9 @@ echo "results in $OUT; load average at the start: $(load)" >&2
 echo "$(load)" > "$OUT/step-shape.load"
 dotnet "$MOLA" bench --rounds 3 --json > "$OUT/step-shape.json" 2> "$OUT/step-shape.txt"
 echo "$(load)" >> "$OUT/step-shape.load"
-# The 1.1B shape: the step at 256 tokens (the recipe's cutoff), float32 then bfloat16, and its decoding.
-heavy bash -c "echo \"\$(cut -d' ' -f1-3 /proc/loadavg)\" > '$OUT/tinyllama.load'; dotnet '$MOLA' bench --shape tinyllama-1.1b --json > '$OUT/tinyllama.json' 2> '$OUT/tinyllama.txt'"
+# The 1.1B shape: the step at 128 tokens (as the lead's run of main that measured 1.30; ~10 GB), float32 then bfloat16,
+# and its decoding.
+heavy bash -c "echo \"\$(cut -d' ' -f1-3 /proc/loadavg)\" > '$OUT/tinyllama.load'; dotnet '$MOLA' bench --shape tinyllama-1.1b --step-tokens 128 --json > '$OUT/tinyllama.json' 2> '$OUT/tinyllama.txt'"
 echo "$(load)" >> "$OUT/tinyllama.load"
 
 echo "| figure | measured | target | verdict | load average (start, end) |"
