@@ -201,6 +201,44 @@ public class MolaLayerTests
     }
 
     [Fact]
+    public void HalfPrecisionBaseScaleInTheGateEqualsTheScaledProductBitForBit()
+    {
+        // Below float32 the scale multiplies the [N, E] gate instead of the [N, out] adapter output. With alpha / r a
+        // power of two (16 / 4 here) the two are the same float32 arithmetic: the old formulation, written out here,
+        // gives the very same output and gradients.
+        const int inF = 32, outF = 16, E = 4, k = 2, r = 4;
+        torch.manual_seed(9);
+        var (baseLayer, layer) = RandomLayer(0, "q_proj", inF, outF, E, k, r, 0.0, ScalarType.BFloat16);
+        layer.Relayout = true;
+        var x0 = torch.randn(2, 50, inF).to(ScalarType.BFloat16);
+        var upstream = torch.randn(2, 50, outF).to(ScalarType.BFloat16);
+        Tensor[] Run(Func<Tensor, Tensor> forward)
+        {
+            layer.zero_grad();
+            var x = x0.detach().requires_grad_(true);
+            forward(x).backward([upstream]);
+            return [.. new[] { x.grad!, layer.router.grad!, layer.lora_A.grad!, layer.lora_B.grad! }.Select(g => g.clone())];
+        }
+        Tensor Old(Tensor x)
+        {
+            var xf = x.reshape(-1, inF).to(ScalarType.Float32);
+            var both = xf.mm(torch.cat([layer.router, layer.lora_A], 0).t());
+            var (topL, topI) = both.narrow(1, 0, E).contiguous().topk(k, dim: 1);
+            var gate = torch.zeros(xf.shape[0], E).scatter(1, topI, torch.nn.functional.softmax(topL, 1));
+            var h = (both.narrow(1, E, E * r).view(-1, E, r) * gate.unsqueeze(-1)).view(-1, E * r);
+            var y = baseLayer.Base(x.reshape(-1, inF));
+            y.add_(h.mm(layer.lora_B.t().contiguous()).mul_(16.0 / r).to(y.dtype));
+            return y.view(2, 50, outF);
+        }
+        var yNew = layer.Forward(x0, baseLayer);
+        Assert.True(yNew.eq(Old(x0)).all().item<bool>());
+        var gNew = Run(x => layer.Forward(x, baseLayer));
+        var gOld = Run(Old);
+        for (int i = 0; i < gNew.Length; i++)
+            Assert.True(gNew[i].eq(gOld[i]).all().item<bool>(), $"gradient {i} differs by {TestUtil.MaxAbsDiff(gNew[i], gOld[i])}");
+    }
+
+    [Fact]
     public void FreshLayerInitialisesLikeNnLinearWithZeroB()
     {
         torch.manual_seed(7);

@@ -157,7 +157,11 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer
             h = Dropout(xf).mm(lora_A.t());                                              // [N, E*r]
         }
         var (topW, topI) = Route(logits, asOriginal: false);
-        var gate = torch.zeros(N, NumExperts, ScalarType.Float32, xf.device).scatter(1, topI, topW);
+        // Below float32 the adapter's output is cast, not accumulated by addmm_, so the scale rides on the [N, E]
+        // gate instead of a pass over [N, out] forward and backward (exact when alpha / r is a power of two, as
+        // the default 16 / 8; bench/NOTES.md).
+        bool scaleInGate = x2.dtype != ScalarType.Float32;
+        var gate = torch.zeros(N, NumExperts, ScalarType.Float32, xf.device).scatter(1, topI, scaleInGate ? topW * Scaling : topW);
         h = (h.view(N, NumExperts, Rank) * gate.unsqueeze(-1)).view(N, ranks);
         // B^T made contiguous: its gradient then comes as h^T g, several times faster than the g^T h
         // that a transposed view of B gets from autograd.
@@ -167,7 +171,7 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer
         if (y.dtype == ScalarType.Float32)
             y.addmm_(h, bT, beta: 1, alpha: (float)Scaling);
         else
-            y.add_(h.mm(bT).mul_(Scaling).to(y.dtype));   // adapter in float32, added in the base dtype
+            y.add_(h.mm(bT).to(y.dtype));   // adapter in float32 (scaled by the gate), added in the base dtype
         return y;
     }
 

@@ -116,7 +116,7 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
     /// <summary>Token embeddings [B, T, D], scaled by sqrt(D) for Gemma.</summary>
     public Tensor Embed(Tensor inputIds)
     {
-        var x = model.embed_tokens.forward(inputIds.to(Device));
+        var x = model.embed_tokens.call(inputIds.to(Device));   // call: forward hooks run (the bench hooks this)
         if (Config.IsGemma)
             x = x * tensor(Math.Sqrt(Config.HiddenSize), DType, Device); // the scale in the model's dtype, as HF does
         return x;
