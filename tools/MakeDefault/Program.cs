@@ -12,7 +12,7 @@ const string Usage = """
     usage: dotnet run --project tools/MakeDefault -- COMMAND [--assets DIR] [options]
       all          task, then pretrain (the whole regeneration)
       task         writes DIR/default-task/{train,test}.jsonl and template.json (KeywordTask: the shipped task)
-      study-tasks  writes DIR/study-tasks/{group-of-word,water-or-energy}/ (StudyTasks.cs: the embedded default study of mola experiment)
+      study-tasks  writes DIR/study-tasks/{group-of-word,plant-or-animal}/ (StudyTasks.cs: the embedded default study of mola experiment)
                    [--lengths-only: only print the token lengths of the files there]
       group-task   writes the earlier, harder "same group" task (DefaultTask) instead
       pretrain     pretrains the model and writes DIR/default-model    [--steps N --batch N --lr X --seed N]
