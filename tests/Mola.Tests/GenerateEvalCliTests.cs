@@ -125,7 +125,8 @@ public class GenerateEvalCliTests
     [Fact]
     public void LikelihoodScoringPicksTheMostProbableContinuation()
     {
-        // Independent check of one record: score each option's continuation with plain per-token log-softmax.
+        // Independent check of one record: score each option's continuation with plain per-token log-softmax, over
+        // the tokens training learns for that output (the full text's, after the prompt's).
         using var model = ModelLoader.Load(Llama);
         var tok = MolaTokenizer.Load(Llama);
         var bench = Benchmarks.Get("openbookqa");
@@ -135,8 +136,10 @@ public class GenerateEvalCliTests
         using var _ = TorchSharp.torch.no_grad();
         foreach (var label in bench.CandidateLabels(PromptTemplate.Alpaca.Prompt(record.Instruction, record.Input)))
         {
-            var cont = tok.Encode(bench.Continuation(label));
-            var seq = prompt.Concat(cont).Select(x => (long)x).ToArray();
+            var trained = InstructionDataset.Tokenize(record with { Output = bench.Continuation(label) }, PromptTemplate.Alpaca, tok,
+                new TokenizeOptions { TrainOnInputs = false, AddEos = false });
+            Assert.Equal(prompt.Count, trained.Labels.Count(l => l == Losses.IgnoreIndex));
+            var seq = trained.InputIds.Select(x => (long)x).ToArray();
             using var logits = model.Forward(TorchSharp.torch.tensor(seq, [1, seq.Length]));
             double sum = 0;
             for (int t = prompt.Count; t < seq.Length; t++)

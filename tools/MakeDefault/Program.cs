@@ -12,7 +12,8 @@ const string Usage = """
     usage: dotnet run --project tools/MakeDefault -- COMMAND [--assets DIR] [options]
       all          task, then pretrain (the whole regeneration)
       task         writes DIR/default-task/{train,test}.jsonl and template.json (KeywordTask: the shipped task)
-      study-tasks  writes DIR/study-tasks/{group-of-word,water-or-energy}/ (StudyTasks: the embedded default study of mola experiment)
+      study-tasks  writes DIR/study-tasks/{group-of-word,plant-or-animal}/ (StudyTasks.cs: the embedded default study of mola experiment)
+                   [--lengths-only: only print the token lengths of the files there]
       group-task   writes the earlier, harder "same group" task (DefaultTask) instead
       pretrain     pretrains the model and writes DIR/default-model    [--steps N --batch N --lr X --seed N]
       stats        token lengths of the task records and of pretraining documents
@@ -39,7 +40,8 @@ switch (command)
         KeywordTask.Write(assets, TaskSeed, 1200, TestRecords);
         break;
     case "study-tasks":
-        StudyTasks.Write(assets, TaskSeed, 800, 100, 200);
+        if (!opts.ContainsKey("lengths-only")) StudyTasks.Write(assets, TaskSeed, 800, 96, 192);
+        StudyTaskLengths();
         break;
     case "group-task":
         WriteTask();
@@ -155,6 +157,19 @@ void Stats()
     rnd = new Random(2);
     for (int i = 0; i < 6; i++) Console.WriteLine("---\n" + PretrainingCorpus.Next(rnd).Text);
     Console.WriteLine("---\n" + PretrainingCorpus.Render(train[0]));
+}
+
+// Training time is tokens: the mean prompt + response length of each study task's train records.
+void StudyTaskLengths()
+{
+    var tok = MolaTokenizer.Load(tokenizerSource, 1, 2);
+    foreach (var dir in Directory.GetDirectories(Path.Combine(assets, "study-tasks")).Order())
+    {
+        var template = Mola.Data.PromptTemplate.Load(Path.Combine(dir, "template.json"));
+        var lengths = Mola.Data.InstructionRecord.Load(Path.Combine(dir, "train.jsonl"))
+            .Select(r => tok.Encode(template.Prompt(r.Instruction, r.Input) + r.Output, bos: true, eos: true).Count).ToList();
+        Console.WriteLine($"{Path.GetFileName(dir)}: train records of {lengths.Min()}-{lengths.Max()} tokens, mean {lengths.Average():F1}");
+    }
 }
 
 void WriteJsonl(string path, IEnumerable<TaskRecord> records)

@@ -82,11 +82,13 @@ public static class Evaluator
         var labels = new List<List<long>>();
         foreach (var c in candidates)
         {
-            // The continuation is tokenized on its own after the prompt's tokens, so every candidate
-            // shares the same prompt tokens (the prompt ends in a newline, a clean token boundary).
-            var cont = tok.Encode(task.Continuation(c));
-            rows.Add([.. promptIds, .. cont]);
-            labels.Add([.. promptIds.Select(_ => Losses.IgnoreIndex), .. cont.Select(t => (long)t)]);
+            // Prompt and continuation are tokenized as one text and the prompt's count of tokens is skipped, as
+            // training tokenizes and masks them: the continuation tokenized on its own would start with
+            // SentencePiece's dummy-prefix space, a token training never puts after the prompt (measured: that
+            // cost about 20 nats and left a trained two-class adapter at a constant label).
+            var ids = tok.Encode(prompt + task.Continuation(c), bos: true);
+            rows.Add(ids);
+            labels.Add([.. ids.Select((t, i) => i < promptIds.Count ? Losses.IgnoreIndex : (long)t)]);
         }
         using var _ = no_grad();
         using var scope = NewDisposeScope();
