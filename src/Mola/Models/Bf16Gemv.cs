@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using TorchSharp;
@@ -72,6 +73,7 @@ public static class Bf16Gemv
     /// four outputs go through the loop together, sharing each load of x. Measured (bench/NOTES.md): twice the rate
     /// of the widening kernel with the weights in cache, which is what lets two cores reach the memory's rate.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // straight to optimised code: no slow first tier for a hot kernel
     static unsafe void MultiplyPairs(nint wPtr, nint xPtr, nint yPtr, long inF, long outF)
     {
         long pairs = inF / 2 - inF / 2 % 16;   // pairs the vectors take; the elements after them are summed one by one
@@ -96,6 +98,7 @@ public static class Bf16Gemv
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static unsafe void PairsBlock(ushort* w, float* even, float* odd, float* tail, ushort* y, long inF, long pairs, long from, long to)
     {
         var high = Vector512.Create(0xFFFF0000u);
@@ -145,17 +148,25 @@ public static class Bf16Gemv
     static unsafe ushort Finish(float sum, ushort* row, float* tail, long inF, long pairs)
     {
         for (long i = 2 * pairs; i < inF; i++) sum += Widen(row[i]) * tail[i - 2 * pairs];
-        if (float.IsNaN(sum)) return 0x7FC0;
-        uint bits = BitConverter.SingleToUInt32Bits(sum);
+        return Round(sum);
+    }
+
+    /// <summary>A float32 rounded to bfloat16 (to nearest, ties to even, NaN kept a NaN), as libtorch rounds.</summary>
+    public static ushort Round(float value)
+    {
+        if (float.IsNaN(value)) return 0x7FC0;
+        uint bits = BitConverter.SingleToUInt32Bits(value);
         return (ushort)((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
     }
 
-    static float Widen(ushort bf16) => BitConverter.Int32BitsToSingle(bf16 << 16);
+    /// <summary>A bfloat16 as float32 (exact: a bfloat16 is the top half of a float32).</summary>
+    public static float Widen(ushort bf16) => BitConverter.Int32BitsToSingle(bf16 << 16);
 
     /// <summary>y[t, o] = sum_i W[o, i] x[t, i] with 256-bit vectors (machines without 512-bit ones), float32 in and out.</summary>
     static void Multiply(nint w, nint x, nint y, int rows, long inF, long outF) =>
         Split(outF, 1, (from, to) => Block(w, x, y, rows, inF, outF, from, to));
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static unsafe void Block(nint wPtr, nint xPtr, nint yPtr, int rows, long inF, long outF, long from, long to)
     {
         var w = (ushort*)wPtr;
