@@ -47,6 +47,11 @@ public sealed class LlamaCppRun : IDisposable
                 Threads = threads,
                 BatchThreads = threads,
             };
+            // llama.cpp logs some 400 lines while loading; only its errors go to stderr, so the bench's table stays readable.
+            NativeLogConfig.llama_log_set((level, message) =>
+            {
+                if (level == LLamaLogLevel.Error) Console.Error.Write("llama.cpp: " + message);
+            });
             _weights = LLamaWeights.LoadFromFile(parameters);
             _context = _weights.CreateContext(parameters);
         }
