@@ -215,11 +215,14 @@ public class MolaLayerTests
         var dtype = bf16 ? ScalarType.BFloat16 : ScalarType.Float32;
         var (baseLayer, layer) = RandomLayer(3, "down_proj", inF, outF, E, k, r, 0.05, dtype);
         layer.eval();
+        Tensor? sunk = null;
+        layer.RouterLogitsSink = (_, logits) => sunk = logits.alias().DetachFromDisposeScope();   // as AdapterModel collects them
         using var _ = torch.no_grad();
         for (int t = 0; t < 5; t++)
         {
             var x = torch.randn(1, 1, inF).to(dtype);
             var y = layer.Forward(x, baseLayer);
+            Assert.True(TestUtil.RelDiff(sunk!, x.to(ScalarType.Float32).reshape(1, inF).matmul(layer.router.t())) < 1e-5, "router logits");
             Assert.Equal(dtype, y.dtype);
             Assert.Equal(new long[] { 1, 1, outF }, y.shape);
             var delta = Naive(x.to(ScalarType.Float32), torch.zeros(outF, inF), layer.router, layer.lora_A, layer.lora_B, E, k, r, 16.0 / r);

@@ -172,10 +172,10 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer
         return y;
     }
 
-    /// <summary>Whether <see cref="OneToken"/> computes this call: one row, no autograd, no dropout, nobody collecting the
-    /// routing, contiguous float32 weights on the CPU.</summary>
+    /// <summary>Whether <see cref="OneToken"/> computes this call: one row, no autograd, no dropout, no routing observer,
+    /// contiguous float32 weights on the CPU.</summary>
     bool OneTokenApplies(Tensor xf) =>
-        xf.shape[0] == 1 && !is_grad_enabled() && !(DropoutP > 0 && training) && RouterLogitsSink is null && Observer is null
+        xf.shape[0] == 1 && !is_grad_enabled() && !(DropoutP > 0 && training) && Observer is null
         && Vector256.IsHardwareAccelerated && xf.device_type == DeviceType.CPU
         && router.is_contiguous() && lora_A.is_contiguous() && lora_B.is_contiguous();
 
@@ -192,18 +192,20 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer
         var y = baseLayer.Base(x2).contiguous();
         if (y.dtype is not (ScalarType.Float32 or ScalarType.BFloat16)) return FastForward(x2, xf, baseLayer);
         using var x = xf.contiguous();
+        var logits = new float[NumExperts];
         unsafe
         {
             fixed (byte* xb = x.bytes, rb = router.bytes, ab = lora_A.bytes, bb = lora_B.bytes, yb = y.bytes)
-                OneToken((float*)xb, (float*)rb, (float*)ab, (float*)bb, yb, y.dtype == ScalarType.BFloat16);
+                OneToken((float*)xb, (float*)rb, (float*)ab, (float*)bb, yb, y.dtype == ScalarType.BFloat16, logits);
         }
+        // The adapter's sink keeps them only while it collects the balance loss (a forward pass with labels).
+        RouterLogitsSink?.Invoke(this, torch.tensor(logits, [1, NumExperts]));
         return y;
     }
 
-    unsafe void OneToken(float* x, float* routerW, float* a, float* b, byte* y, bool bf16)
+    unsafe void OneToken(float* x, float* routerW, float* a, float* b, byte* y, bool bf16, Span<float> logits)
     {
         int k = TopK, r = Rank, ranks = NumExperts * Rank;
-        Span<float> logits = stackalloc float[NumExperts];
         for (int e = 0; e < NumExperts; e++) logits[e] = Dot(routerW + (long)e * InFeatures, x, InFeatures);
         // Top-k of the logits (the first of equal ones first), then a softmax over those k, as Route computes it.
         Span<int> chosen = stackalloc int[k];
