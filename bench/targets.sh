@@ -4,7 +4,8 @@
 #   MOLA=path/Mola.Cli.dll bench/targets.sh   measures that build instead (before/after pairs)
 # Two `mola bench` runs, 2 threads (libtorch's default on 2 cores), wall clock: the bench step shape (float32) and the
 # TinyLlama-1.1B shape (float32 and bfloat16, random weights, ~10 GB, so under $HEAVY_LOCK when that file exists).
-# An estimated 4-5 minutes on a quiet 2-core machine (not yet timed on one). Ratios are paired within one run; run it on a quiet machine (the load
+# Then the decoding rows: 1.1B bf16 against llama.cpp F16 (~3 minutes, 6 GB). An estimated 8 minutes in all on a quiet
+# 2-core machine (not yet timed on one). Ratios are paired within one run; run it on a quiet machine (the load
 # average is printed with the rows) and repeat it: single runs on a busy one say little.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,7 +65,29 @@ row(f"bf16 step / float32 step, time per token (1.1B shape, MoLA step; frozen: "
 PY
 # --- end of the step rows ---
 
-# --- decode rows (issue 17 item 4): read $OUT/tinyllama.json's runs[].decode, or add their own runs here ---
+# --- decode rows (issue 17 item 4) ---
+# === decoding (issue 17 item 4): 1.1B shape, bf16, batch 1, against llama.cpp F16 on the same weights ===
+# About 3 minutes and 6 GB: the bf16 step (one round, 128 tokens: not a step row), then decoding and the 512-token
+# prefill of mola and llama.cpp alternating, 3 rounds, 2 threads (libtorch's default on 2 cores).
+heavy bash -c "cut -d' ' -f1-3 /proc/loadavg > '$OUT/decode.load'; dotnet '$MOLA' bench --shape tinyllama-1.1b --dtype bfloat16 --against llama.cpp --step-tokens 128 --step-rounds 1 \
+    --decode-rounds 3 --json > '$OUT/decode.json' 2> '$OUT/decode.txt'"
+cut -d' ' -f1-3 /proc/loadavg >> "$OUT/decode.load"
+python3 - "$OUT/decode.json" "$OUT/decode.load" <<'EOF'
+import json, sys
+load = " / ".join(l.split()[0] for l in open(sys.argv[2]) if l.strip())
+run = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])["runs"][0]
+d, a = run["decode"], run["against"]
+rows = [
+    ("1.1B bf16 decode, weight bytes per second / measured read rate", d["base_bandwidth_share"], 0.85, ">="),
+    ("1.1B decode tokens/s, mola bf16 / llama.cpp F16", a["decode_mola_over_program"], 1.0, ">="),
+    ("1.1B prefill of 512 tokens, mola bf16 / llama.cpp F16", a["prefill_mola_over_program"], 1.25, ">="),
+]
+print(f"decoding: mola {d['base_tokens_per_second']:.2f} tokens/s ({d['base_bytes_per_token'] / 1e9:.2f} GB a token, read rate "
+      f"{d['read_gb_per_second']:.1f} GB/s), MoLA {d['mola_tokens_per_second']:.2f}; llama.cpp {a['decode_tokens_per_second']:.2f}; "
+      f"prefill mola {d['prefill_tokens_per_second']:.0f}, llama.cpp {a['prefill_tokens_per_second']:.0f} tokens/s")
+for name, value, target, op in rows:
+    print(f"| {name} | {value:.2f} | {op} {target} | {'met' if value >= target else 'not met'} | {load} |")
+EOF
 # --- end of the decode rows ---
 
 echo "total $((SECONDS - start)) s; results in $OUT" >&2

@@ -87,6 +87,34 @@ public class BenchCommandTests
         Assert.Contains("mola_loop", run.Stderr);
     }
 
+    /// <summary>The side-by-side: llama.cpp decodes and prefills the bench's weights; with one round each ratio is exactly
+    /// mola's tokens/s over llama.cpp's, both printed in the same run.</summary>
+    [Fact]
+    public void AgainstLlamaCppReportsItsSpeedsAndTheRatios()
+    {
+        var run = CliRunner.Run(["bench", "--quick", "--against", "llama.cpp", "--json"], TimeSpan.FromSeconds(180));
+        Assert.True(run.ExitCode == 0, run.ToString());
+        var stepRun = run.LastJson().GetProperty("runs")[0];
+        var decode = stepRun.GetProperty("decode");
+        var against = stepRun.GetProperty("against");
+        Assert.Equal("llama.cpp", against.GetProperty("program").GetString());
+        Assert.Equal("f16", against.GetProperty("gguf_type").GetString());
+        double theirs = against.GetProperty("decode_tokens_per_second").GetDouble(), theirPrefill = against.GetProperty("prefill_tokens_per_second").GetDouble();
+        Assert.True(theirs > 0 && theirPrefill > 0, against.ToString());
+        Assert.Equal(decode.GetProperty("base_tokens_per_second").GetDouble() / theirs, against.GetProperty("decode_mola_over_program").GetDouble(), 1e-9);
+        Assert.Equal(decode.GetProperty("prefill_tokens_per_second").GetDouble() / theirPrefill, against.GetProperty("prefill_mola_over_program").GetDouble(), 1e-9);
+        Assert.Equal(against.GetProperty("decode_mola_over_program").GetDouble(), stepRun.GetProperty("ratios").GetProperty("decode_mola_over_llama_cpp").GetDouble());
+        Assert.Contains("llama.cpp (GGUF F16, same weights, alternating)", run.Stderr);
+    }
+
+    [Fact]
+    public void UnknownProgramToCompareAgainstIsAUserError()
+    {
+        var message = CliRunner.Run("bench", "--quick", "--against", "vllm").SingleErrorLine();
+        Assert.Contains("--against vllm", message);
+        Assert.Contains("llama.cpp", message);
+    }
+
     [Fact]
     public void BadShapeIsAUserError()
     {

@@ -14,6 +14,8 @@ public class Bf16GemvTests
     [InlineData(1, 1000, 37)]   // 1000 = 31 x 32 + 8: the scalar tail runs
     [InlineData(1, 2048, 300)]  // the outputs split into blocks per thread
     [InlineData(1, 16, 5)]      // the tail alone
+    [InlineData(1, 1001, 9)]    // an odd length: the last element has no pair
+    [InlineData(1, 5632, 2051)] // a TinyLlama down_proj row, outputs not a multiple of four
     public void MatchesTheExactProductRoundedOnce(int rows, int inF, int outF)
     {
         torch.manual_seed(rows * 1000 + inF);

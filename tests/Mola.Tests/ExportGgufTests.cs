@@ -103,4 +103,18 @@ public class ExportGgufTests
             Assert.Equal(ours, theirs);
         }
     }
+
+    /// <summary><c>mola bench --against llama.cpp</c>'s llama.cpp run decodes the model it is given: written as GGUF F32, its
+    /// greedy tokens equal <c>mola generate</c>'s on llama-tiny (so the side-by-side times the same work on the same weights).</summary>
+    [Fact]
+    public void TheBenchsLlamaCppRunGeneratesMolasTokens()
+    {
+        using var model = ModelLoader.Load(TestUtil.Fixture("llama-tiny"));
+        List<int> prompt = [1, 17, 250, 3, 99, 42, 7];
+        var ours = TextGenerator.Generate(model, [prompt], new GenerationOptions { MaxNewTokens = NewTokens, Greedy = true }, eosId: -1)[0];
+        using var llama = new Mola.Cli.Bench.LlamaCppRun(model, threads: 1, contextSize: 64, batchSize: 32, ggufType: "f32");
+        Assert.Equal(ours, llama.Generate(prompt, NewTokens));
+        Assert.Equal(ours, llama.Generate(prompt, NewTokens));   // the cache is cleared between runs
+        llama.Prefill(Enumerable.Range(3, 30).ToList());
+    }
 }

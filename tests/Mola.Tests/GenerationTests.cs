@@ -60,9 +60,11 @@ public class GenerationTests
     [InlineData("llama-tiny")]
     [InlineData("gemma-tiny")]
     [InlineData("mistral-tiny")]   // 2 key heads for 4 query heads; past the window of 5 the mask returns
-    public void CachedSinglePromptEqualsFullSequenceArgmax(string name)
+    [InlineData("llama-tiny", true)]   // MoLA: each new token routed on its own (the one-token path), the prompt batched
+    public void CachedSinglePromptEqualsFullSequenceArgmax(string name, bool withAdapter = false)
     {
         using var model = ModelLoader.Load(TestUtil.Fixture(name));
+        if (withAdapter) AdapterModel.Load(model, TestUtil.Fixture("llama-tiny-mola")).eval();
         const int newTokens = 14;
         var cached = TextGenerator.Generate(model, [Prompts[0]], new GenerationOptions { MaxNewTokens = newTokens }, eosId: -1)[0];
         Assert.Equal(NaiveGreedy(model, Prompts[0], newTokens, eos: -1), cached);

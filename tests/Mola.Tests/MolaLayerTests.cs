@@ -200,6 +200,43 @@ public class MolaLayerTests
         }
     }
 
+    /// <summary>One token without autograd takes the C# path (routing and the chosen experts in one pass): it equals the
+    /// naive formula, in float32 to float32 rounding, over a bfloat16 base as the batched path adds the adapter (the
+    /// update rounded to bfloat16, then added); r 8 takes its vector branch, r 3 the scalar one; 1000 inputs leave a tail.</summary>
+    [Theory]
+    [InlineData(8, false)]
+    [InlineData(3, false)]
+    [InlineData(8, true)]
+    [InlineData(3, true)]
+    public void OneTokenWithoutAutogradMatchesTheNaiveFormula(int r, bool bf16)
+    {
+        const int inF = 1000, outF = 37, E = 6, k = 2;
+        torch.manual_seed(11 + r);
+        var dtype = bf16 ? ScalarType.BFloat16 : ScalarType.Float32;
+        var (baseLayer, layer) = RandomLayer(3, "down_proj", inF, outF, E, k, r, 0.05, dtype);
+        layer.eval();
+        Tensor? sunk = null;
+        layer.RouterLogitsSink = (_, logits) => sunk = logits.alias().DetachFromDisposeScope();   // as AdapterModel collects them
+        using var _ = torch.no_grad();
+        for (int t = 0; t < 5; t++)
+        {
+            var x = torch.randn(1, 1, inF).to(dtype);
+            var y = layer.Forward(x, baseLayer);
+            Assert.True(TestUtil.RelDiff(sunk!, x.to(ScalarType.Float32).reshape(1, inF).matmul(layer.router.t())) < 1e-5, "router logits");
+            Assert.Equal(dtype, y.dtype);
+            Assert.Equal(new long[] { 1, 1, outF }, y.shape);
+            var delta = Naive(x.to(ScalarType.Float32), torch.zeros(outF, inF), layer.router, layer.lora_A, layer.lora_B, E, k, r, 16.0 / r);
+            if (bf16)
+            {
+                var want = baseLayer.Base(x) + delta.to(ScalarType.BFloat16);
+                // the update and the sum each rounded once to bfloat16: within two of its units in the last place
+                var tolerance = want.to(ScalarType.Float32).abs() * Math.Pow(2, -7) + 1e-6;
+                Assert.True((y.to(ScalarType.Float32) - want.to(ScalarType.Float32)).abs().le(tolerance).all().item<bool>(), $"token {t}: {TestUtil.MaxAbsDiff(y, want)}");
+            }
+            else Assert.True(TestUtil.RelDiff(y, Naive(x, baseLayer.weight, layer.router, layer.lora_A, layer.lora_B, E, k, r, 16.0 / r)) < 1e-5, $"token {t}");
+        }
+    }
+
     [Fact]
     public void HalfPrecisionBaseScaleInTheGateEqualsTheScaledProductBitForBit()
     {

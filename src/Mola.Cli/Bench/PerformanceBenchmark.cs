@@ -32,6 +32,11 @@ public sealed record BenchOptions
     public int PromptTokens { get; init; } = 16;
     /// <summary>Tokens of the prompt whose prefill (one forward pass into an empty KV cache, no adapter) is timed.</summary>
     public int PrefillTokens { get; init; } = 512;
+    /// <summary>Timed rounds of decoding and prefill; the variants (base, MoLA, and llama.cpp with <see cref="Against"/>)
+    /// alternate round by round.</summary>
+    public int DecodeRounds { get; init; } = 3;
+    /// <summary>"llama.cpp": decode and prefill the same weights with llama.cpp too (<see cref="LlamaCppRun"/>), alternating.</summary>
+    public string? Against { get; init; }
     /// <summary>A real model shape (<see cref="ModelShapes.All"/>) for the step and decoding benchmarks, random
     /// weights made in memory; the layer benchmark and its products are then skipped (they do not depend on it).</summary>
     public string? Shape { get; init; }
@@ -63,6 +68,7 @@ public sealed record BenchOptions
         StepRounds = 2,
         Threads = 1,
         PrefillTokens = 32,
+        DecodeRounds = 1,
     };
 
     /// <summary>Defaults for <c>--shape</c>: a few steps of fewer tokens (a 1.1B step takes seconds and gigabytes),
@@ -92,6 +98,8 @@ public sealed record BenchOptions
         Positive(Vocab, "--vocab");
         Positive(GenerateTokens, "--generate-tokens");
         Positive(PrefillTokens, "--prefill-tokens");
+        Positive(DecodeRounds, "--decode-rounds");
+        if (Against is not (null or "llama.cpp")) throw new MolaException($"--against {Against}: expected llama.cpp");
         if (Shape is not null && !ModelShapes.All.ContainsKey(Shape))
             throw new MolaException($"--shape {Shape}: unknown shape (known: {string.Join(", ", ModelShapes.All.Keys)})");
         Positive(Rounds, "--rounds");
@@ -148,9 +156,15 @@ public sealed record DecodeTimes(double BaseTokensPerSecond, double MolaTokensPe
     public double MolaBandwidthShare => MolaBytesPerToken * MolaTokensPerSecond / (BandwidthGBs * 1e9);
 }
 
+/// <summary>Another program's decoding and prefill of the same weights, timed in rotation with mola's: tokens/s, and
+/// mola's base model over it (paired: the median over rounds of the ratio within a round).</summary>
+public sealed record RivalTimes(string Program, string GgufType, double DecodeTokensPerSecond, double PrefillTokensPerSecond,
+    double DecodeRatio, double PrefillRatio);
+
 /// <summary>The step and decoding benchmarks of one base dtype; <see cref="MatmulGflops"/> is the product rate in
 /// that dtype measured in the same run, the denominator of the model-FLOP utilisation.</summary>
-public sealed record ModelRun(ScalarType DType, double MatmulGflops, StepTimes Step, DecodeTimes Decode, IReadOnlyDictionary<string, double> PairedRatios)
+public sealed record ModelRun(ScalarType DType, double MatmulGflops, StepTimes Step, DecodeTimes Decode, IReadOnlyDictionary<string, double> PairedRatios,
+    RivalTimes? Against)
 {
     public double FrozenUtilisation => Step.FrozenGflops / MatmulGflops;
     public double LoraUtilisation => Step.LoraGflops / MatmulGflops;
@@ -448,7 +462,7 @@ public static class PerformanceBenchmark
         var step = new StepTimes(times[0].Median, times[1].Median, times[2].Median, o.StepTokens / (times[2].Median / 1000), flop);
         hook.remove();
 
-        log($"generation: {o.PromptTokens}-token prompt, {o.GenerateTokens} new tokens, base model and MoLA adapter, KV cache...");
+        log($"generation: {o.PromptTokens}-token prompt, {o.GenerateTokens} new tokens, base model and MoLA adapter{(o.Against is null ? "" : " and " + o.Against)}, KV cache...");
         mola.eval();
         var prompt = Enumerable.Range(0, o.PromptTokens).Select(i => 3 + i % (config.VocabSize - 3)).ToList();
         // EOS -1 never comes, so every run generates exactly the number of tokens asked for.
@@ -460,23 +474,54 @@ public static class PerformanceBenchmark
         };
         Use(mola);
         TextGenerator.Generate(model, [prompt], options with { MaxNewTokens = Math.Min(4, o.GenerateTokens) }, eosId: -1);
-        var gen = Timing.Interleaved([("base", Generate(null)), ("mola", Generate(mola))], 0, Math.Max(1, o.StepRounds / 2), o.Clock);
-
-        log($"prefill: {o.PrefillTokens} tokens into an empty KV cache, base model...");
         Use(null);
+        using var llama = o.Against is null ? null : StartLlamaCpp(o, model, log);
         var prefillIds = randint(config.VocabSize, [1, o.PrefillTokens], dtype: ScalarType.Int64);
-        var prefill = Timing.Interleaved([("prefill", () =>
+        var prefillList = prefillIds.data<long>().Select(t => (int)t).ToList();
+        List<(string, Action)> decoders = [("base", Generate(null)), ("mola", Generate(mola))];
+        List<(string, Action)> prefillers =
+        [
+            ("prefill", () =>
+            {
+                using var _ = no_grad();
+                using var s = NewDisposeScope();
+                using var cache = new KvCache(layers);
+                model.Forward(prefillIds, null, cache);
+            }),
+        ];
+        if (llama is not null)
         {
-            using var _ = no_grad();
-            using var s = NewDisposeScope();
-            using var cache = new KvCache(layers);
-            model.Forward(prefillIds, null, cache);
-        })], 1, Math.Max(1, o.StepRounds / 2), o.Clock)[0];
+            decoders.Add(("llama.cpp", () => llama.Generate(prompt, o.GenerateTokens)));
+            prefillers.Add(("llama.cpp prefill", () => llama.Prefill(prefillList)));
+            llama.Generate(prompt, Math.Min(4, o.GenerateTokens));   // warm-up, as mola's above
+        }
+        var gen = Timing.Interleaved(decoders, 0, o.DecodeRounds, o.Clock);
+
+        log($"prefill: {o.PrefillTokens} tokens into an empty KV cache, base model{(llama is null ? "" : " and llama.cpp")}...");
+        Use(null);
+        var prefills = Timing.Interleaved(prefillers, 1, o.DecodeRounds, o.Clock);
+        var prefill = prefills[0];
+        RivalTimes? against = llama is null ? null : new RivalTimes(o.Against!, LlamaCppRun.GgufType,
+            o.GenerateTokens / (gen[2].Median / 1000), o.PrefillTokens / (prefills[1].Median / 1000),
+            Timing.PairedRatio(gen[2], gen[0]), Timing.PairedRatio(prefills[1], prefills[0]));
+        if (against is not null)
+        {
+            ratios["decode_mola_over_llama_cpp"] = against.DecodeRatio;
+            ratios["prefill_mola_over_llama_cpp"] = against.PrefillRatio;
+        }
 
         long baseBytes = ModelFlop.LinearWeights(config) * ParameterCount.BytesPerElement(dtype);
         var decode = new DecodeTimes(o.GenerateTokens / (gen[0].Median / 1000), o.GenerateTokens / (gen[1].Median / 1000),
             baseBytes, baseBytes + 4 * Count(mola), bandwidthGBs, o.PrefillTokens / (prefill.Median / 1000));
-        return new ModelRun(dtype, matmulGflops, step, decode, ratios);
+        return new ModelRun(dtype, matmulGflops, step, decode, ratios, against);
+    }
+
+    /// <summary>The model written to GGUF and loaded by llama.cpp, with libtorch's thread count (the same cores as mola).</summary>
+    static LlamaCppRun StartLlamaCpp(BenchOptions o, CausalLM model, Action<string> log)
+    {
+        log($"llama.cpp: the same weights written to GGUF {LlamaCppRun.GgufType} and loaded, {torch.get_num_threads()} threads...");
+        int context = Math.Max(o.PromptTokens + o.GenerateTokens, o.PrefillTokens);
+        return new LlamaCppRun(model, torch.get_num_threads(), context, Math.Max(o.PromptTokens, o.PrefillTokens));
     }
 
     static long Count(AdapterModel adapter) => adapter.parameters().Sum(p => p.numel());

@@ -47,6 +47,13 @@ public static class BenchCommand
         {
             Description = "Base-model dtypes of the step and decoding benchmarks, comma-separated (default float32; with --shape float32,bfloat16)",
         };
+        var decodeRounds = new Option<int?>("--decode-rounds") { Description = $"Timed rounds of decoding and prefill, the variants alternating (default {d.DecodeRounds}; 1 under --quick)" };
+        var against = new Option<string?>("--against")
+        {
+            Description = "llama.cpp: also decode and prefill the same weights with llama.cpp (LLamaSharp 0.30.0, CPU backend, the same thread count), " +
+                "written to a temporary GGUF F16 file as mola export --gguf f16 writes it, alternating with mola's runs; prints and reports " +
+                "mola's base-model tokens/s over llama.cpp's",
+        };
         var quick = new Option<bool>("--quick") { Description = "Small shapes, few rounds, one thread: a smoke run of a few seconds (flags given still apply)" };
         var json = Cli.JsonOption();
         var cmd = new Command("bench", "Performance of the adapters on this machine, in one run so ratios compare like with like: " +
@@ -54,8 +61,8 @@ public static class BenchCommand
             "one by one (added to the frozen layer, the floor of the batched MoLA path); a whole training step " +
             "of a small decoder (or of a real shape, --shape) with its FLOP/s over the matmul rate of the same run; the matmul rate; " +
             "decoding speed with the KV cache (base and MoLA) with its weight bytes read per second over the memory read rate of the same run; " +
-            "prefill speed. Random weights, no checkpoint needed.")
-        { tokens, hidden, experts, topK, rank, dropout, stepLayers, stepHidden, stepTokens, vocab, allocation, rounds, stepRounds, threads, clock, prefill, shape, dtype, tokenizer, text, quick, json };
+            "prefill speed; with --against llama.cpp, llama.cpp's decoding and prefill of the same weights. Random weights, no checkpoint needed.")
+        { tokens, hidden, experts, topK, rank, dropout, stepLayers, stepHidden, stepTokens, vocab, allocation, rounds, stepRounds, threads, clock, prefill, decodeRounds, against, shape, dtype, tokenizer, text, quick, json };
 
         cmd.SetAction(p => Cli.Run(p, json, o =>
         {
@@ -77,6 +84,8 @@ public static class BenchCommand
                 StepRounds = p.GetValue(stepRounds) ?? b.StepRounds,
                 Threads = p.GetValue(threads) ?? b.Threads,
                 PrefillTokens = p.GetValue(prefill) ?? b.PrefillTokens,
+                DecodeRounds = p.GetValue(decodeRounds) ?? b.DecodeRounds,
+                Against = p.GetValue(against),
                 Shape = p.GetValue(shape),
                 DTypes = p.GetValue(dtype) is string list
                     ? [.. list.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(Mola.Platform.TorchNames.ParseDType)]
@@ -128,6 +137,15 @@ public static class BenchCommand
                         base_bandwidth_share = run.Decode.BaseBandwidthShare,
                         mola_bandwidth_share = run.Decode.MolaBandwidthShare,
                         prefill_tokens_per_second = run.Decode.PrefillTokensPerSecond,
+                    },
+                    against = run.Against is not { } a ? null : new
+                    {
+                        program = a.Program,
+                        gguf_type = a.GgufType,
+                        decode_tokens_per_second = a.DecodeTokensPerSecond,
+                        prefill_tokens_per_second = a.PrefillTokensPerSecond,
+                        decode_mola_over_program = a.DecodeRatio,
+                        prefill_mola_over_program = a.PrefillRatio,
                     },
                     ratios = run.PairedRatios,
                 }),
@@ -223,6 +241,10 @@ public static class BenchCommand
                 "MoLA {4:F1} tokens/s x {5:F0} MB = {6:F2}; prefill {7:F0} tokens/s",
                 d.BaseTokensPerSecond, d.BaseBytesPerToken / 1e6, d.BaseBandwidthShare, d.BandwidthGBs,
                 d.MolaTokensPerSecond, d.MolaBytesPerToken / 1e6, d.MolaBandwidthShare, d.PrefillTokensPerSecond));
+            if (run.Against is { } a)
+                o.Line(string.Format(c, "  {0} (GGUF {1}, same weights, alternating): decoding {2:F1} tokens/s, prefill {3:F0} tokens/s; " +
+                    "mola {4} / {0}: decoding {5:F2}x, prefill {6:F2}x", a.Program, a.GgufType.ToUpperInvariant(), a.DecodeTokensPerSecond, a.PrefillTokensPerSecond,
+                    PerformanceBenchmark.DTypeName(run.DType), a.DecodeRatio, a.PrefillRatio));
             o.Line(string.Format(c, "  paired ratios: {0}", string.Join(", ", run.PairedRatios.Select(kv => string.Format(c, "{0} {1:F3}", kv.Key, kv.Value)))));
         }
         if (r.Layer is not null)

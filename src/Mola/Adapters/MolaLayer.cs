@@ -1,6 +1,7 @@
 using Mola.Models;
 using TorchSharp;
 using TorchSharp.Modules;
+using System.Runtime.Intrinsics;
 using static TorchSharp.torch;
 
 namespace Mola.Adapters;
@@ -99,7 +100,7 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer
         using var scope = NewDisposeScope();
         var x2 = x.reshape(-1, InFeatures);
         var xf = SharedInputCast.Float32Rows(x, InFeatures);   // q, k, v (gate, up) share one float32 copy
-        var y = UseLoopPath ? LoopForward(x, xf, baseLayer) : FastForward(x2, xf, baseLayer);
+        var y = UseLoopPath ? LoopForward(x, xf, baseLayer) : OneTokenApplies(xf) ? OneToken(x2, xf, baseLayer) : FastForward(x2, xf, baseLayer);
         return y.view(x.shape.SkipLast(1).Append(OutFeatures).ToArray()).MoveToOuterDisposeScope();
     }
 
@@ -173,6 +174,99 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer
         else
             y.add_(h.mm(bT).to(y.dtype));   // adapter in float32 (scaled by the gate), added in the base dtype
         return y;
+    }
+
+    /// <summary>Whether <see cref="OneToken"/> computes this call: one row, no autograd, no dropout, no routing observer,
+    /// contiguous float32 weights on the CPU.</summary>
+    bool OneTokenApplies(Tensor xf) =>
+        xf.shape[0] == 1 && !is_grad_enabled() && !(DropoutP > 0 && training) && Observer is null
+        && Vector256.IsHardwareAccelerated && xf.device_type == DeviceType.CPU
+        && router.is_contiguous() && lora_A.is_contiguous() && lora_B.is_contiguous();
+
+    /// <summary>
+    /// One token without autograd (decoding): the router's E dot products, the top-k and their softmax, the chosen
+    /// experts' r dot products each, and their columns of B added into the base output, in C# over the float32 weights.
+    /// Only the chosen experts' A and B are read (k of E), and the batched path's dozen libtorch calls per module
+    /// (~10 us each: at the 1.1B shape about 1,800 a token, most of what MoLA added to a token) become one pass. The
+    /// same arithmetic as <see cref="FastForward"/> in another summation order; its update is added as that path adds
+    /// it (in float32 for a float32 base; rounded to the base dtype, then added, otherwise).
+    /// </summary>
+    Tensor OneToken(Tensor x2, Tensor xf, Models.Linear baseLayer)
+    {
+        var y = baseLayer.Base(x2).contiguous();
+        if (y.dtype is not (ScalarType.Float32 or ScalarType.BFloat16)) return FastForward(x2, xf, baseLayer);
+        using var x = xf.contiguous();
+        var logits = new float[NumExperts];
+        unsafe
+        {
+            fixed (byte* xb = x.bytes, rb = router.bytes, ab = lora_A.bytes, bb = lora_B.bytes, yb = y.bytes)
+                OneToken((float*)xb, (float*)rb, (float*)ab, (float*)bb, yb, y.dtype == ScalarType.BFloat16, logits);
+        }
+        // The adapter's sink keeps them only while it collects the balance loss (a forward pass with labels).
+        RouterLogitsSink?.Invoke(this, torch.tensor(logits, [1, NumExperts]));
+        return y;
+    }
+
+    unsafe void OneToken(float* x, float* routerW, float* a, float* b, byte* y, bool bf16, Span<float> logits)
+    {
+        int k = TopK, r = Rank, ranks = NumExperts * Rank;
+        for (int e = 0; e < NumExperts; e++) logits[e] = Dot(routerW + (long)e * InFeatures, x, InFeatures);
+        // Top-k of the logits (the first of equal ones first), then a softmax over those k, as Route computes it.
+        Span<int> chosen = stackalloc int[k];
+        Span<float> weight = stackalloc float[k];
+        for (int i = 0; i < k; i++)
+        {
+            int best = -1;
+            for (int e = 0; e < NumExperts; e++)
+                if (chosen[..i].IndexOf(e) < 0 && (best < 0 || logits[e] > logits[best])) best = e;
+            chosen[i] = best;
+        }
+        float top = logits[chosen[0]], sum = 0;
+        for (int i = 0; i < k; i++) sum += weight[i] = MathF.Exp(logits[chosen[i]] - top);
+        // h = gate * scaling * A_e x for the chosen experts, k x r values.
+        Span<float> h = stackalloc float[k * r];
+        for (int i = 0; i < k; i++)
+            for (int j = 0; j < r; j++)
+                h[i * r + j] = weight[i] / sum * (float)Scaling * Dot(a + ((long)chosen[i] * r + j) * InFeatures, x, InFeatures);
+        for (long o = 0; o < OutFeatures; o++)
+        {
+            float* row = b + o * ranks;
+            float delta = 0;
+            if (r == 8)
+            {
+                var acc = Vector256<float>.Zero;
+                for (int i = 0; i < k; i++) acc = Vector256.FusedMultiplyAdd(Vector256.Load(row + chosen[i] * 8), Vector256.Create(h.Slice(i * 8, 8)), acc);
+                delta = Vector256.Sum(acc);
+            }
+            else
+            {
+                for (int i = 0; i < k; i++)
+                    for (int j = 0; j < r; j++) delta += row[chosen[i] * r + j] * h[i * r + j];
+            }
+            if (!bf16) ((float*)y)[o] += delta;
+            else
+            {
+                var yo = (ushort*)y + o;
+                *yo = Bf16Gemv.Round(Bf16Gemv.Widen(*yo) + Bf16Gemv.Widen(Bf16Gemv.Round(delta)));
+            }
+        }
+    }
+
+    /// <summary>sum_i p[i] q[i] over float32, four vector sums.</summary>
+    static unsafe float Dot(float* p, float* q, int n)
+    {
+        Vector256<float> s0 = default, s1 = default, s2 = default, s3 = default;
+        int i = 0;
+        for (; i + 32 <= n; i += 32)
+        {
+            s0 = Vector256.FusedMultiplyAdd(Vector256.Load(p + i), Vector256.Load(q + i), s0);
+            s1 = Vector256.FusedMultiplyAdd(Vector256.Load(p + i + 8), Vector256.Load(q + i + 8), s1);
+            s2 = Vector256.FusedMultiplyAdd(Vector256.Load(p + i + 16), Vector256.Load(q + i + 16), s2);
+            s3 = Vector256.FusedMultiplyAdd(Vector256.Load(p + i + 24), Vector256.Load(q + i + 24), s3);
+        }
+        float sum = Vector256.Sum((s0 + s1) + (s2 + s3));
+        for (; i < n; i++) sum += p[i] * q[i];
+        return sum;
     }
 
     Tensor LoopForward(Tensor x, Tensor xf, Models.Linear baseLayer)
