@@ -95,6 +95,19 @@ public class ExportTests
 
     [Fact]
     [Trait("Category", "Slow")]
+    public void AnOriginalMolaAdapterIsRefusedAsMola_NotAskedForTopK()
+    {
+        string output = Path.Combine(TestUtil.TempDir(), "out");
+        string adapter = Path.Combine(TestUtil.Fixture("original-mola"), "adapter");
+        var run = CliRunner.Run("export", "--base-model", TestUtil.Fixture("llama-tiny"), "--adapter", adapter, "--output", output);
+        var message = run.SingleErrorLine();
+        Assert.Contains("MoLA adapter cannot be merged", message);
+        Assert.DoesNotContain("top-k", message);
+        Assert.False(Directory.Exists(output));
+    }
+
+    [Fact]
+    [Trait("Category", "Slow")]
     public void ANonEmptyOutputIsRefusedUnlessOverwriteAndKeptOnFailure()
     {
         string output = TestUtil.TempDir();

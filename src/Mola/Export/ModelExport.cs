@@ -25,7 +25,9 @@ public static class ModelExport
         if (adapterDirectory is not null)
         {
             if (!Directory.Exists(adapterDirectory)) throw new MolaException($"{adapterDirectory}: adapter directory not found");
-            if (AdapterConfig.Load(adapterDirectory).Kind == AdapterKind.Mola)
+            // Only the kind matters here: a stand-in top-k lets an adapter saved by the original MoLA code (which records
+            // none) be recognised as MoLA and refused for the real reason, not asked for a --top-k it cannot use.
+            if (AdapterConfig.Load(adapterDirectory, topK: "1", topKWhereMissing: true).Kind == AdapterKind.Mola)
                 throw new MolaException(n => $"{adapterDirectory}: a MoLA adapter cannot be merged into the base weights: its router picks experts " +
                     $"per token, so no single weight matrix equals it; use it with {n("adapter")} (generate, eval, serve) instead");
         }
