@@ -148,13 +148,10 @@ public sealed record StepTimes(double FrozenMs, double LoraMs, double MolaMs, do
 }
 
 /// <summary>Decoding and prefill speed, and what decoding reads: the weights of every linear map (and of the
-/// adapter) once per token, over <see cref="BandwidthGBs"/>, the read rate measured in the same run.</summary>
+/// adapter) once per token, over <see cref="BandwidthGBs"/>, the read rate measured in the same rounds as decoding
+/// (the median); the shares are paired (the median over rounds of the share within a round).</summary>
 public sealed record DecodeTimes(double BaseTokensPerSecond, double MolaTokensPerSecond, double BaseBytesPerToken, double MolaBytesPerToken,
-    double BandwidthGBs, double PrefillTokensPerSecond)
-{
-    public double BaseBandwidthShare => BaseBytesPerToken * BaseTokensPerSecond / (BandwidthGBs * 1e9);
-    public double MolaBandwidthShare => MolaBytesPerToken * MolaTokensPerSecond / (BandwidthGBs * 1e9);
-}
+    double BandwidthGBs, double PrefillTokensPerSecond, double BaseBandwidthShare, double MolaBandwidthShare);
 
 /// <summary>Another program's decoding and prefill of the same weights, timed in rotation with mola's: tokens/s, and
 /// mola's base model over it (paired: the median over rounds of the ratio within a round).</summary>
@@ -241,15 +238,13 @@ public static class PerformanceBenchmark
             log("layer products one by one...");
             floor = Floor(o, layer.FrozenMs);
         }
-        log("memory read rate...");
-        double bandwidth = ReadBandwidthGBs(Math.Max(3, o.Rounds), o.Clock);
         var allocation = ExpertAllocation.ParseExperts(o.Allocation, config.NumHiddenLayers, "--allocation");
         var runs = new List<ModelRun>();
         foreach (var dtype in o.DTypes)
         {
             double rate = dtype == ScalarType.Float32 ? gflops : Rate(dtype);
             log($"step ({DTypeName(dtype)}): {config.NumHiddenLayers} layers, hidden {config.HiddenSize}, {o.StepTokens} tokens, MoLA {string.Join(",", allocation)}...");
-            runs.Add(StepAndGenerate(o, config, dtype, allocation, rate, bandwidth, log));
+            runs.Add(StepAndGenerate(o, config, dtype, allocation, rate, log));
         }
         foreach (var (key, value) in runs[0].PairedRatios) ratios[key] = value;
 
@@ -268,16 +263,15 @@ public static class PerformanceBenchmark
         return 2.0 * n * k * m / (t.Median / 1000) / 1e9;
     }
 
-    /// <summary>GB/s at which this process reads memory: a sum over 512 MiB of float32, far past every cache, as
-    /// decoding reads its weights (once per token, in order).</summary>
-    public static double ReadBandwidthGBs(int repeats, Clock clock = Clock.Wall)
-    {
-        using var scope = NewDisposeScope();
-        const long count = 128L << 20;
-        var x = ones(count);
-        var t = Timing.Interleaved([("read", () => { using var s = x.sum(); })], 1, repeats, clock)[0];
-        return 4.0 * count / (t.Median / 1000) / 1e9;
-    }
+    /// <summary>Float32 elements the read rate sums: 512 MiB, far past every cache.</summary>
+    const long ReadElements = 128L << 20;
+
+    /// <summary>A sum over <paramref name="x"/> (<see cref="ReadElements"/> float32), as decoding reads its weights: once
+    /// per token, in order. Timed in the decoding rounds, since this machine's read rate moves from minute to minute
+    /// (23 to 48 GB/s measured in one afternoon on a quiet VM), so a figure taken once at the start misjudged the share.</summary>
+    static Action ReadAll(Tensor x) => () => { using var s = x.sum(); };
+
+    static double ReadGBs(double milliseconds) => 4.0 * ReadElements / (milliseconds / 1000) / 1e9;
 
     static (LayerTimes, Dictionary<string, double>) Layer(BenchOptions o)
     {
@@ -381,7 +375,7 @@ public static class PerformanceBenchmark
         };
     }
 
-    static ModelRun StepAndGenerate(BenchOptions o, ModelConfig config, ScalarType dtype, int[] allocation, double matmulGflops, double bandwidthGBs, Action<string> log)
+    static ModelRun StepAndGenerate(BenchOptions o, ModelConfig config, ScalarType dtype, int[] allocation, double matmulGflops, Action<string> log)
     {
         using var scope = NewDisposeScope();
         using var model = new CausalLM(config, dtype, CPU);
@@ -478,7 +472,8 @@ public static class PerformanceBenchmark
         using var llama = o.Against is null ? null : StartLlamaCpp(o, model, log);
         var prefillIds = randint(config.VocabSize, [1, o.PrefillTokens], dtype: ScalarType.Int64);
         var prefillList = prefillIds.data<long>().Select(t => (int)t).ToList();
-        List<(string, Action)> decoders = [("base", Generate(null)), ("mola", Generate(mola))];
+        using var readBuffer = ones(ReadElements);
+        List<(string, Action)> decoders = [("base", Generate(null)), ("mola", Generate(mola)), ("read", ReadAll(readBuffer))];
         List<(string, Action)> prefillers =
         [
             ("prefill", () =>
@@ -491,7 +486,7 @@ public static class PerformanceBenchmark
         ];
         if (llama is not null)
         {
-            decoders.Add(("llama.cpp", () => llama.Generate(prompt, o.GenerateTokens)));
+            decoders.Add(("llama.cpp", () => llama.Generate(prompt, o.GenerateTokens)));   // index 3
             prefillers.Add(("llama.cpp prefill", () => llama.Prefill(prefillList)));
             llama.Generate(prompt, Math.Min(4, o.GenerateTokens));   // warm-up, as mola's above
         }
@@ -502,8 +497,8 @@ public static class PerformanceBenchmark
         var prefills = Timing.Interleaved(prefillers, 1, o.DecodeRounds, o.Clock);
         var prefill = prefills[0];
         RivalTimes? against = llama is null ? null : new RivalTimes(o.Against!, LlamaCppRun.GgufType,
-            o.GenerateTokens / (gen[2].Median / 1000), o.PrefillTokens / (prefills[1].Median / 1000),
-            Timing.PairedRatio(gen[2], gen[0]), Timing.PairedRatio(prefills[1], prefills[0]));
+            o.GenerateTokens / (gen[3].Median / 1000), o.PrefillTokens / (prefills[1].Median / 1000),
+            Timing.PairedRatio(gen[3], gen[0]), Timing.PairedRatio(prefills[1], prefills[0]));
         if (against is not null)
         {
             ratios["decode_mola_over_llama_cpp"] = against.DecodeRatio;
@@ -511,8 +506,13 @@ public static class PerformanceBenchmark
         }
 
         long baseBytes = ModelFlop.LinearWeights(config) * ParameterCount.BytesPerElement(dtype);
+        long molaBytes = baseBytes + 4 * Count(mola);
+        // Bytes per second over the read rate, both in one round: bytes x tokens / t_decode over 4 x elements / t_read.
+        double Share(Timings decoding, long bytes) => Timing.Median(decoding.Milliseconds.Zip(gen[2].Milliseconds,
+            (t, read) => (double)bytes * o.GenerateTokens / t / (4.0 * ReadElements / read)).ToList());
         var decode = new DecodeTimes(o.GenerateTokens / (gen[0].Median / 1000), o.GenerateTokens / (gen[1].Median / 1000),
-            baseBytes, baseBytes + 4 * Count(mola), bandwidthGBs, o.PrefillTokens / (prefill.Median / 1000));
+            baseBytes, molaBytes, ReadGBs(gen[2].Median), o.PrefillTokens / (prefill.Median / 1000),
+            Share(gen[0], baseBytes), Share(gen[1], molaBytes));
         return new ModelRun(dtype, matmulGflops, step, decode, ratios, against);
     }
 

@@ -60,7 +60,7 @@ public static class BenchCommand
             "one adapted linear (forward + backward) frozen, LoRA, MoLA and the original's per-expert loop; that layer's matrix products " +
             "one by one (added to the frozen layer, the floor of the batched MoLA path); a whole training step " +
             "of a small decoder (or of a real shape, --shape) with its FLOP/s over the matmul rate of the same run; the matmul rate; " +
-            "decoding speed with the KV cache (base and MoLA) with its weight bytes read per second over the memory read rate of the same run; " +
+            "decoding speed with the KV cache (base and MoLA) with its weight bytes read per second over the memory read rate measured in the same rounds (paired); " +
             "prefill speed; with --against llama.cpp, llama.cpp's decoding and prefill of the same weights. Random weights, no checkpoint needed.")
         { tokens, hidden, experts, topK, rank, dropout, stepLayers, stepHidden, stepTokens, vocab, allocation, rounds, stepRounds, threads, clock, prefill, decodeRounds, against, shape, dtype, tokenizer, text, quick, json };
 
@@ -237,7 +237,7 @@ public static class BenchCommand
             o.Line(Row("mola", run.Step.MolaMs, run.Step.FrozenMs) + Utilisation(run.Step.MolaGflops, run.MolaUtilisation) +
                 string.Format(c, "  {0:F0} tokens/s", run.Step.TokensPerSecond));
             var d = run.Decode;
-            o.Line(string.Format(c, "  decoding (KV cache, batch 1): base {0:F1} tokens/s x {1:F0} MB = {2:F2} of the read rate {3:F1} GB/s; " +
+            o.Line(string.Format(c, "  decoding (KV cache, batch 1): base {0:F1} tokens/s x {1:F0} MB = {2:F2} of the read rate ({3:F1} GB/s, the same rounds); " +
                 "MoLA {4:F1} tokens/s x {5:F0} MB = {6:F2}; prefill {7:F0} tokens/s",
                 d.BaseTokensPerSecond, d.BaseBytesPerToken / 1e6, d.BaseBandwidthShare, d.BandwidthGBs,
                 d.MolaTokensPerSecond, d.MolaBytesPerToken / 1e6, d.MolaBandwidthShare, d.PrefillTokensPerSecond));
