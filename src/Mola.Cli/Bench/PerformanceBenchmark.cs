@@ -96,7 +96,7 @@ public sealed record BenchOptions
         Positive(StepHidden, "--step-hidden");
         Positive(StepTokens, "--step-tokens");
         Positive(Vocab, "--vocab");
-        Positive(GenerateTokens, "--generate-tokens");
+        if (GenerateTokens < 2) throw new MolaException($"--generate-tokens {GenerateTokens}: expected at least 2 (decoding is timed after the first token)");
         Positive(PrefillTokens, "--prefill-tokens");
         Positive(DecodeRounds, "--decode-rounds");
         if (Against is not (null or "llama.cpp")) throw new MolaException($"--against {Against}: expected llama.cpp");
@@ -149,14 +149,16 @@ public sealed record StepTimes(double FrozenMs, double LoraMs, double MolaMs, do
 
 /// <summary>Decoding and prefill speed, and what decoding reads: the weights of every linear map (and of the
 /// adapter) once per token, over <see cref="BandwidthGBs"/>, the read rate measured in the same rounds as decoding
-/// (the median); the shares are paired (the median over rounds of the share within a round).</summary>
+/// (the median); the shares are paired (the median over rounds of the share within a round). Decoding counts the
+/// tokens after the first; the first-token times are the prompt's prefill and one token.</summary>
 public sealed record DecodeTimes(double BaseTokensPerSecond, double MolaTokensPerSecond, double BaseBytesPerToken, double MolaBytesPerToken,
-    double BandwidthGBs, double PrefillTokensPerSecond, double BaseBandwidthShare, double MolaBandwidthShare);
+    double BandwidthGBs, double PrefillTokensPerSecond, double BaseBandwidthShare, double MolaBandwidthShare,
+    double BaseFirstTokenMs, double MolaFirstTokenMs);
 
-/// <summary>Another program's decoding and prefill of the same weights, timed in rotation with mola's: tokens/s, and
-/// mola's base model over it (paired: the median over rounds of the ratio within a round).</summary>
+/// <summary>Another program's decoding (after the first token) and prefill of the same weights, timed in rotation with
+/// mola's: tokens/s, and mola's base model over it (paired: the median over rounds of the ratio within a round).</summary>
 public sealed record RivalTimes(string Program, string GgufType, double DecodeTokensPerSecond, double PrefillTokensPerSecond,
-    double DecodeRatio, double PrefillRatio);
+    double DecodeRatio, double PrefillRatio, double FirstTokenMs);
 
 /// <summary>The step and decoding benchmarks of one base dtype; <see cref="MatmulGflops"/> is the product rate in
 /// that dtype measured in the same run, the denominator of the model-FLOP utilisation.</summary>
@@ -461,10 +463,10 @@ public static class PerformanceBenchmark
         var prompt = Enumerable.Range(0, o.PromptTokens).Select(i => 3 + i % (config.VocabSize - 3)).ToList();
         // EOS -1 never comes, so every run generates exactly the number of tokens asked for.
         var options = new GenerationOptions { MaxNewTokens = o.GenerateTokens };
-        Action Generate(AdapterModel? adapter) => () =>
+        Action Generate(AdapterModel? adapter, int tokens) => () =>
         {
             Use(adapter);
-            TextGenerator.Generate(model, [prompt], options, eosId: -1);
+            TextGenerator.Generate(model, [prompt], options with { MaxNewTokens = tokens }, eosId: -1);
         };
         Use(mola);
         TextGenerator.Generate(model, [prompt], options with { MaxNewTokens = Math.Min(4, o.GenerateTokens) }, eosId: -1);
@@ -473,7 +475,16 @@ public static class PerformanceBenchmark
         var prefillIds = randint(config.VocabSize, [1, o.PrefillTokens], dtype: ScalarType.Int64);
         var prefillList = prefillIds.data<long>().Select(t => (int)t).ToList();
         using var readBuffer = ones(ReadElements);
-        List<(string, Action)> decoders = [("base", Generate(null)), ("mola", Generate(mola)), ("read", ReadAll(readBuffer))];
+        // Each generator twice a round: the prompt and its first token, then the prompt and all the tokens. Decoding is
+        // their difference, the tokens after the first (as llama.cpp reports "eval" apart from "prompt eval"): the
+        // prompt's prefill runs matrix products, not the one-row products decoding is made of (a 16-token prompt took
+        // 4.5 decode steps here), so counted in it, it blurred what decoding reads per second.
+        List<(string, Action)> decoders =
+        [
+            ("base first", Generate(null, 1)), ("base", Generate(null, o.GenerateTokens)),
+            ("mola first", Generate(mola, 1)), ("mola", Generate(mola, o.GenerateTokens)),
+            ("read", ReadAll(readBuffer)),
+        ];
         List<(string, Action)> prefillers =
         [
             ("prefill", () =>
@@ -486,33 +497,42 @@ public static class PerformanceBenchmark
         ];
         if (llama is not null)
         {
-            decoders.Add(("llama.cpp", () => llama.Generate(prompt, o.GenerateTokens)));   // index 3
+            decoders.Add(("llama.cpp first", () => llama.Generate(prompt, 1)));
+            decoders.Add(("llama.cpp", () => llama.Generate(prompt, o.GenerateTokens)));
             prefillers.Add(("llama.cpp prefill", () => llama.Prefill(prefillList)));
             llama.Generate(prompt, Math.Min(4, o.GenerateTokens));   // warm-up, as mola's above
         }
-        var gen = Timing.Interleaved(decoders, 0, o.DecodeRounds, o.Clock);
+        var gen = Timing.Interleaved(decoders, 0, o.DecodeRounds, o.Clock).ToDictionary(t => t.Name);
+        // Tokens/s after the first token, one figure per round.
+        List<double> Rates(string name) => gen[name].Milliseconds.Zip(gen[name + " first"].Milliseconds,
+            (all, first) => (o.GenerateTokens - 1) / ((all - first) / 1000)).ToList();
+        var baseRates = Rates("base");
+        var molaRates = Rates("mola");
+        var reads = gen["read"].Milliseconds;
 
         log($"prefill: {o.PrefillTokens} tokens into an empty KV cache, base model{(llama is null ? "" : " and llama.cpp")}...");
         Use(null);
         var prefills = Timing.Interleaved(prefillers, 1, o.DecodeRounds, o.Clock);
         var prefill = prefills[0];
-        RivalTimes? against = llama is null ? null : new RivalTimes(o.Against!, LlamaCppRun.GgufType,
-            o.GenerateTokens / (gen[3].Median / 1000), o.PrefillTokens / (prefills[1].Median / 1000),
-            Timing.PairedRatio(gen[3], gen[0]), Timing.PairedRatio(prefills[1], prefills[0]));
-        if (against is not null)
+        RivalTimes? against = null;
+        if (llama is not null)
         {
+            var rival = Rates("llama.cpp");
+            against = new RivalTimes(o.Against!, LlamaCppRun.GgufType, Timing.Median(rival), o.PrefillTokens / (prefills[1].Median / 1000),
+                Timing.Median(baseRates.Zip(rival, (m, l) => m / l).ToList()), Timing.PairedRatio(prefills[1], prefills[0]),
+                gen["llama.cpp first"].Median);
             ratios["decode_mola_over_llama_cpp"] = against.DecodeRatio;
             ratios["prefill_mola_over_llama_cpp"] = against.PrefillRatio;
         }
 
         long baseBytes = ModelFlop.LinearWeights(config) * ParameterCount.BytesPerElement(dtype);
         long molaBytes = baseBytes + 4 * Count(mola);
-        // Bytes per second over the read rate, both in one round: bytes x tokens / t_decode over 4 x elements / t_read.
-        double Share(Timings decoding, long bytes) => Timing.Median(decoding.Milliseconds.Zip(gen[2].Milliseconds,
-            (t, read) => (double)bytes * o.GenerateTokens / t / (4.0 * ReadElements / read)).ToList());
-        var decode = new DecodeTimes(o.GenerateTokens / (gen[0].Median / 1000), o.GenerateTokens / (gen[1].Median / 1000),
-            baseBytes, molaBytes, ReadGBs(gen[2].Median), o.PrefillTokens / (prefill.Median / 1000),
-            Share(gen[0], baseBytes), Share(gen[1], molaBytes));
+        // Bytes per second over the read rate, both in one round: bytes x tokens/s over 4 x elements / t_read.
+        double Share(List<double> rates, long bytes) => Timing.Median(rates.Zip(reads,
+            (rate, read) => bytes * rate / (4.0 * ReadElements / (read / 1000))).ToList());
+        var decode = new DecodeTimes(Timing.Median(baseRates), Timing.Median(molaRates),
+            baseBytes, molaBytes, ReadGBs(gen["read"].Median), o.PrefillTokens / (prefill.Median / 1000),
+            Share(baseRates, baseBytes), Share(molaRates, molaBytes), gen["base first"].Median, gen["mola first"].Median);
         return new ModelRun(dtype, matmulGflops, step, decode, ratios, against);
     }
 
