@@ -1,3 +1,4 @@
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Mola.Models;
@@ -27,9 +28,43 @@ public sealed class Rotary
 
     public static Tensor Apply(Tensor x, Tensor cos, Tensor sin)
     {
+        if (OneTokenApplies(x, cos, sin)) return OneToken(x, cos, sin);
         using var scope = NewDisposeScope();
         long half = x.shape[^1] / 2;
         var rotated = cat([-x.narrow(-1, half, half), x.narrow(-1, 0, half)], -1);
         return (x * cos + rotated * sin).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Whether <see cref="OneToken"/> computes this call: one bfloat16 token's heads [1, H, 1, D] on the CPU
+    /// without autograd (decoding), where the libtorch path is seven operations for 2 x H x D multiplications.</summary>
+    static bool OneTokenApplies(Tensor x, Tensor cos, Tensor sin) =>
+        x.dtype == ScalarType.BFloat16 && cos.dtype == ScalarType.BFloat16 && sin.dtype == ScalarType.BFloat16
+        && x.device_type == DeviceType.CPU && x.dim() == 4 && x.shape[0] == 1 && x.shape[2] == 1
+        && cos.numel() == x.shape[3] && sin.numel() == x.shape[3]
+        && x.is_contiguous() && cos.is_contiguous() && sin.is_contiguous()
+        && !(is_grad_enabled() && x.requires_grad);
+
+    /// <summary><c>x cos + rotate_half(x) sin</c> with libtorch's bfloat16 roundings: each product rounded, then their
+    /// sum (tested bit for bit against the libtorch path).</summary>
+    static unsafe Tensor OneToken(Tensor x, Tensor cos, Tensor sin)
+    {
+        int heads = (int)x.shape[1], d = (int)x.shape[3], half = d / 2;
+        var y = empty(x.shape, ScalarType.BFloat16);
+        fixed (byte* xb = x.bytes, cb = cos.bytes, sb = sin.bytes, yb = y.bytes)
+        {
+            ushort* xs = (ushort*)xb, cs = (ushort*)cb, ss = (ushort*)sb, ys = (ushort*)yb;
+            for (int h = 0; h < heads; h++)
+            {
+                ushort* row = xs + h * d, output = ys + h * d;
+                for (int i = 0; i < d; i++)
+                {
+                    float rotated = i < half ? -Bf16Gemv.Widen(row[i + half]) : Bf16Gemv.Widen(row[i - half]);
+                    float a = Bf16Gemv.Widen(Bf16Gemv.Round(Bf16Gemv.Widen(row[i]) * Bf16Gemv.Widen(cs[i])));
+                    float b = Bf16Gemv.Widen(Bf16Gemv.Round(rotated * Bf16Gemv.Widen(ss[i])));
+                    output[i] = Bf16Gemv.Round(a + b);
+                }
+            }
+        }
+        return y;
     }
 }
