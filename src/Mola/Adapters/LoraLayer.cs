@@ -53,7 +53,8 @@ public sealed class LoraLayer : nn.Module<Tensor, Tensor>, IAdapterLayer
         var h = xa.mm(lora_A.In(xa.dtype).t());                              // [N, r]
         // As in MolaLayer: B^T contiguous when training on more tokens than B^T has rows, so that its
         // gradient comes as h^T g (the g^T h of a transposed view is an order of magnitude slower at r = 8).
-        var bT = TrainingLayout.BackwardFollows && h.shape[0] > Rank ? lora_B.t().contiguous().In(xa.dtype) : lora_B.In(xa.dtype).t();
+        // (In bfloat16 the copy costs more than it wins, as in MolaLayer.)
+        var bT = TrainingLayout.BackwardFollows && h.shape[0] > Rank && h.dtype == ScalarType.Float32 ? lora_B.t().contiguous() : lora_B.In(h.dtype).t();
         var y = baseLayer.Base(x2);
         // y += scaling * h B^T in place, one product accumulating into the base output.
         if (y.dtype == ScalarType.Float32)

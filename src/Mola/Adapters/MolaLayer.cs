@@ -175,9 +175,10 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer
         var gate = torch.zeros(N, NumExperts, ScalarType.Float32, xa.device).scatter(1, topI, scaleInGate ? topW * Scaling : topW);
         // The gating in float32 (a bfloat16 h times the float32 gate promotes), rounded once into the products' dtype.
         h = (h.view(N, NumExperts, Rank) * gate.unsqueeze(-1)).view(N, ranks).In(type);
-        // B^T made contiguous: its gradient then comes as h^T g, several times faster than the g^T h
-        // that a transposed view of B gets from autograd.
-        var bT = relayout ? lora_B.t().contiguous().In(type) : lora_B.In(type).t();
+        // In float32, B^T made contiguous: its gradient then comes as h^T g, several times faster than the g^T h
+        // that a transposed view of B gets from autograd. In bfloat16 both products run at one rate and the copy and
+        // its backward cost more than they win (at 2048 x 5632, 2.0 ms against 3.0 a module; bench/NOTES.md).
+        var bT = relayout && type == ScalarType.Float32 ? lora_B.t().contiguous() : lora_B.In(type).t();
         var y = baseLayer.Base(x2);                                                       // [N, out]
         // The base output is not saved by its own backward, so updating it in place is safe for autograd.
         if (y.dtype == ScalarType.Float32)
