@@ -154,17 +154,7 @@ public class MixedPrecisionTests(ITestOutputHelper output)
         var data = InstructionDataset.Create(records, PromptTemplate.Alpaca, tok, new TokenizeOptions(64, true, true));
         using var model = ModelLoader.Load(llama, BF16);
         torch.manual_seed(3);
-        var adapter = AdapterModel.Attach(model, new AdapterConfig
-        {
-            Kind = AdapterKind.Mola,
-            TargetModules = [.. TargetModules.All],
-            Rank = [4, 4, 8],
-            NumExperts = [2, 4, 8],
-            TopK = [1, 2, 2],
-            LoraAlpha = 16,
-            LoraDropout = 0.05,
-            AuxLossCoef = 0.001,
-        });
+        var adapter = AdapterModel.Attach(model, TrainerTests.Mola(dropout: 0.05));
         adapter.SetPrecision(precision);
         string dir = TestUtil.TempDir();
         var options = new TrainingOptions { LearningRate = 1e-2, WarmupSteps = 1, MaxSteps = steps, BatchSize = 4, MicroBatchSize = 2, SaveSteps = 0, Seed = 3 };
