@@ -98,7 +98,7 @@ public sealed record BenchOptions
         Positive(StepHidden, "--step-hidden");
         Positive(StepTokens, "--step-tokens");
         Positive(Vocab, "--vocab");
-        Positive(GenerateTokens, "--generate-tokens");
+        if (GenerateTokens < 2) throw new MolaException($"--generate-tokens {GenerateTokens}: expected at least 2 (decoding is timed after the first token)");
         Positive(PrefillTokens, "--prefill-tokens");
         Positive(DecodeRounds, "--decode-rounds");
         if (Against is not (null or "llama.cpp")) throw new MolaException($"--against {Against}: expected llama.cpp");
@@ -150,18 +150,17 @@ public sealed record StepTimes(double FrozenMs, double LoraMs, double MolaMs, do
 }
 
 /// <summary>Decoding and prefill speed, and what decoding reads: the weights of every linear map (and of the
-/// adapter) once per token, over <see cref="BandwidthGBs"/>, the read rate measured in the same run.</summary>
+/// adapter) once per token, over <see cref="BandwidthGBs"/>, the read rate measured in the same rounds as decoding
+/// (the median); the shares are paired (the median over rounds of the share within a round). Decoding counts the
+/// tokens after the first; the first-token times are the prompt's prefill and one token.</summary>
 public sealed record DecodeTimes(double BaseTokensPerSecond, double MolaTokensPerSecond, double BaseBytesPerToken, double MolaBytesPerToken,
-    double BandwidthGBs, double PrefillTokensPerSecond)
-{
-    public double BaseBandwidthShare => BaseBytesPerToken * BaseTokensPerSecond / (BandwidthGBs * 1e9);
-    public double MolaBandwidthShare => MolaBytesPerToken * MolaTokensPerSecond / (BandwidthGBs * 1e9);
-}
+    double BandwidthGBs, double PrefillTokensPerSecond, double BaseBandwidthShare, double MolaBandwidthShare,
+    double BaseFirstTokenMs, double MolaFirstTokenMs);
 
-/// <summary>Another program's decoding and prefill of the same weights, timed in rotation with mola's: tokens/s, and
-/// mola's base model over it (paired: the median over rounds of the ratio within a round).</summary>
+/// <summary>Another program's decoding (after the first token) and prefill of the same weights, timed in rotation with
+/// mola's: tokens/s, and mola's base model over it (paired: the median over rounds of the ratio within a round).</summary>
 public sealed record RivalTimes(string Program, string GgufType, double DecodeTokensPerSecond, double PrefillTokensPerSecond,
-    double DecodeRatio, double PrefillRatio);
+    double DecodeRatio, double PrefillRatio, double FirstTokenMs);
 
 /// <summary>The step and decoding benchmarks of one base dtype; <see cref="MatmulGflops"/> is the product rate in
 /// that dtype measured in the same run, the denominator of the model-FLOP utilisation.</summary>
@@ -243,15 +242,13 @@ public static class PerformanceBenchmark
             log("layer products one by one...");
             floor = Floor(o, layer.FrozenMs);
         }
-        log("memory read rate...");
-        double bandwidth = ReadBandwidthGBs(Math.Max(3, o.Rounds), o.Clock);
         var allocation = ExpertAllocation.ParseExperts(o.Allocation, config.NumHiddenLayers, "--allocation");
         var runs = new List<ModelRun>();
         foreach (var dtype in o.DTypes)
         {
             double rate = dtype == ScalarType.Float32 ? gflops : Rate(dtype);
             log($"step ({DTypeName(dtype)}): {config.NumHiddenLayers} layers, hidden {config.HiddenSize}, {o.StepTokens} tokens, MoLA {string.Join(",", allocation)}...");
-            runs.Add(StepAndGenerate(o, config, dtype, allocation, rate, bandwidth, log));
+            runs.Add(StepAndGenerate(o, config, dtype, allocation, rate, log));
         }
         foreach (var (key, value) in runs[0].PairedRatios) ratios[key] = value;
 
@@ -270,16 +267,15 @@ public static class PerformanceBenchmark
         return 2.0 * n * k * m / (t.Median / 1000) / 1e9;
     }
 
-    /// <summary>GB/s at which this process reads memory: a sum over 512 MiB of float32, far past every cache, as
-    /// decoding reads its weights (once per token, in order).</summary>
-    public static double ReadBandwidthGBs(int repeats, Clock clock = Clock.Wall)
-    {
-        using var scope = NewDisposeScope();
-        const long count = 128L << 20;
-        var x = ones(count);
-        var t = Timing.Interleaved([("read", () => { using var s = x.sum(); })], 1, repeats, clock)[0];
-        return 4.0 * count / (t.Median / 1000) / 1e9;
-    }
+    /// <summary>Float32 elements the read rate sums: 512 MiB, far past every cache.</summary>
+    const long ReadElements = 128L << 20;
+
+    /// <summary>A sum over <paramref name="x"/> (<see cref="ReadElements"/> float32), as decoding reads its weights: once
+    /// per token, in order. Timed in the decoding rounds, since this machine's read rate moves from minute to minute
+    /// (23 to 48 GB/s measured in one afternoon on a quiet VM), so a figure taken once at the start misjudged the share.</summary>
+    static Action ReadAll(Tensor x) => () => { using var s = x.sum(); };
+
+    static double ReadGBs(double milliseconds) => 4.0 * ReadElements / (milliseconds / 1000) / 1e9;
 
     static (LayerTimes, Dictionary<string, double>) Layer(BenchOptions o)
     {
@@ -383,7 +379,7 @@ public static class PerformanceBenchmark
         };
     }
 
-    static ModelRun StepAndGenerate(BenchOptions o, ModelConfig config, ScalarType dtype, int[] allocation, double matmulGflops, double bandwidthGBs, Action<string> log)
+    static ModelRun StepAndGenerate(BenchOptions o, ModelConfig config, ScalarType dtype, int[] allocation, double matmulGflops, Action<string> log)
     {
         using var scope = NewDisposeScope();
         using var model = new CausalLM(config, dtype, CPU);
@@ -470,10 +466,10 @@ public static class PerformanceBenchmark
         var prompt = Enumerable.Range(0, o.PromptTokens).Select(i => 3 + i % (config.VocabSize - 3)).ToList();
         // EOS -1 never comes, so every run generates exactly the number of tokens asked for.
         var options = new GenerationOptions { MaxNewTokens = o.GenerateTokens };
-        Action Generate(AdapterModel? adapter) => () =>
+        Action Generate(AdapterModel? adapter, int tokens) => () =>
         {
             Use(adapter);
-            TextGenerator.Generate(model, [prompt], options, eosId: -1);
+            TextGenerator.Generate(model, [prompt], options with { MaxNewTokens = tokens }, eosId: -1);
         };
         Use(mola);
         TextGenerator.Generate(model, [prompt], options with { MaxNewTokens = Math.Min(4, o.GenerateTokens) }, eosId: -1);
@@ -481,7 +477,17 @@ public static class PerformanceBenchmark
         using var llama = o.Against is null ? null : StartLlamaCpp(o, model, log);
         var prefillIds = randint(config.VocabSize, [1, o.PrefillTokens], dtype: ScalarType.Int64);
         var prefillList = prefillIds.data<long>().Select(t => (int)t).ToList();
-        List<(string, Action)> decoders = [("base", Generate(null)), ("mola", Generate(mola))];
+        using var readBuffer = ones(ReadElements);
+        // Each generator twice a round: the prompt and its first token, then the prompt and all the tokens. Decoding is
+        // their difference, the tokens after the first (as llama.cpp reports "eval" apart from "prompt eval"): the
+        // prompt's prefill runs matrix products, not the one-row products decoding is made of (a 16-token prompt took
+        // 4.5 decode steps here), so counted in it, it blurred what decoding reads per second.
+        List<(string, Action)> decoders =
+        [
+            ("base first", Generate(null, 1)), ("base", Generate(null, o.GenerateTokens)),
+            ("mola first", Generate(mola, 1)), ("mola", Generate(mola, o.GenerateTokens)),
+            ("read", ReadAll(readBuffer)),
+        ];
         List<(string, Action)> prefillers =
         [
             ("prefill", () =>
@@ -494,28 +500,42 @@ public static class PerformanceBenchmark
         ];
         if (llama is not null)
         {
+            decoders.Add(("llama.cpp first", () => llama.Generate(prompt, 1)));
             decoders.Add(("llama.cpp", () => llama.Generate(prompt, o.GenerateTokens)));
             prefillers.Add(("llama.cpp prefill", () => llama.Prefill(prefillList)));
             llama.Generate(prompt, Math.Min(4, o.GenerateTokens));   // warm-up, as mola's above
         }
-        var gen = Timing.Interleaved(decoders, 0, o.DecodeRounds, o.Clock);
+        var gen = Timing.Interleaved(decoders, 0, o.DecodeRounds, o.Clock).ToDictionary(t => t.Name);
+        // Tokens/s after the first token, one figure per round.
+        List<double> Rates(string name) => gen[name].Milliseconds.Zip(gen[name + " first"].Milliseconds,
+            (all, first) => (o.GenerateTokens - 1) / ((all - first) / 1000)).ToList();
+        var baseRates = Rates("base");
+        var molaRates = Rates("mola");
+        var reads = gen["read"].Milliseconds;
 
         log($"prefill: {o.PrefillTokens} tokens into an empty KV cache, base model{(llama is null ? "" : " and llama.cpp")}...");
         Use(null);
         var prefills = Timing.Interleaved(prefillers, 1, o.DecodeRounds, o.Clock);
         var prefill = prefills[0];
-        RivalTimes? against = llama is null ? null : new RivalTimes(o.Against!, LlamaCppRun.GgufType,
-            o.GenerateTokens / (gen[2].Median / 1000), o.PrefillTokens / (prefills[1].Median / 1000),
-            Timing.PairedRatio(gen[2], gen[0]), Timing.PairedRatio(prefills[1], prefills[0]));
-        if (against is not null)
+        RivalTimes? against = null;
+        if (llama is not null)
         {
+            var rival = Rates("llama.cpp");
+            against = new RivalTimes(o.Against!, LlamaCppRun.GgufType, Timing.Median(rival), o.PrefillTokens / (prefills[1].Median / 1000),
+                Timing.Median(baseRates.Zip(rival, (m, l) => m / l).ToList()), Timing.PairedRatio(prefills[1], prefills[0]),
+                gen["llama.cpp first"].Median);
             ratios["decode_mola_over_llama_cpp"] = against.DecodeRatio;
             ratios["prefill_mola_over_llama_cpp"] = against.PrefillRatio;
         }
 
         long baseBytes = ModelFlop.LinearWeights(config) * ParameterCount.BytesPerElement(dtype);
-        var decode = new DecodeTimes(o.GenerateTokens / (gen[0].Median / 1000), o.GenerateTokens / (gen[1].Median / 1000),
-            baseBytes, baseBytes + 4 * Count(mola), bandwidthGBs, o.PrefillTokens / (prefill.Median / 1000));
+        long molaBytes = baseBytes + 4 * Count(mola);
+        // Bytes per second over the read rate, both in one round: bytes x tokens/s over 4 x elements / t_read.
+        double Share(List<double> rates, long bytes) => Timing.Median(rates.Zip(reads,
+            (rate, read) => bytes * rate / (4.0 * ReadElements / (read / 1000))).ToList());
+        var decode = new DecodeTimes(Timing.Median(baseRates), Timing.Median(molaRates),
+            baseBytes, molaBytes, ReadGBs(gen["read"].Median), o.PrefillTokens / (prefill.Median / 1000),
+            Share(baseRates, baseBytes), Share(molaRates, molaBytes), gen["base first"].Median, gen["mola first"].Median);
         return new ModelRun(dtype, matmulGflops, step, decode, ratios, against);
     }
 

@@ -68,7 +68,7 @@ public static class BenchCommand
             "one adapted linear (forward + backward) frozen, LoRA, MoLA and the original's per-expert loop; that layer's matrix products " +
             "one by one (added to the frozen layer, the floor of the batched MoLA path); a whole training step " +
             "of a small decoder (or of a real shape, --shape) with its FLOP/s over the matmul rate of the same run; the matmul rate; " +
-            "decoding speed with the KV cache (base and MoLA) with its weight bytes read per second over the memory read rate of the same run; " +
+            "decoding speed with the KV cache (base and MoLA; the tokens after the first, the first token timed apart) with its weight bytes read per second over the memory read rate measured in the same rounds (paired); " +
             "prefill speed; with --against llama.cpp, llama.cpp's decoding and prefill of the same weights. Random weights, no checkpoint needed.")
         { tokens, hidden, experts, topK, rank, dropout, stepLayers, stepHidden, stepTokens, vocab, allocation, rounds, stepRounds, threads, clock, prefill, decodeRounds, against, shape, dtype, adapterPrecision, tokenizer, text, quick, json };
 
@@ -147,6 +147,8 @@ public static class BenchCommand
                         base_bandwidth_share = run.Decode.BaseBandwidthShare,
                         mola_bandwidth_share = run.Decode.MolaBandwidthShare,
                         prefill_tokens_per_second = run.Decode.PrefillTokensPerSecond,
+                        base_first_token_ms = run.Decode.BaseFirstTokenMs,
+                        mola_first_token_ms = run.Decode.MolaFirstTokenMs,
                     },
                     against = run.Against is not { } a ? null : new
                     {
@@ -156,6 +158,7 @@ public static class BenchCommand
                         prefill_tokens_per_second = a.PrefillTokensPerSecond,
                         decode_mola_over_program = a.DecodeRatio,
                         prefill_mola_over_program = a.PrefillRatio,
+                        first_token_ms = a.FirstTokenMs,
                     },
                     ratios = run.PairedRatios,
                 }),
@@ -247,14 +250,14 @@ public static class BenchCommand
             o.Line(Row("mola", run.Step.MolaMs, run.Step.FrozenMs) + Utilisation(run.Step.MolaGflops, run.MolaUtilisation) +
                 string.Format(c, "  {0:F0} tokens/s", run.Step.TokensPerSecond));
             var d = run.Decode;
-            o.Line(string.Format(c, "  decoding (KV cache, batch 1): base {0:F1} tokens/s x {1:F0} MB = {2:F2} of the read rate {3:F1} GB/s; " +
-                "MoLA {4:F1} tokens/s x {5:F0} MB = {6:F2}; prefill {7:F0} tokens/s",
+            o.Line(string.Format(c, "  decoding (KV cache, batch 1, after the first token): base {0:F1} tokens/s x {1:F0} MB = {2:F2} of the read rate ({3:F1} GB/s, the same rounds); " +
+                "MoLA {4:F1} tokens/s x {5:F0} MB = {6:F2}; first token {8:F0} ms (MoLA {9:F0}); prefill {7:F0} tokens/s",
                 d.BaseTokensPerSecond, d.BaseBytesPerToken / 1e6, d.BaseBandwidthShare, d.BandwidthGBs,
-                d.MolaTokensPerSecond, d.MolaBytesPerToken / 1e6, d.MolaBandwidthShare, d.PrefillTokensPerSecond));
+                d.MolaTokensPerSecond, d.MolaBytesPerToken / 1e6, d.MolaBandwidthShare, d.PrefillTokensPerSecond, d.BaseFirstTokenMs, d.MolaFirstTokenMs));
             if (run.Against is { } a)
-                o.Line(string.Format(c, "  {0} (GGUF {1}, same weights, alternating): decoding {2:F1} tokens/s, prefill {3:F0} tokens/s; " +
+                o.Line(string.Format(c, "  {0} (GGUF {1}, same weights, alternating): decoding {2:F1} tokens/s, first token {7:F0} ms, prefill {3:F0} tokens/s; " +
                     "mola {4} / {0}: decoding {5:F2}x, prefill {6:F2}x", a.Program, a.GgufType.ToUpperInvariant(), a.DecodeTokensPerSecond, a.PrefillTokensPerSecond,
-                    PerformanceBenchmark.DTypeName(run.DType), a.DecodeRatio, a.PrefillRatio));
+                    PerformanceBenchmark.DTypeName(run.DType), a.DecodeRatio, a.PrefillRatio, a.FirstTokenMs));
             o.Line(string.Format(c, "  paired ratios: {0}", string.Join(", ", run.PairedRatios.Select(kv => string.Format(c, "{0} {1:F3}", kv.Key, kv.Value)))));
         }
         if (r.Layer is not null)

@@ -55,23 +55,37 @@ public static class Bf16Gemv
         fixed (byte* p = t.bytes) return (nint)p;
     }
 
-    /// <summary>Output blocks, one per libtorch thread, of <paramref name="multiple"/> outputs each (at least 64).</summary>
+    /// <summary>Rows of W per chunk: 64 KiB to 256 KiB of weights, enough to amortise taking one, small enough to share out.</summary>
+    const long ChunkRows = 32;
+
+    /// <summary>
+    /// Outputs in chunks of <see cref="ChunkRows"/> (a multiple of <paramref name="multiple"/>) that up to libtorch's
+    /// thread count of threads take in turn until none is left. Decoding calls this ~155 times a token with a few
+    /// libtorch operations between calls, so a pool thread is often still waking when the caller starts: with one block
+    /// per thread the caller then waited for it (measured: two threads read 21 GB/s where the same kernel read 28 back
+    /// to back); with chunks the caller takes what the late thread has not, and a busy machine degrades to one thread's
+    /// rate instead of stalling.
+    /// </summary>
     static void Split(long outF, long multiple, Action<long, long> block)
     {
-        int parts = (int)Math.Min(Math.Max(1, get_num_threads()), Math.Max(1, outF / 64));
-        long per = (outF + parts - 1) / parts;
-        per = (per + multiple - 1) / multiple * multiple;
-        if (parts == 1) block(0, outF);
-        else Parallel.For(0, parts, new ParallelOptions { MaxDegreeOfParallelism = parts },
-            p => block(Math.Min(outF, p * per), Math.Min(outF, (p + 1) * per)));
+        long chunk = (ChunkRows + multiple - 1) / multiple * multiple;
+        int chunks = (int)((outF + chunk - 1) / chunk);
+        int workers = Math.Min(Math.Max(1, get_num_threads()), chunks);
+        if (workers == 1) { block(0, outF); return; }
+        int next = -1;
+        Parallel.For(0, workers, new ParallelOptions { MaxDegreeOfParallelism = workers }, _ =>
+        {
+            for (int c; (c = Interlocked.Increment(ref next)) < chunks;)
+                block(c * chunk, Math.Min(outF, (c + 1) * chunk));
+        });
     }
 
     /// <summary>
     /// One row of x against W with 512-bit vectors. Two neighbouring bfloat16 weights are one 32-bit word: the low one
     /// widened is the word shifted left by 16, the high one the word with its low half cleared, two operations for
-    /// 32 weights where widening costs shuffles. So x is split once into its even and odd elements (as float32), and
-    /// four outputs go through the loop together, sharing each load of x. Measured (bench/NOTES.md): twice the rate
-    /// of the widening kernel with the weights in cache, which is what lets two cores reach the memory's rate.
+    /// 32 weights where widening costs shuffles. So x is split once into its even and odd elements (as float32).
+    /// Measured (bench/NOTES.md): twice the rate of the widening kernel with the weights in cache, which is what lets
+    /// two cores reach the memory's rate.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // straight to optimised code: no slow first tier for a hot kernel
     static unsafe void MultiplyPairs(nint wPtr, nint xPtr, nint yPtr, long inF, long outF)
@@ -90,7 +104,7 @@ public static class Bf16Gemv
             for (long i = 2 * pairs; i < inF; i++) tail[i - 2 * pairs] = Widen(x[i]);
             var w = (ushort*)wPtr;
             var y = (ushort*)yPtr;
-            Split(outF, 4, (from, to) => PairsBlock(w, even, odd, tail, y, inF, pairs, from, to));
+            Split(outF, 1, (from, to) => PairsBlock(w, even, odd, tail, y, inF, pairs, from, to));
         }
         finally
         {
@@ -98,38 +112,14 @@ public static class Bf16Gemv
         }
     }
 
+    /// <summary>Outputs <paramref name="from"/> to <paramref name="to"/>, one row of W at a time: the block is then one
+    /// sequential read, which the hardware prefetcher follows best (measured against four rows a pass sharing x's loads:
+    /// 23 against 16 GB/s from memory with one thread, 29 against 28 with two; x's loads come from L1 either way).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static unsafe void PairsBlock(ushort* w, float* even, float* odd, float* tail, ushort* y, long inF, long pairs, long from, long to)
     {
         var high = Vector512.Create(0xFFFF0000u);
-        long o = from;
-        for (; o + 4 <= to; o += 4)
-        {
-            uint* r0 = (uint*)(w + o * inF), r1 = (uint*)(w + (o + 1) * inF), r2 = (uint*)(w + (o + 2) * inF), r3 = (uint*)(w + (o + 3) * inF);
-            Vector512<float> e0 = default, d0 = default, e1 = default, d1 = default, e2 = default, d2 = default, e3 = default, d3 = default;
-            for (long j = 0; j < pairs; j += 16)
-            {
-                var xe = Vector512.Load(even + j);
-                var xo = Vector512.Load(odd + j);
-                var u = Vector512.Load(r0 + j);
-                e0 = Vector512.FusedMultiplyAdd(Vector512.ShiftLeft(u, 16).AsSingle(), xe, e0);
-                d0 = Vector512.FusedMultiplyAdd((u & high).AsSingle(), xo, d0);
-                u = Vector512.Load(r1 + j);
-                e1 = Vector512.FusedMultiplyAdd(Vector512.ShiftLeft(u, 16).AsSingle(), xe, e1);
-                d1 = Vector512.FusedMultiplyAdd((u & high).AsSingle(), xo, d1);
-                u = Vector512.Load(r2 + j);
-                e2 = Vector512.FusedMultiplyAdd(Vector512.ShiftLeft(u, 16).AsSingle(), xe, e2);
-                d2 = Vector512.FusedMultiplyAdd((u & high).AsSingle(), xo, d2);
-                u = Vector512.Load(r3 + j);
-                e3 = Vector512.FusedMultiplyAdd(Vector512.ShiftLeft(u, 16).AsSingle(), xe, e3);
-                d3 = Vector512.FusedMultiplyAdd((u & high).AsSingle(), xo, d3);
-            }
-            y[o] = Finish(Vector512.Sum(e0 + d0), w + o * inF, tail, inF, pairs);
-            y[o + 1] = Finish(Vector512.Sum(e1 + d1), w + (o + 1) * inF, tail, inF, pairs);
-            y[o + 2] = Finish(Vector512.Sum(e2 + d2), w + (o + 2) * inF, tail, inF, pairs);
-            y[o + 3] = Finish(Vector512.Sum(e3 + d3), w + (o + 3) * inF, tail, inF, pairs);
-        }
-        for (; o < to; o++)
+        for (long o = from; o < to; o++)
         {
             uint* r = (uint*)(w + o * inF);
             Vector512<float> e = default, d = default;
