@@ -188,6 +188,7 @@ public class MolaLayerTests
         const int inF = 32, outF = 16, E = 4, k = 2, r = 4;
         torch.manual_seed(8);
         var (baseLayer, layer) = RandomLayer(0, "q_proj", inF, outF, E, k, r, 0.0, ScalarType.BFloat16);
+        layer.Precision = AdapterPrecision.Float32;   // mixed precision: MixedPrecisionTests
         var x = torch.randn(2, 50, inF).to(ScalarType.BFloat16);
         foreach (bool relayout in new[] { false, true })
         {
@@ -247,6 +248,7 @@ public class MolaLayerTests
         torch.manual_seed(9);
         var (baseLayer, layer) = RandomLayer(0, "q_proj", inF, outF, E, k, r, 0.0, ScalarType.BFloat16);
         layer.Relayout = true;
+        layer.Precision = AdapterPrecision.Float32;   // the float32 formulation (mixed precision: MixedPrecisionTests)
         var x0 = torch.randn(2, 50, inF).to(ScalarType.BFloat16);
         var upstream = torch.randn(2, 50, outF).to(ScalarType.BFloat16);
         Tensor[] Run(Func<Tensor, Tensor> forward)

@@ -271,6 +271,42 @@ public class TrainCliTests
     }
 
     [Fact]
+    public void TheAdapterPrecisionIsRecordedAndAResumeWithAnotherIsRefused()
+    {
+        // Over a bfloat16 base the default is mixed, recorded as such; a resume in float32 would continue another
+        // computation: refused, nothing touched.
+        string dir = TestUtil.TempDir();
+        string[] run = ["--max-steps", "4", "--save-steps", "2", "--dtype", "bfloat16"];
+        Assert.Equal(0, CliRunner.Run(Args(dir, run)).ExitCode);
+        string argsPath = Path.Combine(dir, "training_args.json");
+        var args = JsonNode.Parse(File.ReadAllText(argsPath))!.AsObject();
+        Assert.Equal("mixed", (string?)args["adapter_precision"]);
+        var before = Snapshot(dir);
+        var refused = CliRunner.Run(Args(dir, [.. run, "--resume", "latest", "--adapter-precision", "float32"]));
+        Assert.Contains("the checkpoint was trained with --adapter-precision mixed, this run's is float32", refused.SingleErrorLine());
+        Assert.Equal(before, Snapshot(dir));
+
+        // A record from before the setting existed computed its adapter in float32: the default (mixed) is refused
+        // with the value to give, and that value continues it.
+        args.Remove("adapter_precision");
+        File.WriteAllText(argsPath, args.ToJsonString());
+        var old = CliRunner.Run(Args(dir, [.. run, "--resume", "latest"]));
+        Assert.Contains("trained with --adapter-precision float32, this run's is mixed (a resumed run continues the same training: give --adapter-precision float32",
+            old.SingleErrorLine());
+        var resumed = CliRunner.Run(Args(dir, [.. run, "--resume", "latest", "--adapter-precision", "float32"]));
+        Assert.True(resumed.ExitCode == 0, resumed.ToString());
+        Assert.Equal("float32", (string?)JsonNode.Parse(File.ReadAllText(argsPath))!["adapter_precision"]);
+
+        // Over a float32 base mixed is float32: recorded so, and a resume may give either.
+        string dir32 = TestUtil.TempDir();
+        string[] run32 = ["--max-steps", "4", "--save-steps", "2"];
+        Assert.Equal(0, CliRunner.Run(Args(dir32, run32)).ExitCode);
+        Assert.Equal("float32", (string?)JsonNode.Parse(File.ReadAllText(Path.Combine(dir32, "training_args.json")))!["adapter_precision"]);
+        var either = CliRunner.Run(Args(dir32, [.. run32, "--resume", "latest", "--adapter-precision", "float32"]));
+        Assert.True(either.ExitCode == 0, either.ToString());
+    }
+
+    [Fact]
     public void AResumeDropsAHalfWrittenLastMetricsLineAndRefusesABrokenOneInTheMiddle()
     {
         string dir = TestUtil.TempDir();

@@ -16,7 +16,8 @@ public class TrainerTests
     static readonly string Llama = TestUtil.Fixture("llama-tiny");
     static readonly string Data = TestUtil.Fixture("train", "small.jsonl");
 
-    static AdapterConfig Mola(double aux = 0.001, double dropout = 0.0) => new()
+    /// <summary>A MoLA adapter for llama-tiny's three layers (2, 4, 8 experts; top-k 1, 2, 2; r 4, 4, 8).</summary>
+    internal static AdapterConfig Mola(double aux = 0.001, double dropout = 0.0) => new()
     {
         Kind = AdapterKind.Mola,
         TargetModules = [.. TargetModules.All],

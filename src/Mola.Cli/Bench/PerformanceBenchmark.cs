@@ -40,8 +40,10 @@ public sealed record BenchOptions
     /// <summary>A real model shape (<see cref="ModelShapes.All"/>) for the step and decoding benchmarks, random
     /// weights made in memory; the layer benchmark and its products are then skipped (they do not depend on it).</summary>
     public string? Shape { get; init; }
-    /// <summary>Base-model dtypes of the step and decoding benchmarks, one after the other (adapters stay float32).</summary>
+    /// <summary>Base-model dtypes of the step and decoding benchmarks, one after the other (adapter weights stay float32).</summary>
     public IReadOnlyList<ScalarType> DTypes { get; init; } = [ScalarType.Float32];
+    /// <summary>The adapters' products over a bfloat16/float16 base in the step and decoding benchmarks (as <c>mola train</c>'s).</summary>
+    public AdapterPrecision AdapterPrecision { get; init; } = AdapterPrecision.Mixed;
     public int Warmup { get; init; } = 2;
     public int Rounds { get; init; } = 7;
     public int StepRounds { get; init; } = 5;
@@ -399,6 +401,7 @@ public static class PerformanceBenchmark
         mola.DetachFromBase();
         foreach (var adapter in new[] { lora, mola })
         {
+            adapter.SetPrecision(o.AdapterPrecision);
             using var _ = no_grad();
             foreach (var p in adapter.parameters().Where(p => p.abs().max().item<float>() == 0))
                 p.copy_(randn_like(p) * 0.01);   // B: make the adapters' outputs count, as after training

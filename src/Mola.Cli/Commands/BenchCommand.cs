@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using Mola.Adapters;
 using Mola.Cli.Bench;
 
 namespace Mola.Cli.Commands;
@@ -47,6 +48,13 @@ public static class BenchCommand
         {
             Description = "Base-model dtypes of the step and decoding benchmarks, comma-separated (default float32; with --shape float32,bfloat16)",
         };
+        var adapterPrecision = new Option<string>("--adapter-precision")
+        {
+            Description = "The adapters' products over a bfloat16/float16 base in the step and decoding benchmarks, as mola train's: mixed " +
+                "(in the base dtype) or float32",
+            DefaultValueFactory = _ => AdapterPrecision.Mixed.Name(),
+        };
+        adapterPrecision.AcceptOnlyFromAmong(AdapterPrecision.Mixed.Name(), AdapterPrecision.Float32.Name());
         var decodeRounds = new Option<int?>("--decode-rounds") { Description = $"Timed rounds of decoding and prefill, the variants alternating (default {d.DecodeRounds}; 1 under --quick)" };
         var against = new Option<string?>("--against")
         {
@@ -62,7 +70,7 @@ public static class BenchCommand
             "of a small decoder (or of a real shape, --shape) with its FLOP/s over the matmul rate of the same run; the matmul rate; " +
             "decoding speed with the KV cache (base and MoLA; the tokens after the first, the first token timed apart) with its weight bytes read per second over the memory read rate measured in the same rounds (paired); " +
             "prefill speed; with --against llama.cpp, llama.cpp's decoding and prefill of the same weights. Random weights, no checkpoint needed.")
-        { tokens, hidden, experts, topK, rank, dropout, stepLayers, stepHidden, stepTokens, vocab, allocation, rounds, stepRounds, threads, clock, prefill, decodeRounds, against, shape, dtype, tokenizer, text, quick, json };
+        { tokens, hidden, experts, topK, rank, dropout, stepLayers, stepHidden, stepTokens, vocab, allocation, rounds, stepRounds, threads, clock, prefill, decodeRounds, against, shape, dtype, adapterPrecision, tokenizer, text, quick, json };
 
         cmd.SetAction(p => Cli.Run(p, json, o =>
         {
@@ -90,6 +98,7 @@ public static class BenchCommand
                 DTypes = p.GetValue(dtype) is string list
                     ? [.. list.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(Mola.Platform.TorchNames.ParseDType)]
                     : b.DTypes,
+                AdapterPrecision = AdapterPrecisions.Parse(p.GetValue(adapterPrecision)!, "--adapter-precision"),
                 Clock = p.GetValue(clock) switch
                 {
                     "wall" => Clock.Wall,
@@ -113,6 +122,7 @@ public static class BenchCommand
                 runs = r.Runs.Select(run => new
                 {
                     dtype = PerformanceBenchmark.DTypeName(run.DType),
+                    adapter_precision = b.AdapterPrecision.Effective(run.DType).Name(),
                     matmul_gflops = run.MatmulGflops,
                     step = new
                     {

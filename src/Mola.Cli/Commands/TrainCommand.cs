@@ -88,6 +88,15 @@ public static class TrainCommand
         };
         var seed = new Option<int>("--seed") { Description = "Seed of initialisation, shuffling, split and dropout: the same seed gives the same run", DefaultValueFactory = _ => Paper.Training.Seed };
         var dtype = Cli.DTypeOption();
+        var adapterPrecision = new Option<string>("--adapter-precision")
+        {
+            Description = "How the adapter computes over a bfloat16/float16 base: mixed (the router, A and B products in the base dtype, " +
+                "as autocast gives the paper's fp16 training, with float32 parameters, gradients and optimizer state and the router's softmax " +
+                "in float32) or float32 (every adapter product in float32 on a float32 copy of its input: slower, the rounding of the " +
+                "earlier versions). Over a float32 base both are float32",
+            DefaultValueFactory = _ => AdapterPrecision.Mixed.Name(),
+        };
+        adapterPrecision.AcceptOnlyFromAmong(AdapterPrecision.Mixed.Name(), AdapterPrecision.Float32.Name());
         var device = Cli.DeviceOption();
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace a previous run in --output: it is kept aside until this run finishes and comes back if this one fails" };
         var json = Cli.JsonOption();
@@ -102,7 +111,7 @@ public static class TrainCommand
         {
             baseModel, data, output, template, kind, experts, topK, rank, alpha, dropout, targets, auxCoef, lr, warmup, epochs,
             maxSteps, batch, micro, cutoff, valSize, trainOnInputs, addEos, groupByLength, saveSteps, saveLimit, evalSteps, skipMemoryCheck,
-            resume, init, pissaIterations, initAdapter, checkpointing, seed, dtype, device, overwrite, reportTo, json,
+            resume, init, pissaIterations, initAdapter, checkpointing, seed, dtype, adapterPrecision, device, overwrite, reportTo, json,
         };
         foreach (var opt in allocation.All) cmd.Options.Add(opt);
 
@@ -180,7 +189,12 @@ public static class TrainCommand
                 if (clash is not null)
                     throw new MolaException($"{clash.Name} cannot be combined with --init-adapter: the adapter's own experts, top-k, rank, targets and init are used");
             }
-            run = run with { DType = Cli.DType(p, dtype), Device = Cli.Device(p, device) };
+            run = run with
+            {
+                DType = Cli.DType(p, dtype),
+                Device = Cli.Device(p, device),
+                AdapterPrecision = AdapterPrecisions.Parse(p.GetValue(adapterPrecision)!, "--adapter-precision"),
+            };
 
             EvalResult? before = null, after = null;
             var testRecords = embedded ? InstructionRecord.Load(DefaultRun.TestData) : null;

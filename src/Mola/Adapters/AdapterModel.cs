@@ -174,6 +174,12 @@ public sealed class AdapterModel : nn.Module
         foreach (var routed in _routed) routed.UseLoopPath = on;
     }
 
+    /// <summary>How every adapted module's products compute over a bfloat16/float16 base (mixed, the default, or float32).</summary>
+    public void SetPrecision(AdapterPrecision precision)
+    {
+        foreach (var (_, _, _, module) in _modules) module.Precision = precision;
+    }
+
     /// <summary>Sets (or clears) the routing statistics hook on every MoLA layer.</summary>
     public void SetRoutingObserver(IRoutingObserver? observer)
     {

@@ -16,4 +16,7 @@ public interface IAdapterLayer : ILinearAdapter
 
     /// <summary>Undoes <see cref="Merge"/>; nothing to do when it was never merged.</summary>
     void Unmerge(Linear baseLayer);
+
+    /// <summary>How its products compute over a bfloat16/float16 base (<see cref="AdapterPrecision"/>); mixed by default.</summary>
+    AdapterPrecision Precision { get; set; }
 }

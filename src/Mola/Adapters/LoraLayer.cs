@@ -5,7 +5,8 @@ using static TorchSharp.torch;
 namespace Mola.Adapters;
 
 /// <summary>Plain LoRA (the paper's baseline): <c>y = W x + (alpha / r) B A dropout(x)</c>, A [r, in]
-/// Kaiming-uniform, B [out, r] zero, in float32. Mergeable into the base weight for inference.</summary>
+/// Kaiming-uniform, B [out, r] zero, in float32 (over a bfloat16/float16 base the products run in the base dtype by
+/// default, <see cref="AdapterPrecision"/>). Mergeable into the base weight for inference.</summary>
 public sealed class LoraLayer : nn.Module<Tensor, Tensor>, IAdapterLayer
 {
     public Parameter lora_A;   // [r, in]
@@ -18,6 +19,7 @@ public sealed class LoraLayer : nn.Module<Tensor, Tensor>, IAdapterLayer
     public double DropoutP { get; }
     /// <summary>True while B A is folded into the base weight (the adapter then adds nothing itself).</summary>
     public bool Merged { get; private set; }
+    public AdapterPrecision Precision { get; set; }
 
     public LoraLayer(int layer, string module, int inFeatures, int outFeatures, int rank, double alpha, double dropout, Device device)
         : base($"{layer}_{module}")
@@ -46,16 +48,19 @@ public sealed class LoraLayer : nn.Module<Tensor, Tensor>, IAdapterLayer
         using var scope = NewDisposeScope();
         // Flat [N, in] rows: a 3-D matmul against the thin A takes a much slower backward (bench/NOTES.md).
         var x2 = x.reshape(-1, lora_A.shape[1]);
-        var xf = SharedInputCast.Float32Rows(x, lora_A.shape[1]);
-        if (DropoutP > 0 && training) xf = nn.functional.dropout(xf, DropoutP, training: true);
-        var h = xf.mm(lora_A.t());                                           // [N, r]
+        var xa = Precision.ProductRows(x, lora_A.shape[1]);                 // float32, or the base's rows (mixed)
+        if (DropoutP > 0 && training) xa = nn.functional.dropout(xa, DropoutP, training: true);
+        var h = xa.mm(lora_A.In(xa.dtype).t());                              // [N, r]
         // As in MolaLayer: B^T contiguous when training on more tokens than B^T has rows, so that its
         // gradient comes as h^T g (the g^T h of a transposed view is an order of magnitude slower at r = 8).
-        var bT = TrainingLayout.BackwardFollows && h.shape[0] > Rank ? lora_B.t().contiguous() : lora_B.t();
+        // (In bfloat16 the copy costs more than it wins, as in MolaLayer.)
+        var bT = TrainingLayout.BackwardFollows && h.shape[0] > Rank && h.dtype == ScalarType.Float32 ? lora_B.t().contiguous() : lora_B.In(h.dtype).t();
         var y = baseLayer.Base(x2);
         // y += scaling * h B^T in place, one product accumulating into the base output.
         if (y.dtype == ScalarType.Float32)
             y.addmm_(h, bT, beta: 1, alpha: (float)Scaling);
+        else if (h.dtype == y.dtype)
+            y.add_(h.mul(Scaling).mm(bT));   // mixed: the scale on the [N, r] product, not a pass over [N, out]
         else
             y.add_(h.mm(bT).mul_(Scaling).to(y.dtype));
         return y.view(x.shape.SkipLast(1).Append(lora_B.shape[0]).ToArray()).MoveToOuterDisposeScope();

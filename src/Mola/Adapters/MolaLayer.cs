@@ -10,7 +10,8 @@ namespace Mola.Adapters;
 /// A mixture of LoRA experts around one frozen linear map (MoLA):
 /// <c>y = W x + sum over e in TopK(p) of w_e * (alpha / r) * B_e A_e dropout(x)</c>,
 /// <c>p = softmax(W_router x)</c> in float32 on the input before dropout, <c>w</c> = the top-k of
-/// <c>p</c> renormalised to sum 1. Adapter weights are float32 whatever the base dtype.
+/// <c>p</c> renormalised to sum 1. Adapter weights are float32 whatever the base dtype; over a bfloat16/float16 base
+/// the batched path's products run in the base dtype by default (<see cref="AdapterPrecision"/>).
 /// Parameters are stored stacked: <c>lora_A</c> [E*r, in] (expert e = rows e*r..(e+1)*r) and
 /// <c>lora_B</c> [out, E*r], so the fast path is three matrix products for all experts.
 /// </summary>
@@ -38,6 +39,10 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer
 
     /// <summary>Routing statistics hook; null (the default) costs nothing.</summary>
     public IRoutingObserver? Observer { get; set; }
+
+    /// <summary>The batched path's product dtype over a bfloat16/float16 base; the loop port and
+    /// <see cref="OneToken"/> compute in float32 either way.</summary>
+    public AdapterPrecision Precision { get; set; }
 
     public MolaLayer(int layer, string module, int inFeatures, int outFeatures, int experts, int topK, int rank, double alpha, double dropout, Device device)
         : base($"{layer}_{module}")
@@ -99,8 +104,10 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer
     {
         using var scope = NewDisposeScope();
         var x2 = x.reshape(-1, InFeatures);
-        var xf = SharedInputCast.Float32Rows(x, InFeatures);   // q, k, v (gate, up) share one float32 copy
-        var y = UseLoopPath ? LoopForward(x, xf, baseLayer) : OneTokenApplies(xf) ? OneToken(x2, xf, baseLayer) : FastForward(x2, xf, baseLayer);
+        // q, k, v (gate, up) share one float32 copy of their input where the products need one.
+        var y = UseLoopPath ? LoopForward(x, SharedInputCast.Float32Rows(x, InFeatures), baseLayer)
+            : OneTokenApplies(x2) ? OneToken(x2, SharedInputCast.Float32Rows(x, InFeatures), baseLayer)
+            : FastForward(x2, Precision.ProductRows(x, InFeatures), baseLayer);
         return y.view(x.shape.SkipLast(1).Append(OutFeatures).ToArray()).MoveToOuterDisposeScope();
     }
 
@@ -133,13 +140,16 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer
     /// product accumulating in place into the base output (the scale rides on the product's alpha):
     /// no pass over the [N, out] output beyond the base layer's own, forward or backward. Exact because
     /// an unselected expert's gate is 0. bench/NOTES.md records what each part of this design gained.
+    /// The products run in <paramref name="xa"/>'s dtype: float32, or the base's under mixed precision (the
+    /// weights cast per call; logits, softmax and gate in float32 either way).
     /// Deviation from the original on purpose: one dropout mask per token is shared by its experts
     /// (the loop draws one per expert); the expectation is the same and with dropout off the two
     /// paths are equal (tested).
     /// </summary>
-    Tensor FastForward(Tensor x2, Tensor xf, Models.Linear baseLayer)
+    Tensor FastForward(Tensor x2, Tensor xa, Models.Linear baseLayer)
     {
-        long N = xf.shape[0], ranks = (long)NumExperts * Rank;
+        long N = xa.shape[0], ranks = (long)NumExperts * Rank;
+        var type = xa.dtype;
         // Copying the small weights into the layouts the products want costs a pass over them: worth it
         // when the tokens outnumber their rows and a backward pass follows (training), not in decoding.
         bool relayout = Relayout ?? (TrainingLayout.BackwardFollows && N > NumExperts + ranks);
@@ -148,39 +158,41 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer
         if (relayout && !dropout)
         {
             // Router and experts read the same input: one product [N, E + E*r] reads it once, forward and backward.
-            var both = xf.mm(torch.cat([router, lora_A], 0).t());
-            logits = both.narrow(1, 0, NumExperts).contiguous();   // softmax over a strided view is ~10x slower
+            var both = xa.mm(torch.cat([router, lora_A], 0).In(type).t());
+            logits = both.narrow(1, 0, NumExperts).contiguous().to(ScalarType.Float32);   // softmax over a strided view is ~10x slower
             h = both.narrow(1, NumExperts, ranks);
         }
         else
         {
-            logits = xf.mm(router.t());                                                  // [N, E]
-            h = Dropout(xf).mm(lora_A.t());                                              // [N, E*r]
+            logits = xa.mm(router.In(type).t()).to(ScalarType.Float32);                   // [N, E]
+            h = Dropout(xa).mm(lora_A.In(type).t());                                       // [N, E*r]
         }
         var (topW, topI) = Route(logits, asOriginal: false);
         // Below float32 the adapter's output is cast, not accumulated by addmm_, so the scale rides on the [N, E]
         // gate instead of a pass over [N, out] forward and backward (exact when alpha / r is a power of two, as
         // the default 16 / 8; bench/NOTES.md).
         bool scaleInGate = x2.dtype != ScalarType.Float32;
-        var gate = torch.zeros(N, NumExperts, ScalarType.Float32, xf.device).scatter(1, topI, scaleInGate ? topW * Scaling : topW);
-        h = (h.view(N, NumExperts, Rank) * gate.unsqueeze(-1)).view(N, ranks);
-        // B^T made contiguous: its gradient then comes as h^T g, several times faster than the g^T h
-        // that a transposed view of B gets from autograd.
-        var bT = relayout ? lora_B.t().contiguous() : lora_B.t();
+        var gate = torch.zeros(N, NumExperts, ScalarType.Float32, xa.device).scatter(1, topI, scaleInGate ? topW * Scaling : topW);
+        // The gating in float32 (a bfloat16 h times the float32 gate promotes), rounded once into the products' dtype.
+        h = (h.view(N, NumExperts, Rank) * gate.unsqueeze(-1)).view(N, ranks).In(type);
+        // In float32, B^T made contiguous: its gradient then comes as h^T g, several times faster than the g^T h
+        // that a transposed view of B gets from autograd. In bfloat16 both products run at one rate and the copy and
+        // its backward cost more than they win (at 2048 x 5632, 2.0 ms against 3.0 a module; bench/NOTES.md).
+        var bT = relayout && type == ScalarType.Float32 ? lora_B.t().contiguous() : lora_B.In(type).t();
         var y = baseLayer.Base(x2);                                                       // [N, out]
         // The base output is not saved by its own backward, so updating it in place is safe for autograd.
         if (y.dtype == ScalarType.Float32)
             y.addmm_(h, bT, beta: 1, alpha: (float)Scaling);
         else
-            y.add_(h.mm(bT).to(y.dtype));   // adapter in float32 (scaled by the gate), added in the base dtype
+            y.add_(h.mm(bT).In(y.dtype));   // scaled by the gate; in float32 then rounded, or in the base dtype (mixed)
         return y;
     }
 
     /// <summary>Whether <see cref="OneToken"/> computes this call: one row, no autograd, no dropout, no routing observer,
     /// contiguous float32 weights on the CPU.</summary>
-    bool OneTokenApplies(Tensor xf) =>
-        xf.shape[0] == 1 && !is_grad_enabled() && !(DropoutP > 0 && training) && Observer is null
-        && Vector256.IsHardwareAccelerated && xf.device_type == DeviceType.CPU
+    bool OneTokenApplies(Tensor x2) =>
+        x2.shape[0] == 1 && !is_grad_enabled() && !(DropoutP > 0 && training) && Observer is null
+        && Vector256.IsHardwareAccelerated && x2.device_type == DeviceType.CPU
         && router.is_contiguous() && lora_A.is_contiguous() && lora_B.is_contiguous();
 
     /// <summary>

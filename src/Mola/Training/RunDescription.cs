@@ -31,6 +31,8 @@ public sealed record RunDescription
     /// <summary>Replace a run already in <see cref="Output"/> (kept aside until this one finishes).</summary>
     public bool Overwrite { get; init; }
     public ScalarType DType { get; init; } = ScalarType.Float32;
+    /// <summary>The adapter's products over a bfloat16/float16 base (<see cref="Adapters.AdapterPrecision"/>).</summary>
+    public AdapterPrecision AdapterPrecision { get; init; } = AdapterPrecision.Mixed;
     public Device? Device { get; init; }
     /// <summary>Also report metrics to TensorBoard (event files under <c>OUTPUT/tensorboard/</c>).</summary>
     public bool TensorBoard { get; init; }
@@ -67,6 +69,8 @@ public sealed record RunDescription
             ["target_modules"] = new JsonArray(adapter.TargetModules.Select(x => (JsonNode)x!).ToArray()),
             ["aux_loss_coef"] = adapter.AuxLossCoef,
             ["init"] = adapter.Pissa ? "pissa" : "lora",
+            // What the adapter computed: over a float32 base mixed is float32, so a resume may give either.
+            ["adapter_precision"] = AdapterPrecision.Effective(DType).Name(),
             ["pissa_iterations"] = adapter.PissaIterations,
             ["learning_rate"] = o.LearningRate,
             ["warmup_steps"] = o.WarmupSteps,
@@ -110,6 +114,11 @@ public sealed record RunDescription
         if (AdapterTraining.Any(Differs))
             throw new MolaException($"{dir}: the checkpoint's top-k, alpha, dropout or aux-loss coefficient differs from this run's " +
                 "(a resumed run continues the same training; start a new run instead of resuming)");
+        // A record from before the setting existed: its adapter computed in float32, whatever the base dtype.
+        string savedPrecision = saved["adapter_precision"]?.GetValue<string>() ?? AdapterPrecision.Float32.Name();
+        if (now["adapter_precision"]?.GetValue<string>() is string nowPrecision && nowPrecision != savedPrecision)
+            throw new MolaException(n => $"{dir}: the checkpoint was trained with {n("adapter_precision")} {savedPrecision}, this run's is {nowPrecision} " +
+                $"(a resumed run continues the same training: give {n("adapter_precision")} {savedPrecision}, or start a new run)");
         if (Continuation.FirstOrDefault(Differs) is string key)
             throw new MolaException($"{dir}: this run's {key} is {now[key]?.ToJsonString() ?? "unset"}, the checkpoint's {saved[key]?.ToJsonString()} " +
                 "(a resumed run must repeat the interrupted one's batch, data, schedule and seed; start a new run instead of resuming)");

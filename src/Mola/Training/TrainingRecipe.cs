@@ -72,6 +72,7 @@ public sealed class TrainingRecipe(RunDescription run)
             using var model = ModelLoader.Load(r.BaseModel, r.DType, r.Device ?? CPU, Log);
             torch.manual_seed(r.Training.Seed);
             var adapter = r.InitAdapter is string initDir ? AdapterModel.Load(model, initDir) : AdapterModel.Attach(model, adapterConfig);
+            adapter.SetPrecision(r.AdapterPrecision);
             // A new PiSSA run decomposes the base; a resumed one rebuilds the residual from the checkpoint's factors
             // (the experts' weights come from the checkpoint too). An initial adapter brought its own (Load).
             if (adapterConfig.Pissa && r.InitAdapter is null)
