@@ -47,4 +47,28 @@ public class Bf16GemvTests
         Assert.False(Bf16Gemv.Applies(randn(1, 32), randn(16, 32)));                    // float32
         Assert.False(Bf16Gemv.Applies(randn(1, 16).to(ScalarType.BFloat16), w.t()));    // a transposed view
     }
+
+    /// <summary>Products from several threads at once (tests in parallel, a server beside a generator) share the decoding
+    /// team: each caller must still get exactly its own product, whichever threads computed its chunks.</summary>
+    [Fact]
+    public void ConcurrentCallersGetTheirOwnProducts()
+    {
+        torch.manual_seed(11);
+        using var _ = no_grad();
+        var w = Enumerable.Range(0, 4).Select(i => randn(300 + 97 * i, 512).to(ScalarType.BFloat16)).ToArray();
+        var x = Enumerable.Range(0, 4).Select(_ => randn(1, 512).to(ScalarType.BFloat16)).ToArray();
+        var expected = Enumerable.Range(0, 4).Select(i => Bf16Gemv.Linear(x[i], w[i]).to(ScalarType.Float32).data<float>().ToArray()).ToArray();
+        var wrong = new int[4];
+        Parallel.For(0, 4, new ParallelOptions { MaxDegreeOfParallelism = 4 }, i =>
+        {
+            using var __ = no_grad();
+            for (int repeat = 0; repeat < 50; repeat++)
+            {
+                using var y = Bf16Gemv.Linear(x[i], w[i]);
+                using var yf = y.to(ScalarType.Float32);
+                if (!yf.data<float>().ToArray().SequenceEqual(expected[i])) wrong[i]++;
+            }
+        });
+        Assert.Equal(new int[4], wrong);
+    }
 }
