@@ -50,7 +50,7 @@ public static class Bf16Gemv
     }
 
     /// <summary>Where a contiguous CPU tensor's first element lives (its bytes are its native memory, not a copy).</summary>
-    static unsafe nint Address(Tensor t)
+    internal static unsafe nint Address(Tensor t)
     {
         fixed (byte* p = t.bytes) return (nint)p;
     }

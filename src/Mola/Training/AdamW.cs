@@ -163,7 +163,7 @@ public sealed class AdamW : IDisposable
     {
         var k = new FusedConstants((float)(1 - LearningRate * WeightDecay), WeightDecay != 0, (float)Beta1, (float)(1 - Beta1),
             (float)Beta2, (float)(1 - Beta2), (float)Math.Sqrt(bc2), (float)Eps, (float)(-LearningRate / bc1));
-        nint p = Address(_flat), g = Address(_grad), m = Address(_m), v = Address(_v);
+        nint p = Bf16Gemv.Address(_flat), g = Bf16Gemv.Address(_grad), m = Bf16Gemv.Address(_m), v = Bf16Gemv.Address(_v);
         long chunk = ChunkElements;
         int chunks = (int)((total + chunk - 1) / chunk);
         Parallel.For(0, chunks, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, get_num_threads()) },
@@ -196,11 +196,6 @@ public sealed class AdamW : IDisposable
             v[i] = MathF.FusedMultiplyAdd(k.A2 * g[i], g[i], v[i] * k.B2);
             p[i] = MathF.FusedMultiplyAdd(k.Step, m[i] / (MathF.Sqrt(v[i]) / k.RootBc2 + k.Eps), pi);
         }
-    }
-
-    static unsafe nint Address(Tensor t)
-    {
-        fixed (byte* b = t.bytes) return (nint)b;
     }
 
     /// <summary>Scales gradients so their global L2 norm is at most <paramref name="maxNorm"/> (as
