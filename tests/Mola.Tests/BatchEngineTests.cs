@@ -166,4 +166,20 @@ public class BatchEngineTests
         Assert.Equal("model", Assert.Throws<InvalidRequestException>(() => engine.FindModel("gpt-4")).Param);
         Assert.Equal(-1, engine.FindModel("llama-tiny"));
     }
+
+    [Fact]
+    public void AfterStepIsCalledOncePerStepWithTheStepsTaken()
+    {
+        using var model = ModelLoader.Load(Llama);
+        var steps = new List<int>();
+        var tokens = TextGenerator.Generate(model, [[1, 5, 9]], new GenerationOptions { MaxNewTokens = 6 }, eosId: -1, afterStep: steps.Add);
+        Assert.Equal(6, tokens[0].Count);
+        Assert.Equal([1, 2, 3, 4, 5, 6], steps);
+        // An EOS ends the generation: the step that produced it is the last one reported.
+        int eos = tokens[0][2];
+        steps.Clear();
+        var stopped = TextGenerator.Generate(model, [[1, 5, 9]], new GenerationOptions { MaxNewTokens = 6 }, eosId: eos, afterStep: steps.Add);
+        Assert.Equal(tokens[0].TakeWhile(t => t != eos), stopped[0]);
+        Assert.Equal(Enumerable.Range(1, stopped[0].Count + 1), steps);
+    }
 }

@@ -64,7 +64,8 @@ public sealed class LlamaCppRun : IDisposable
 
     /// <summary>What <see cref="Mola.Generation.TextGenerator"/> does for one prompt: the prompt in one call, then
     /// one token at a time, each the argmax of the last logits, <paramref name="newTokens"/> in all (returned).</summary>
-    public List<int> Generate(IReadOnlyList<int> prompt, int newTokens)
+    /// <param name="afterStep">Called after each step with the number of tokens generated, as <c>TextGenerator.Generate</c> does.</param>
+    public List<int> Generate(IReadOnlyList<int> prompt, int newTokens, Action<int>? afterStep = null)
     {
         var generated = new List<int>();
         _context.NativeHandle.MemoryClear();
@@ -76,6 +77,7 @@ public sealed class LlamaCppRun : IDisposable
             Decode(batch);
             int next = Argmax(_context.NativeHandle.GetLogitsIth(batch.TokenCount - 1));
             generated.Add(next);
+            afterStep?.Invoke(step + 1);
             batch.Clear();
             batch.Add(next, position++, LLamaSeqId.Zero, true);
         }

@@ -466,11 +466,22 @@ public static class PerformanceBenchmark
         var prompt = Enumerable.Range(0, o.PromptTokens).Select(i => 3 + i % (config.VocabSize - 3)).ToList();
         // EOS -1 never comes, so every run generates exactly the number of tokens asked for.
         var options = new GenerationOptions { MaxNewTokens = o.GenerateTokens };
-        Action Generate(AdapterModel? adapter, int tokens) => () =>
+        // Each generation also notes when its first token came (the prompt's prefill and one step): decoding is the
+        // tokens after it, as llama.cpp reports "eval" apart from "prompt eval". The prompt's prefill runs matrix
+        // products, not the one-row products decoding is made of (a 16-token prompt took 4.5 decode steps here), so
+        // counted in, it blurred what decoding reads per second.
+        var firstTokens = new Dictionary<string, List<double>>();
+        Action Timed(string name, Action<Action<int>> generate) => () =>
+        {
+            var list = firstTokens.TryGetValue(name, out var l) ? l : firstTokens[name] = [];
+            var start = Timing.Now(o.Clock);
+            generate(step => { if (step == 1) list.Add(Timing.Now(o.Clock) - start); });
+        };
+        Action Generate(AdapterModel? adapter) => Timed(adapter is null ? "base" : "mola", afterStep =>
         {
             Use(adapter);
-            TextGenerator.Generate(model, [prompt], options with { MaxNewTokens = tokens }, eosId: -1);
-        };
+            TextGenerator.Generate(model, [prompt], options, eosId: -1, afterStep: afterStep);
+        });
         Use(mola);
         TextGenerator.Generate(model, [prompt], options with { MaxNewTokens = Math.Min(4, o.GenerateTokens) }, eosId: -1);
         Use(null);
@@ -478,16 +489,7 @@ public static class PerformanceBenchmark
         var prefillIds = randint(config.VocabSize, [1, o.PrefillTokens], dtype: ScalarType.Int64);
         var prefillList = prefillIds.data<long>().Select(t => (int)t).ToList();
         using var readBuffer = ones(ReadElements);
-        // Each generator twice a round: the prompt and its first token, then the prompt and all the tokens. Decoding is
-        // their difference, the tokens after the first (as llama.cpp reports "eval" apart from "prompt eval"): the
-        // prompt's prefill runs matrix products, not the one-row products decoding is made of (a 16-token prompt took
-        // 4.5 decode steps here), so counted in it, it blurred what decoding reads per second.
-        List<(string, Action)> decoders =
-        [
-            ("base first", Generate(null, 1)), ("base", Generate(null, o.GenerateTokens)),
-            ("mola first", Generate(mola, 1)), ("mola", Generate(mola, o.GenerateTokens)),
-            ("read", ReadAll(readBuffer)),
-        ];
+        List<(string, Action)> decoders = [("base", Generate(null)), ("mola", Generate(mola)), ("read", ReadAll(readBuffer))];
         List<(string, Action)> prefillers =
         [
             ("prefill", () =>
@@ -500,15 +502,14 @@ public static class PerformanceBenchmark
         ];
         if (llama is not null)
         {
-            decoders.Add(("llama.cpp first", () => llama.Generate(prompt, 1)));
-            decoders.Add(("llama.cpp", () => llama.Generate(prompt, o.GenerateTokens)));
+            decoders.Add(("llama.cpp", Timed("llama.cpp", afterStep => llama.Generate(prompt, o.GenerateTokens, afterStep))));
             prefillers.Add(("llama.cpp prefill", () => llama.Prefill(prefillList)));
             llama.Generate(prompt, Math.Min(4, o.GenerateTokens));   // warm-up, as mola's above
         }
         var gen = Timing.Interleaved(decoders, 0, o.DecodeRounds, o.Clock).ToDictionary(t => t.Name);
-        // Tokens/s after the first token, one figure per round.
-        List<double> Rates(string name) => gen[name].Milliseconds.Zip(gen[name + " first"].Milliseconds,
-            (all, first) => (o.GenerateTokens - 1) / ((all - first) / 1000)).ToList();
+        // Tokens/s after the first token, one figure per round (the same clock's readings: never negative).
+        List<double> Rates(string name) => gen[name].Milliseconds.Zip(firstTokens[name],
+            (all, first) => (o.GenerateTokens - 1) / (Math.Max(all - first, 1e-6) / 1000)).ToList();
         var baseRates = Rates("base");
         var molaRates = Rates("mola");
         var reads = gen["read"].Milliseconds;
@@ -523,7 +524,7 @@ public static class PerformanceBenchmark
             var rival = Rates("llama.cpp");
             against = new RivalTimes(o.Against!, LlamaCppRun.GgufType, Timing.Median(rival), o.PrefillTokens / (prefills[1].Median / 1000),
                 Timing.Median(baseRates.Zip(rival, (m, l) => m / l).ToList()), Timing.PairedRatio(prefills[1], prefills[0]),
-                gen["llama.cpp first"].Median);
+                Timing.Median(firstTokens["llama.cpp"]));
             ratios["decode_mola_over_llama_cpp"] = against.DecodeRatio;
             ratios["prefill_mola_over_llama_cpp"] = against.PrefillRatio;
         }
@@ -535,7 +536,7 @@ public static class PerformanceBenchmark
             (rate, read) => bytes * rate / (4.0 * ReadElements / (read / 1000))).ToList());
         var decode = new DecodeTimes(Timing.Median(baseRates), Timing.Median(molaRates),
             baseBytes, molaBytes, ReadGBs(gen["read"].Median), o.PrefillTokens / (prefill.Median / 1000),
-            Share(baseRates, baseBytes), Share(molaRates, molaBytes), gen["base first"].Median, gen["mola first"].Median);
+            Share(baseRates, baseBytes), Share(molaRates, molaBytes), Timing.Median(firstTokens["base"]), Timing.Median(firstTokens["mola"]));
         return new ModelRun(dtype, matmulGflops, step, decode, ratios, against);
     }
 

@@ -42,16 +42,15 @@ public static class Timing
     /// <summary>Milliseconds one run of <paramref name="run"/> takes on <paramref name="clock"/>.</summary>
     public static double Measure(Action run, Clock clock)
     {
-        if (clock == Clock.Wall)
-        {
-            var watch = Stopwatch.StartNew();
-            run();
-            return watch.Elapsed.TotalMilliseconds;
-        }
-        var before = Process.GetCurrentProcess().TotalProcessorTime;
+        double before = Now(clock);
         run();
-        return (Process.GetCurrentProcess().TotalProcessorTime - before).TotalMilliseconds;
+        return Now(clock) - before;
     }
+
+    /// <summary>A reading of <paramref name="clock"/> in milliseconds (differences of readings are what count).</summary>
+    public static double Now(Clock clock) => clock == Clock.Wall
+        ? Stopwatch.GetTimestamp() * 1000.0 / Stopwatch.Frequency
+        : Process.GetCurrentProcess().TotalProcessorTime.TotalMilliseconds;
 
     public static double Median(IReadOnlyList<double> values)
     {

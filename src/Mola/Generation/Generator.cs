@@ -42,8 +42,11 @@ public sealed record GenerationOptions
 /// </summary>
 public static class TextGenerator
 {
+    /// <param name="afterStep">Called after each decoding step with the number of steps taken (1 after the prompt's
+    /// prefill and first token): progress, or timing the tokens after the first as `mola bench` does.</param>
     /// <returns>The generated token ids of each prompt (EOS not included).</returns>
-    public static List<List<int>> Generate(CausalLM model, IReadOnlyList<List<int>> prompts, GenerationOptions options, int eosId, int padId = 0)
+    public static List<List<int>> Generate(CausalLM model, IReadOnlyList<List<int>> prompts, GenerationOptions options, int eosId, int padId = 0,
+        Action<int>? afterStep = null)
     {
         options.Validate();
         if (prompts.Count == 0) return [];
@@ -75,6 +78,7 @@ public static class TextGenerator
                     if (nextIds[b] == eosId) done[b] = true;
                     else generated[b].Add((int)nextIds[b]);
                 }
+                afterStep?.Invoke(step + 1);
                 if (done.All(d => d)) break;
                 // Finished rows keep stepping with a masked pad token, so the batch stays rectangular.
                 var stepIds = tensor(nextIds.Select((t, b) => done[b] ? padId : t).ToArray(), [B, 1], device: device);
