@@ -531,9 +531,8 @@ public static class PerformanceBenchmark
 
         long baseBytes = ModelFlop.LinearWeights(config) * ParameterCount.BytesPerElement(dtype);
         long molaBytes = baseBytes + 4 * Count(mola);
-        // Bytes per second over the read rate, both in one round: bytes x tokens/s over 4 x elements / t_read.
-        double Share(List<double> rates, long bytes) => Timing.Median(rates.Zip(reads,
-            (rate, read) => bytes * rate / (4.0 * ReadElements / (read / 1000))).ToList());
+        // Bytes per second over the read rate, both in one round.
+        double Share(List<double> rates, long bytes) => Timing.Median(rates.Zip(reads, (rate, read) => bytes * rate / (ReadGBs(read) * 1e9)).ToList());
         var decode = new DecodeTimes(Timing.Median(baseRates), Timing.Median(molaRates),
             baseBytes, molaBytes, ReadGBs(gen["read"].Median), o.PrefillTokens / (prefill.Median / 1000),
             Share(baseRates, baseBytes), Share(molaRates, molaBytes), Timing.Median(firstTokens["base"]), Timing.Median(firstTokens["mola"]));

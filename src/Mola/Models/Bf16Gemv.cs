@@ -58,15 +58,14 @@ public static class Bf16Gemv
     /// <summary>Rows of W per chunk: 64 KiB to 256 KiB of weights, enough to amortise taking one, small enough to share out.</summary>
     const long ChunkRows = 32;
 
-    /// <summary>Outputs in chunks of <see cref="ChunkRows"/> (a multiple of <paramref name="multiple"/>) shared out by
+    /// <summary>Outputs in chunks of <see cref="ChunkRows"/> shared out by
     /// <see cref="DecodeTeam"/> over libtorch's thread count. Measured (bench/NOTES.md): with one block per pool thread
     /// the caller waited for threads still waking (two threads read 21 GB/s where the kernel reads 28 back to back);
     /// with chunks from the .NET pool the caller took ~90% of them; the team's spinning helper is 0-5% faster still.</summary>
-    static void Split(long outF, long multiple, Action<long, long> block)
+    static void Split(long outF, Action<long, long> block)
     {
-        long chunk = (ChunkRows + multiple - 1) / multiple * multiple;
-        int chunks = (int)((outF + chunk - 1) / chunk);
-        DecodeTeam.Run(chunks, Math.Max(1, get_num_threads()), c => block(c * chunk, Math.Min(outF, (c + 1) * chunk)));
+        int chunks = (int)((outF + ChunkRows - 1) / ChunkRows);
+        DecodeTeam.Run(chunks, Math.Max(1, get_num_threads()), c => block(c * ChunkRows, Math.Min(outF, (c + 1) * ChunkRows)));
     }
 
     /// <summary>
@@ -93,7 +92,7 @@ public static class Bf16Gemv
             for (long i = 2 * pairs; i < inF; i++) tail[i - 2 * pairs] = Widen(x[i]);
             var w = (ushort*)wPtr;
             var y = (ushort*)yPtr;
-            Split(outF, 1, (from, to) => PairsBlock(w, even, odd, tail, y, inF, pairs, from, to));
+            Split(outF, (from, to) => PairsBlock(w, even, odd, tail, y, inF, pairs, from, to));
         }
         finally
         {
@@ -143,7 +142,7 @@ public static class Bf16Gemv
 
     /// <summary>y[t, o] = sum_i W[o, i] x[t, i] with 256-bit vectors (machines without 512-bit ones), float32 in and out.</summary>
     static void Multiply(nint w, nint x, nint y, int rows, long inF, long outF) =>
-        Split(outF, 1, (from, to) => Block(w, x, y, rows, inF, outF, from, to));
+        Split(outF, (from, to) => Block(w, x, y, rows, inF, outF, from, to));
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static unsafe void Block(nint wPtr, nint xPtr, nint yPtr, int rows, long inF, long outF, long from, long to)
