@@ -37,6 +37,10 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer
     /// <summary>Where this layer's router logits [N, E] go during a forward pass (for the balance loss); null: nowhere.</summary>
     public Action<IRoutedLayer, Tensor>? RouterLogitsSink { get; set; }
 
+    /// <summary>The layers of the same decoder layer that read this one's input (q, k, v; gate, up), routed as one in
+    /// training; null: this layer routes alone.</summary>
+    public MolaSiblings? Siblings { get; set; }
+
     /// <summary>Routing statistics hook; null (the default) costs nothing.</summary>
     public IRoutingObserver? Observer { get; set; }
 
@@ -107,7 +111,7 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer
         // q, k, v (gate, up) share one float32 copy of their input where the products need one.
         var y = UseLoopPath ? LoopForward(x, SharedInputCast.Float32Rows(x, InFeatures), baseLayer)
             : OneTokenApplies(x2) ? OneToken(x2, SharedInputCast.Float32Rows(x, InFeatures), baseLayer)
-            : FastForward(x2, Precision.ProductRows(x, InFeatures), baseLayer);
+            : FastForward(x2, Precision.ProductRows(x, InFeatures), baseLayer, x);
         return y.view(x.shape.SkipLast(1).Append(OutFeatures).ToArray()).MoveToOuterDisposeScope();
     }
 
@@ -146,16 +150,43 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer
     /// (the loop draws one per expert); the expectation is the same and with dropout off the two
     /// paths are equal (tested).
     /// </summary>
-    Tensor FastForward(Tensor x2, Tensor xa, Models.Linear baseLayer)
+    Tensor FastForward(Tensor x2, Tensor xa, Models.Linear baseLayer, Tensor? input = null)
     {
         long N = xa.shape[0], ranks = (long)NumExperts * Rank;
         var type = xa.dtype;
         // Copying the small weights into the layouts the products want costs a pass over them: worth it
         // when the tokens outnumber their rows and a backward pass follows (training), not in decoding.
         bool relayout = Relayout ?? (TrainingLayout.BackwardFollows && N > NumExperts + ranks);
-        bool dropout = DropoutP > 0 && training;
+        bool merged = relayout && !(DropoutP > 0 && training);
+        // Below float32 the adapter's output is cast, not accumulated by addmm_, so the scale rides on the [N, E]
+        // gate instead of a pass over [N, out] forward and backward (exact when alpha / r is a power of two, as
+        // the default 16 / 8; bench/NOTES.md).
+        bool scaleInGate = x2.dtype != ScalarType.Float32;
+        // q, k and v (gate and up) route as one when they read this same input (MolaSiblings).
+        var h = merged && input is not null && Siblings is { } siblings && siblings.Applies()
+            ? siblings.Gated(this, input, xa, scaleInGate)
+            : Gated(xa, merged, scaleInGate);
+        // In float32, B^T made contiguous: its gradient then comes as h^T g, several times faster than the g^T h
+        // that a transposed view of B gets from autograd. In bfloat16 both products run at one rate and the copy and
+        // its backward cost more than they win (at 2048 x 5632, 2.0 ms against 3.0 a module; bench/NOTES.md).
+        var bT = relayout && type == ScalarType.Float32 ? lora_B.t().contiguous() : lora_B.In(type).t();
+        var y = baseLayer.Base(x2);                                                       // [N, out]
+        // The base output is not saved by its own backward, so updating it in place is safe for autograd.
+        if (y.dtype == ScalarType.Float32)
+            y.addmm_(h, bT, beta: 1, alpha: (float)Scaling);
+        else
+            y.add_(h.mm(bT).In(y.dtype));   // scaled by the gate; in float32 then rounded, or in the base dtype (mixed)
+        return y;
+    }
+
+    /// <summary>This layer's routed ranks [N, E*r] in <paramref name="xa"/>'s dtype: dropout(x) A^T with each expert's
+    /// r columns scaled by its gate (0 for the experts not chosen; times the scale when <paramref name="scaleInGate"/>).</summary>
+    Tensor Gated(Tensor xa, bool merged, bool scaleInGate)
+    {
+        long N = xa.shape[0], ranks = (long)NumExperts * Rank;
+        var type = xa.dtype;
         Tensor logits, h;
-        if (relayout && !dropout)
+        if (merged)
         {
             // Router and experts read the same input: one product [N, E + E*r] reads it once, forward and backward.
             var both = xa.mm(torch.cat([router, lora_A], 0).In(type).t());
@@ -168,24 +199,9 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer
             h = Dropout(xa).mm(lora_A.In(type).t());                                       // [N, E*r]
         }
         var (topW, topI) = Route(logits, asOriginal: false);
-        // Below float32 the adapter's output is cast, not accumulated by addmm_, so the scale rides on the [N, E]
-        // gate instead of a pass over [N, out] forward and backward (exact when alpha / r is a power of two, as
-        // the default 16 / 8; bench/NOTES.md).
-        bool scaleInGate = x2.dtype != ScalarType.Float32;
         var gate = torch.zeros(N, NumExperts, ScalarType.Float32, xa.device).scatter(1, topI, scaleInGate ? topW * Scaling : topW);
         // The gating in float32 (a bfloat16 h times the float32 gate promotes), rounded once into the products' dtype.
-        h = (h.view(N, NumExperts, Rank) * gate.unsqueeze(-1)).view(N, ranks).In(type);
-        // In float32, B^T made contiguous: its gradient then comes as h^T g, several times faster than the g^T h
-        // that a transposed view of B gets from autograd. In bfloat16 both products run at one rate and the copy and
-        // its backward cost more than they win (at 2048 x 5632, 2.0 ms against 3.0 a module; bench/NOTES.md).
-        var bT = relayout && type == ScalarType.Float32 ? lora_B.t().contiguous() : lora_B.In(type).t();
-        var y = baseLayer.Base(x2);                                                       // [N, out]
-        // The base output is not saved by its own backward, so updating it in place is safe for autograd.
-        if (y.dtype == ScalarType.Float32)
-            y.addmm_(h, bT, beta: 1, alpha: (float)Scaling);
-        else
-            y.add_(h.mm(bT).In(y.dtype));   // scaled by the gate; in float32 then rounded, or in the base dtype (mixed)
-        return y;
+        return (h.view(N, NumExperts, Rank) * gate.unsqueeze(-1)).view(N, ranks).In(type);
     }
 
     /// <summary>Whether <see cref="OneToken"/> computes this call: one row, no autograd, no dropout, no routing observer,
