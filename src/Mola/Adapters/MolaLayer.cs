@@ -115,27 +115,34 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer
         return y.view(x.shape.SkipLast(1).Append(OutFeatures).ToArray()).MoveToOuterDisposeScope();
     }
 
-    /// <summary>Softmax in float32, the top-k probabilities renormalised to sum 1; hands the logits to the sink.
-    /// The original's order (softmax over all experts, top-k, divide by their sum) when <paramref name="asOriginal"/>;
-    /// otherwise top-k of the logits and a softmax over those k, the same weights in two operations fewer forward
-    /// and backward (p_e / sum over chosen p = exp(l_e) / sum over chosen exp(l); softmax keeps the order). Deviation
-    /// on purpose, for speed; the fast path and the loop port agree (tested).</summary>
-    (Tensor TopW, Tensor TopI) Route(Tensor logits, bool asOriginal)
+    /// <summary>The original's routing, for the loop port: softmax in float32 over all experts, the top-k, divided by
+    /// their sum; hands the logits to the sink.</summary>
+    (Tensor TopW, Tensor TopI) Route(Tensor logits)
     {
-        Tensor topW, topI;
-        if (asOriginal)
-        {
-            (topW, topI) = nn.functional.softmax(logits, 1).topk(TopK, dim: 1);
-            topW = topW / topW.sum(1, keepdim: true);
-        }
-        else
-        {
-            var (topL, index) = logits.topk(TopK, dim: 1);
-            (topW, topI) = (nn.functional.softmax(topL, 1), index);
-        }
+        var (topW, topI) = nn.functional.softmax(logits, 1).topk(TopK, dim: 1);
+        topW = topW / topW.sum(1, keepdim: true);
         RouterLogitsSink?.Invoke(this, logits);
         Observer?.Add(Layer, Module, topI.detach(), topW.detach(), NumExperts);
         return (topW, topI);
+    }
+
+    /// <summary>
+    /// The dense gate [..., E] of float32 <paramref name="logits"/> [..., E]: over each row's top-k experts the
+    /// renormalised top-k probabilities (times <paramref name="scale"/>), 0 elsewhere. Computed as a softmax over the
+    /// whole row with -inf added outside the top-k: exp(l_e) / sum over chosen exp(l) = p_e / sum over chosen p, the
+    /// original's weights (softmax over all, top-k, divided by their sum) in fewer operations; the -inf entries come out
+    /// exactly 0, and the backward pass is the softmax's alone (the top-k is taken on the detached logits: the choice
+    /// has no gradient), where a top-k, a softmax over k and a scatter each had their own. Deviation on purpose, for
+    /// speed; the fast path and the loop port agree (tested).
+    /// </summary>
+    internal static (Tensor Gate, Tensor TopI) TopKGate(Tensor logits, int topK, double scale)
+    {
+        using var scope = NewDisposeScope();
+        var topI = logits.detach().topk(topK, dim: -1).indexes;
+        var outside = torch.full_like(logits, double.NegativeInfinity).scatter_(-1, topI, torch.zeros_like(topI, ScalarType.Float32));
+        var gate = nn.functional.softmax(logits + outside, -1);
+        if (scale != 1) gate = gate * scale;
+        return (gate.MoveToOuterDisposeScope(), topI.MoveToOuterDisposeScope());
     }
 
     /// <summary>
@@ -189,17 +196,23 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer
         if (merged)
         {
             // Router and experts read the same input: one product [N, E + E*r] reads it once, forward and backward.
-            var both = xa.mm(torch.cat([router, lora_A], 0).In(type).t());
-            logits = both.narrow(1, 0, NumExperts).contiguous().to(ScalarType.Float32);   // softmax over a strided view is ~10x slower
-            h = both.narrow(1, NumExperts, ranks);
+            // split, not two narrows: its backward is one cat, where each narrow's fills a zero [N, E + E*r] tensor.
+            var both = xa.mm(torch.cat([router, lora_A], 0).In(type).t()).split([NumExperts, ranks], 1);
+            logits = both[0].contiguous().to(ScalarType.Float32);   // softmax over a strided view is ~10x slower
+            h = both[1];
         }
         else
         {
             logits = xa.mm(router.In(type).t()).to(ScalarType.Float32);                   // [N, E]
             h = Dropout(xa).mm(lora_A.In(type).t());                                       // [N, E*r]
         }
-        var (topW, topI) = Route(logits, asOriginal: false);
-        var gate = torch.zeros(N, NumExperts, ScalarType.Float32, xa.device).scatter(1, topI, scaleInGate ? topW * Scaling : topW);
+        RouterLogitsSink?.Invoke(this, logits);
+        var (gate, topI) = TopKGate(logits, TopK, scaleInGate ? Scaling : 1);
+        if (Observer is not null)
+        {
+            var topW = gate.gather(1, topI).detach();
+            Observer.Add(Layer, Module, topI, scaleInGate ? topW / Scaling : topW, NumExperts);
+        }
         // The gating in float32 (a bfloat16 h times the float32 gate promotes), rounded once into the products' dtype.
         return (h.view(N, NumExperts, Rank) * gate.unsqueeze(-1)).view(N, ranks).In(type);
     }
@@ -299,7 +312,7 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer
 
     Tensor LoopForward(Tensor x, Tensor xf, Models.Linear baseLayer)
     {
-        var (topW, topI) = Route(xf.mm(router.t()), asOriginal: true);
+        var (topW, topI) = Route(xf.mm(router.t()));
         var result = baseLayer.Base(x);
         return result + LoopExperts(xf, topW, topI).view(result.shape).to(result.dtype);
     }

@@ -85,10 +85,7 @@ public sealed class MolaSiblings
         var weights = cat([.. _members.Select(m => (Tensor)m.router), .. _members.Select(m => (Tensor)m.lora_A)], 0).In(type);
         var parts = xa.mm(weights.t()).split([S * E, S * ranks], 1);
         var logits = parts[0].contiguous().to(ScalarType.Float32).view(N, S, E);    // softmax over a strided view is ~10x slower
-        // As MolaLayer.Route: the top-k of the logits and a softmax over those k (the renormalised top-k probabilities).
-        var (topL, topI) = logits.topk(k, dim: 2);
-        var topW = nn.functional.softmax(topL, 2);
-        var gate = zeros(N, S, E, ScalarType.Float32, xa.device).scatter(2, topI, scaleInGate ? topW * first.Scaling : topW);
+        var (gate, _) = MolaLayer.TopKGate(logits, k, scaleInGate ? first.Scaling : 1);
         var gated = (parts[1].view(N, S, E, r) * gate.unsqueeze(-1)).view(N, S, ranks).In(type);
         // unbind: one backward node (a stack) for all members, where a select per member would each fill zeros.
         var memberLogits = logits.unbind(1);
