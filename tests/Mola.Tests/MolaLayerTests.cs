@@ -376,6 +376,45 @@ public class MolaLayerTests
         for (int i = 0; i < alone.Length; i++) AssertClose(grouped[i], alone[i], 1.0 / 128, $"tensor {i}");
     }
 
+    /// <summary>With dropout on, the group multiplies the routers' product once and each member's experts read its own
+    /// dropout(x), the masks drawn in the members' order: reseeded, it computes what the members compute alone.</summary>
+    [Fact]
+    public void SiblingsWithDropoutEqualEachLayerAloneWithTheSameMasks()
+    {
+        const int inF = 24, E = 4, k = 2, r = 3;
+        int[] outs = [20, 8, 8];
+        torch.manual_seed(23);
+        var layers = outs.Select((o, i) => RandomLayer(1, "q_proj", inF, o, E, k, r, 0.3)).ToArray();
+        var siblings = new MolaSiblings([.. layers.Select(l => l.Layer)]);
+        var x = torch.randn(50, inF);
+
+        Tensor[] Run(bool grouped)
+        {
+            int sunk = 0;
+            foreach (var (_, layer) in layers)
+            {
+                layer.Siblings = grouped ? siblings : null;
+                layer.RouterLogitsSink = (_, _) => sunk++;
+                layer.train();
+                layer.zero_grad();
+            }
+            var xi = x.clone().requires_grad_(true);
+            torch.manual_seed(77);
+            var ys = new Tensor[layers.Length];
+            for (int i = 0; i < layers.Length; i++)
+            {
+                ys[i] = layers[i].Layer.Forward(xi, layers[i].Base);
+                if (i == 0) Assert.Equal(grouped ? 3 : 1, sunk);
+            }
+            ys.Aggregate((Tensor)torch.zeros(1), (sum, y) => sum + y.pow(2).sum()).backward();
+            return [.. ys.Select(y => y.detach()), xi.grad!, .. layers.SelectMany(l => new[] { l.Layer.router.grad!.clone(), l.Layer.lora_A.grad!.clone(), l.Layer.lora_B.grad!.clone() })];
+        }
+
+        var alone = Run(false);
+        var grouped = Run(true);
+        for (int i = 0; i < alone.Length; i++) AssertClose(grouped[i], alone[i], 1e-5, $"tensor {i}");
+    }
+
     [Fact]
     public void AttachGroupsTheModulesThatReadOneInput()
     {

@@ -170,8 +170,8 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer
         // the default 16 / 8; bench/NOTES.md).
         bool scaleInGate = x2.dtype != ScalarType.Float32;
         // q, k and v (gate and up) route as one when they read this same input (MolaSiblings).
-        var h = merged && input is not null && Siblings is { } siblings && siblings.Applies()
-            ? siblings.Gated(this, input, xa, scaleInGate)
+        var h = relayout && input is not null && Siblings is { } siblings && siblings.Applies()
+            ? siblings.Gated(this, input, xa, dropout: !merged, scaleInGate)
             : Gated(xa, merged, scaleInGate);
         // In float32, B^T made contiguous: its gradient then comes as h^T g, several times faster than the g^T h
         // that a transposed view of B gets from autograd. In bfloat16 both products run at one rate and the copy and
@@ -338,5 +338,5 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer
         return final;
     }
 
-    Tensor Dropout(Tensor x) => DropoutP > 0 && training ? nn.functional.dropout(x, DropoutP, training: true) : x;
+    internal Tensor Dropout(Tensor x) => DropoutP > 0 && training ? nn.functional.dropout(x, DropoutP, training: true) : x;
 }
