@@ -198,7 +198,7 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer
             // Router and experts read the same input: one product [N, E + E*r] reads it once, forward and backward.
             // split, not two narrows: its backward is one cat, where each narrow's fills a zero [N, E + E*r] tensor.
             var both = xa.mm(torch.cat([router, lora_A], 0).In(type).t()).split([NumExperts, ranks], 1);
-            logits = both[0].contiguous().to(ScalarType.Float32);   // softmax over a strided view is ~10x slower
+            logits = Float32Logits(both[0]);
             h = both[1];
         }
         else
@@ -216,6 +216,10 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer
         // The gating in float32 (a bfloat16 h times the float32 gate promotes), rounded once into the products' dtype.
         return (h.view(N, NumExperts, Rank) * gate.unsqueeze(-1)).view(N, ranks).In(type);
     }
+
+    /// <summary>A strided view of logits as a contiguous float32 tensor (softmax over a strided view is ~10x slower):
+    /// a copy in float32, and below it the widening cast itself, which writes a contiguous tensor (one pass, not two).</summary>
+    internal static Tensor Float32Logits(Tensor view) => view.dtype == ScalarType.Float32 ? view.contiguous() : view.to(ScalarType.Float32);
 
     /// <summary>Whether <see cref="OneToken"/> computes this call: one row, no autograd, no dropout, no routing observer,
     /// contiguous float32 weights on the CPU.</summary>

@@ -11,7 +11,8 @@ namespace Mola.Adapters;
 /// the A-side products are wider (bench/NOTES.md, session 8). With dropout on, the routers' products are one and
 /// each member's experts read its own dropout(x). The same arithmetic as each member alone (tested).
 /// The first member called with an input computes every member's gated ranks; the others take theirs for that
-/// same input (the same tensor object, as <see cref="SharedInputCast"/> keys its copy).
+/// same input (the same tensor object, as <see cref="SharedInputCast"/> keys its copy). Every member is expected to run
+/// on that input, as a decoder layer runs them: the first call hands all the members' logits to their sinks.
 /// </summary>
 public sealed class MolaSiblings
 {
@@ -97,7 +98,7 @@ public sealed class MolaSiblings
             // as they are when each member routes alone.
             parts = [xa.mm(cat([.. routers], 0).In(type).t()), cat([.. _members.Select(m => m.Dropout(xa).mm(m.lora_A.In(type).t()))], 1)];
         }
-        var logits = parts[0].contiguous().to(ScalarType.Float32).view(N, S, E);    // softmax over a strided view is ~10x slower
+        var logits = MolaLayer.Float32Logits(parts[0]).view(N, S, E);
         var (gate, _) = MolaLayer.TopKGate(logits, k, scaleInGate ? first.Scaling : 1);
         var gated = (parts[1].view(N, S, E, r) * gate.unsqueeze(-1)).view(N, S, ranks).In(type);
         // unbind: one backward node (a stack) for all members, where a select per member would each fill zeros.
