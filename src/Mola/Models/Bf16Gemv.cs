@@ -31,7 +31,7 @@ public static class Bf16Gemv
         && !((is_grad_enabled() && (x.requires_grad || w.requires_grad)));
 
     /// <summary><c>x W^T</c>, x [..., in] and W [out, in] in bfloat16: [..., out] in bfloat16.</summary>
-    public static Tensor Linear(Tensor x, Tensor w)
+    public static unsafe Tensor Linear(Tensor x, Tensor w)
     {
         long inF = w.shape[1], outF = w.shape[0];
         if (Vector512.IsHardwareAccelerated)
@@ -39,7 +39,7 @@ public static class Bf16Gemv
             // x read and y written here, in bfloat16: no float32 copies from libtorch, one allocation per product.
             using var xc = x.contiguous();
             var y = empty([.. x.shape.SkipLast(1), outF], ScalarType.BFloat16);
-            MultiplyPairs(Address(w), Address(xc), Address(y), inF, outF);
+            MultiplyPairs((ushort*)Address(xc), inF, [new Product(Address(w), Address(y), outF)]);
             return y;
         }
         using var xf = x.reshape(-1, inF).to(ScalarType.Float32).contiguous();
@@ -68,45 +68,99 @@ public static class Bf16Gemv
         DecodeTeam.Run(chunks, Math.Max(1, get_num_threads()), c => block(c * ChunkRows, Math.Min(outF, (c + 1) * ChunkRows)));
     }
 
+    /// <summary>One weight matrix [<paramref name="Rows"/>, in] of a product and where its bfloat16 outputs go.</summary>
+    internal readonly record struct Product(nint W, nint Y, long Rows);
+
     /// <summary>
-    /// One row of x against W with 512-bit vectors. Two neighbouring bfloat16 weights are one 32-bit word: the low one
-    /// widened is the word shifted left by 16, the high one the word with its low half cleared, two operations for
-    /// 32 weights where widening costs shuffles. So x is split once into its even and odd elements (as float32).
-    /// Measured (bench/NOTES.md): twice the rate of the widening kernel with the weights in cache, which is what lets
-    /// two cores reach the memory's rate.
+    /// One row x (bfloat16, <paramref name="inF"/> long) against each of <paramref name="products"/>' matrices, all in one
+    /// team job: q, k and v (gate and up) read the same input, so their chunks are shared out together and the threads
+    /// meet once instead of once a matrix. With 512-bit vectors only (<see cref="Vector512.IsHardwareAccelerated"/>).
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // straight to optimised code: no slow first tier for a hot kernel
-    static unsafe void MultiplyPairs(nint wPtr, nint xPtr, nint yPtr, long inF, long outF)
+    internal static unsafe void MultiplyPairs(ushort* x, long inF, Product[] products)
     {
-        long pairs = inF / 2 - inF / 2 % 16;   // pairs the vectors take; the elements after them are summed one by one
-        var scratch = (float*)NativeMemory.Alloc((nuint)(inF * sizeof(float)));
+        var input = new PairedInput(x, inF);
         try
         {
-            var x = (ushort*)xPtr;
-            float* even = scratch, odd = scratch + pairs, tail = scratch + 2 * pairs;
-            for (long j = 0; j < pairs; j++)
+            var first = new int[products.Length + 1];   // the first chunk of each product; the last entry is the total
+            for (int p = 0; p < products.Length; p++)
+                first[p + 1] = first[p] + (int)((products[p].Rows + ChunkRows - 1) / ChunkRows);
+            DecodeTeam.Run(first[^1], Math.Max(1, get_num_threads()), c =>
             {
-                even[j] = Widen(x[2 * j]);
-                odd[j] = Widen(x[2 * j + 1]);
-            }
-            for (long i = 2 * pairs; i < inF; i++) tail[i - 2 * pairs] = Widen(x[i]);
-            var w = (ushort*)wPtr;
-            var y = (ushort*)yPtr;
-            Split(outF, (from, to) => PairsBlock(w, even, odd, tail, y, inF, pairs, from, to));
+                int p = 0;
+                while (c >= first[p + 1]) p++;
+                var (w, y, rows) = products[p];
+                long from = (c - first[p]) * ChunkRows;
+                PairsBlock((ushort*)w, input, (ushort*)y, from, Math.Min(rows, from + ChunkRows));
+            });
         }
         finally
         {
-            NativeMemory.Free(scratch);
+            input.Free();
         }
+    }
+
+    /// <summary>
+    /// One row x against two matrices of the same shape (gate and up), chunk by chunk the same rows of both, each chunk
+    /// then handed to <paramref name="combine"/> (from, to) on the thread that computed it: what follows elementwise
+    /// (the gate's activation times up) runs on both threads, on outputs still in cache.
+    /// </summary>
+    internal static unsafe void MultiplyTogether(ushort* x, long inF, Product a, Product b, Action<long, long> combine)
+    {
+        var input = new PairedInput(x, inF);
+        try
+        {
+            DecodeTeam.Run((int)((a.Rows + ChunkRows - 1) / ChunkRows), Math.Max(1, get_num_threads()), c =>
+            {
+                long from = c * ChunkRows, to = Math.Min(a.Rows, from + ChunkRows);
+                PairsBlock((ushort*)a.W, input, (ushort*)a.Y, from, to);
+                PairsBlock((ushort*)b.W, input, (ushort*)b.Y, from, to);
+                combine(from, to);
+            });
+        }
+        finally
+        {
+            input.Free();
+        }
+    }
+
+    /// <summary>
+    /// A row of x split once into its even and odd elements as float32 (and the elements past the vectors apart), for
+    /// <see cref="PairsBlock"/>: two neighbouring bfloat16 weights are one 32-bit word, the low one widened is the word
+    /// shifted left by 16, the high one the word with its low half cleared, two operations for 32 weights where widening
+    /// costs shuffles. Measured (bench/NOTES.md): twice the rate of the widening kernel with the weights in cache, which
+    /// is what lets two cores reach the memory's rate.
+    /// </summary>
+    internal readonly unsafe struct PairedInput
+    {
+        public readonly float* Even, Odd, Tail;
+        public readonly long Length, Pairs;   // Pairs: the pairs the vectors take; the elements after them are summed one by one
+
+        public PairedInput(ushort* x, long inF)
+        {
+            Length = inF;
+            Pairs = inF / 2 - inF / 2 % 16;
+            Even = (float*)NativeMemory.Alloc((nuint)(Math.Max(1, inF) * sizeof(float)));
+            Odd = Even + Pairs;
+            Tail = Even + 2 * Pairs;
+            for (long j = 0; j < Pairs; j++)
+            {
+                Even[j] = Widen(x[2 * j]);
+                Odd[j] = Widen(x[2 * j + 1]);
+            }
+            for (long i = 2 * Pairs; i < inF; i++) Tail[i - 2 * Pairs] = Widen(x[i]);
+        }
+
+        public void Free() => NativeMemory.Free(Even);
     }
 
     /// <summary>Outputs <paramref name="from"/> to <paramref name="to"/>, one row of W at a time: the block is then one
     /// sequential read, which the hardware prefetcher follows best (measured against four rows a pass sharing x's loads:
     /// 23 against 16 GB/s from memory with one thread, 29 against 28 with two; x's loads come from L1 either way).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static unsafe void PairsBlock(ushort* w, float* even, float* odd, float* tail, ushort* y, long inF, long pairs, long from, long to)
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // straight to optimised code: no slow first tier for a hot kernel
+    static unsafe void PairsBlock(ushort* w, PairedInput x, ushort* y, long from, long to)
     {
         var high = Vector512.Create(0xFFFF0000u);
+        long inF = x.Length, pairs = x.Pairs;
         for (long o = from; o < to; o++)
         {
             uint* r = (uint*)(w + o * inF);
@@ -114,19 +168,14 @@ public static class Bf16Gemv
             for (long j = 0; j < pairs; j += 16)
             {
                 var u = Vector512.Load(r + j);
-                e = Vector512.FusedMultiplyAdd(Vector512.ShiftLeft(u, 16).AsSingle(), Vector512.Load(even + j), e);
-                d = Vector512.FusedMultiplyAdd((u & high).AsSingle(), Vector512.Load(odd + j), d);
+                e = Vector512.FusedMultiplyAdd(Vector512.ShiftLeft(u, 16).AsSingle(), Vector512.Load(x.Even + j), e);
+                d = Vector512.FusedMultiplyAdd((u & high).AsSingle(), Vector512.Load(x.Odd + j), d);
             }
-            y[o] = Finish(Vector512.Sum(e + d), w + o * inF, tail, inF, pairs);
+            float sum = Vector512.Sum(e + d);
+            // the row's elements past the vectors, then the sum rounded to bfloat16 (as libtorch rounds)
+            for (long i = 2 * pairs; i < inF; i++) sum += Widen(w[o * inF + i]) * x.Tail[i - 2 * pairs];
+            y[o] = Round(sum);
         }
-    }
-
-    /// <summary>The row's sum with its elements past the vectors added, rounded to bfloat16 (to nearest, ties to
-    /// even, as libtorch rounds).</summary>
-    static unsafe ushort Finish(float sum, ushort* row, float* tail, long inF, long pairs)
-    {
-        for (long i = 2 * pairs; i < inF; i++) sum += Widen(row[i]) * tail[i - 2 * pairs];
-        return Round(sum);
     }
 
     /// <summary>A float32 rounded to bfloat16 (to nearest, ties to even, NaN kept a NaN), as libtorch rounds.</summary>
