@@ -1,3 +1,4 @@
+using Mola.Adapters;
 using Mola.Models;
 using TorchSharp;
 using Xunit;
@@ -25,15 +26,38 @@ public class OneTokenLayerTests
         return model;
     }
 
+    static AdapterModel AttachMola(CausalLM model)
+    {
+        var config = new AdapterConfig
+        {
+            Kind = AdapterKind.Mola,
+            TargetModules = [.. TargetModules.All],
+            Rank = [8, 8],
+            NumExperts = [4, 6],
+            TopK = [2, 2],
+            LoraAlpha = 16,
+            LoraDropout = 0.05,   // off in eval mode, as in generation
+        };
+        var adapter = AdapterModel.Attach(model, config);
+        adapter.eval();
+        using var _ = no_grad();
+        foreach (var (name, p) in adapter.named_parameters())
+            if (name.EndsWith("lora_B")) p.copy_(randn(p.shape) * 0.05);
+        return adapter;
+    }
+
     static void UseOneTokenPath(CausalLM model, bool on)
     {
         foreach (var layer in model.Layers) layer.OneTokenPath = on;
     }
 
-    [Fact]
-    public void DecodesAsTheLibtorchLayerDoes()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]    // a MoLA adapter on every map, B not zero so that it changes the logits
+    public void DecodesAsTheLibtorchLayerDoes(bool withMola)
     {
         using var model = RandomModel(3);
+        using var adapter = withMola ? AttachMola(model) : null;
         using var _ = no_grad();
         using var fastCache = new KvCache(2);
         using var slowCache = new KvCache(2);
@@ -43,7 +67,7 @@ public class OneTokenLayerTests
         var fast = model.Forward(prompt, null, fastCache);   // a prompt of 20 tokens is not one token: libtorch either way
         Assert.True(slow.eq(fast).all().item<bool>());
         long token = slow[0, -1].argmax().item<long>();
-        int agree = 0, steps = 45;   // the caches grow from 20 positions to 40 and 80 on the way
+        int agree = 0, farther = 0, steps = 45;   // the caches grow from 20 positions to 40 and 80 on the way
         for (int step = 0; step < steps; step++)
         {
             using var scope = NewDisposeScope();
@@ -55,14 +79,18 @@ public class OneTokenLayerTests
             fast = model.Forward(input, null, fastCache);
             Assert.Equal(slow.shape, fast.shape);
             // bfloat16 roundings apart (attention's weights and a norm's sums are rounded differently): logits of
-            // order 3 within 2^-6 of their largest, a few bfloat16 steps (measured: 0.016-0.031, one or two steps)
+            // order 3 within 2^-6 of their largest, a few bfloat16 steps (measured: 0.016-0.031, one or two steps).
+            // With MoLA a router that nearly ties two experts can choose another one on inputs a rounding apart
+            // (measured: 2 of 45 steps at 0.125, the steps after back at 0.02): a few steps may be 2^-3 apart.
             double diff = TestUtil.MaxAbsDiff(slow, fast), scale = slow.abs().max().to(ScalarType.Float32).item<float>();
-            Assert.True(diff <= scale / 64, $"step {step}: largest difference {diff} of logits up to {scale}");
+            Assert.True(diff <= scale / 8, $"step {step}: largest difference {diff} of logits up to {scale}");
+            if (diff > scale / 64) farther++;
             long slowToken = slow[0, 0].argmax().item<long>();
             if (fast[0, 0].argmax().item<long>() == slowToken) agree++;
             token = slowToken;
         }
         Assert.True(agree >= steps - 2, $"the same next token at {agree} of {steps} steps");
+        Assert.True(farther <= (withMola ? 3 : 0), $"{farther} of {steps} steps more than 2^-6 apart");
         Assert.Equal(slowCache.Length, fastCache.Length);
     }
 

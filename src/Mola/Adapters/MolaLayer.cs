@@ -15,7 +15,7 @@ namespace Mola.Adapters;
 /// Parameters are stored stacked: <c>lora_A</c> [E*r, in] (expert e = rows e*r..(e+1)*r) and
 /// <c>lora_B</c> [out, E*r], so the fast path is three matrix products for all experts.
 /// </summary>
-public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer
+public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer, Models.IOneTokenAdapter
 {
     public Parameter router;   // [E, in]
     public Parameter lora_A;   // [E*r, in]
@@ -190,10 +190,11 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer
 
     /// <summary>Whether <see cref="OneToken"/> computes this call: one row, no autograd, no dropout, no routing observer,
     /// contiguous float32 weights on the CPU.</summary>
-    bool OneTokenApplies(Tensor x2) =>
-        x2.shape[0] == 1 && !is_grad_enabled() && !(DropoutP > 0 && training) && Observer is null
-        && Vector256.IsHardwareAccelerated && x2.device_type == DeviceType.CPU
-        && router.is_contiguous() && lora_A.is_contiguous() && lora_B.is_contiguous();
+    bool OneTokenApplies(Tensor x2) => x2.shape[0] == 1 && x2.device_type == DeviceType.CPU && OneTokenReady;
+
+    public bool OneTokenReady =>
+        !is_grad_enabled() && !(DropoutP > 0 && training) && Observer is null && Vector256.IsHardwareAccelerated
+        && router.device_type == DeviceType.CPU && router.is_contiguous() && lora_A.is_contiguous() && lora_B.is_contiguous();
 
     /// <summary>
     /// One token without autograd (decoding): the router's E dot products, the top-k and their softmax, the chosen
@@ -208,15 +209,23 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer
         var y = baseLayer.Base(x2).contiguous();
         if (y.dtype is not (ScalarType.Float32 or ScalarType.BFloat16)) return FastForward(x2, xf, baseLayer);
         using var x = xf.contiguous();
-        var logits = new float[NumExperts];
         unsafe
         {
-            fixed (byte* xb = x.bytes, rb = router.bytes, ab = lora_A.bytes, bb = lora_B.bytes, yb = y.bytes)
-                OneToken((float*)xb, (float*)rb, (float*)ab, (float*)bb, yb, y.dtype == ScalarType.BFloat16, logits);
+            fixed (byte* xb = x.bytes, yb = y.bytes) OneToken((float*)xb, yb, y.dtype == ScalarType.BFloat16);
         }
+        return y;
+    }
+
+    /// <summary>The one-pass decoder layer's way in: its base outputs are bfloat16.</summary>
+    unsafe void Models.IOneTokenAdapter.AddOneToken(float* x, ushort* y) => OneToken(x, (byte*)y, bf16: true);
+
+    unsafe void OneToken(float* x, byte* y, bool bf16)
+    {
+        var logits = new float[NumExperts];
+        fixed (byte* rb = router.bytes, ab = lora_A.bytes, bb = lora_B.bytes)
+            OneToken(x, (float*)rb, (float*)ab, (float*)bb, y, bf16, logits);
         // The adapter's sink keeps them only while it collects the balance loss (a forward pass with labels).
         RouterLogitsSink?.Invoke(this, torch.tensor(logits, [1, NumExperts]));
-        return y;
     }
 
     unsafe void OneToken(float* x, float* routerW, float* a, float* b, byte* y, bool bf16, Span<float> logits)

@@ -13,15 +13,18 @@ namespace Mola.Models;
 /// up, and the residuals. The same arithmetic as <see cref="DecoderLayer.Forward"/>'s libtorch operations, with their
 /// bfloat16 roundings after each step, but for two: a norm's sum of squares (<see cref="RmsNorm"/>) and the attention,
 /// whose weights and weighted sum stay in float32 until its output is rounded once (libtorch's flash kernel rounds the
-/// weights to bfloat16 before the sum). Tested against the libtorch path: bfloat16 steps apart, the same tokens.
+/// weights to bfloat16 before the sum). A MoLA adapter on a map adds its routed experts' output into that map's
+/// bfloat16 outputs, as its own one-token path does (<see cref="IOneTokenAdapter"/>). Tested against the libtorch
+/// path, with and without an adapter: bfloat16 steps apart, the same tokens.
 /// Why: in a token of the 1.1B shape the layers' ~700 small libtorch operations and their tensors cost ~15% of the
 /// caller's time (bench/NOTES.md), beside products that read the weights at the memory's rate.
 /// </summary>
 static class OneTokenLayer
 {
     /// <summary>Whether <see cref="Forward"/> computes this call: one bfloat16 token on the CPU without autograd, a
-    /// cache, every key visible (no padding or window mask), no adapter on the layer's maps, SiLU, 512-bit vectors, a
-    /// head size that is a multiple of 32.</summary>
+    /// cache, every key visible (no padding or window mask), no adapter on the layer's maps but ones that add their
+    /// one-token output themselves (<see cref="IOneTokenAdapter"/>: MoLA's), SiLU, 512-bit vectors, a head size that is
+    /// a multiple of 32.</summary>
     public static bool Applies(DecoderLayer layer, Tensor x, ForwardContext ctx)
     {
         var (attn, mlp) = (layer.self_attn, layer.mlp);
@@ -33,7 +36,7 @@ static class OneTokenLayer
             && ctx.Cos.dtype == ScalarType.BFloat16 && ctx.Cos.numel() == attn.HeadDim && ctx.Sin.numel() == attn.HeadDim
             && ctx.Cos.is_contiguous() && ctx.Sin.is_contiguous()
             && layer.input_layernorm.weight.dtype == ScalarType.BFloat16 && layer.post_attention_layernorm.weight.dtype == ScalarType.BFloat16
-            && maps.All(m => m.Adapter is null && m.weight.dtype == ScalarType.BFloat16 && m.weight.device_type == DeviceType.CPU
+            && maps.All(m => m.Adapter is null or IOneTokenAdapter { OneTokenReady: true } && m.weight.dtype == ScalarType.BFloat16 && m.weight.device_type == DeviceType.CPU
                 && m.weight.is_contiguous());
     }
 
@@ -46,13 +49,15 @@ static class OneTokenLayer
         var y = empty(x.shape, ScalarType.BFloat16);
         var (cacheK, cacheV, position) = ctx.Cache!.AppendOne(index, KV, hd, ScalarType.BFloat16, x.device);
         long capacity = cacheK.shape[2];
-        // One scratch block: the normed row, q, k, v, rotated q and k, attention's output, a product's output, gate, up.
-        long size = 2L * D + 3L * H * hd + 3L * KV * hd + 2L * I;
-        var scratch = (ushort*)NativeMemory.Alloc((nuint)(size * sizeof(ushort)));
+        // One scratch block: the normed row, q, k, v, rotated q and k, attention's output, a product's output, gate, up;
+        // then an input row in float32 for adapters.
+        long size = 2L * D + 3L * H * hd + 3L * KV * hd + 2L * I, floats = Math.Max(Math.Max(D, H * hd), I);
+        var scratch = (ushort*)NativeMemory.Alloc((nuint)(size * sizeof(ushort) + floats * sizeof(float)));
         try
         {
             ushort* normed = scratch, q = normed + D, k = q + H * hd, v = k + KV * hd, qr = v + KV * hd, kr = qr + H * hd;
             ushort* o = kr + KV * hd, product = o + H * hd, gate = product + D, up = gate + I;
+            float* wide = (float*)(scratch + size);
             ushort* xs = (ushort*)Bf16Gemv.Address(x), ys = (ushort*)Bf16Gemv.Address(y);
             ushort* cos = (ushort*)Bf16Gemv.Address(ctx.Cos), sin = (ushort*)Bf16Gemv.Address(ctx.Sin);
             ushort* keys = (ushort*)Bf16Gemv.Address(cacheK), values = (ushort*)Bf16Gemv.Address(cacheV);
@@ -60,6 +65,7 @@ static class OneTokenLayer
             // x + attn(norm(x))
             layer.input_layernorm.OneRow(xs, normed);
             Bf16Gemv.MultiplyPairs(normed, D, [Into(attn.q_proj, q), Into(attn.k_proj, k), Into(attn.v_proj, v)]);
+            AddAdapters(normed, D, wide, [(attn.q_proj, (nint)q), (attn.k_proj, (nint)k), (attn.v_proj, (nint)v)]);
             Rotary.OneToken(q, cos, sin, qr, H, hd);
             Rotary.OneToken(k, cos, sin, kr, KV, hd);
             for (int h = 0; h < KV; h++)
@@ -70,19 +76,29 @@ static class OneTokenLayer
             }
             Attend(qr, keys, values, capacity, position + 1, H, KV, hd, o);
             Bf16Gemv.MultiplyPairs(o, H * hd, [Into(attn.o_proj, product)]);
+            AddAdapters(o, H * hd, wide, [(attn.o_proj, (nint)product)]);
             Add(xs, product, ys, D);
 
             // x + down(silu(gate(norm(x))) * up(norm(x)))
             layer.post_attention_layernorm.OneRow(ys, normed);
-            Bf16Gemv.MultiplyTogether(normed, D, Into(mlp.gate_proj, gate), Into(mlp.up_proj, up), (from, to) =>
+            void Activate(long from, long to)
             {
                 for (long i = from; i < to; i++)   // silu rounded, then the product rounded: libtorch's two bfloat16 operations
                 {
                     float g = Bf16Gemv.Widen(gate[i]);
                     gate[i] = Bf16Gemv.Round(Bf16Gemv.Widen(Bf16Gemv.Round(g / (1f + MathF.Exp(-g)))) * Bf16Gemv.Widen(up[i]));
                 }
-            });
+            }
+            if (mlp.gate_proj.Adapter is null && mlp.up_proj.Adapter is null)
+                Bf16Gemv.MultiplyTogether(normed, D, Into(mlp.gate_proj, gate), Into(mlp.up_proj, up), Activate);
+            else
+            {
+                Bf16Gemv.MultiplyPairs(normed, D, [Into(mlp.gate_proj, gate), Into(mlp.up_proj, up)]);
+                AddAdapters(normed, D, wide, [(mlp.gate_proj, (nint)gate), (mlp.up_proj, (nint)up)]);
+                Activate(0, I);
+            }
             Bf16Gemv.MultiplyPairs(gate, I, [Into(mlp.down_proj, product)]);
+            AddAdapters(gate, I, wide, [(mlp.down_proj, (nint)product)]);
             Add(ys, product, ys, D);
         }
         finally
@@ -93,6 +109,23 @@ static class OneTokenLayer
     }
 
     static unsafe Bf16Gemv.Product Into(Linear map, ushort* y) => new(Bf16Gemv.Address(map.weight), (nint)y, map.OutFeatures);
+
+    /// <summary>The adapters of <paramref name="maps"/> (those with one) add their outputs for the input row
+    /// <paramref name="x"/> into the base outputs, reading it as float32 (widened once into <paramref name="wide"/>).</summary>
+    static unsafe void AddAdapters(ushort* x, int n, float* wide, (Linear Map, nint Y)[] maps)
+    {
+        bool widened = false;
+        foreach (var (map, y) in maps)
+        {
+            if (map.Adapter is not IOneTokenAdapter adapter) continue;
+            if (!widened)
+            {
+                for (int i = 0; i < n; i++) wide[i] = Bf16Gemv.Widen(x[i]);
+                widened = true;
+            }
+            adapter.AddOneToken(wide, (ushort*)y);
+        }
+    }
 
     /// <summary>a + b rounded to bfloat16, as libtorch adds two bfloat16 tensors (<paramref name="sum"/> may be <paramref name="a"/>).</summary>
     static unsafe void Add(ushort* a, ushort* b, ushort* sum, int n)
