@@ -228,49 +228,60 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer, Models.
         RouterLogitsSink?.Invoke(this, torch.tensor(logits, [1, NumExperts]));
     }
 
+    /// <summary>Outputs of B per decoding-team chunk (the chosen experts' columns of 256 rows: 8-64 KiB of B).</summary>
+    const long OutputsPerChunk = 256;
+
+    /// <summary>The k x r dot products of A and B's rows run as decoding-team jobs (<see cref="Models.DecodeTeam"/>),
+    /// so both threads read the adapter: measured (bench/NOTES.md) one thread spent ~80 us a module at the 1.1B shape,
+    /// about 13 ms a token.</summary>
     unsafe void OneToken(float* x, float* routerW, float* a, float* b, byte* y, bool bf16, Span<float> logits)
     {
-        int k = TopK, r = Rank, ranks = NumExperts * Rank;
-        for (int e = 0; e < NumExperts; e++) logits[e] = Dot(routerW + (long)e * InFeatures, x, InFeatures);
+        int k = TopK, r = Rank, ranks = NumExperts * Rank, threads = Math.Max(1, get_num_threads());
+        long inF = InFeatures, outF = OutFeatures;
+        for (int e = 0; e < NumExperts; e++) logits[e] = Dot(routerW + e * inF, x, InFeatures);
         // Top-k of the logits (the first of equal ones first), then a softmax over those k, as Route computes it.
-        Span<int> chosen = stackalloc int[k];
+        int* chosen = stackalloc int[k];
         Span<float> weight = stackalloc float[k];
         for (int i = 0; i < k; i++)
         {
             int best = -1;
             for (int e = 0; e < NumExperts; e++)
-                if (chosen[..i].IndexOf(e) < 0 && (best < 0 || logits[e] > logits[best])) best = e;
+                if (new Span<int>(chosen, i).IndexOf(e) < 0 && (best < 0 || logits[e] > logits[best])) best = e;
             chosen[i] = best;
         }
         float top = logits[chosen[0]], sum = 0;
         for (int i = 0; i < k; i++) sum += weight[i] = MathF.Exp(logits[chosen[i]] - top);
         // h = gate * scaling * A_e x for the chosen experts, k x r values.
-        Span<float> h = stackalloc float[k * r];
-        for (int i = 0; i < k; i++)
-            for (int j = 0; j < r; j++)
-                h[i * r + j] = weight[i] / sum * (float)Scaling * Dot(a + ((long)chosen[i] * r + j) * InFeatures, x, InFeatures);
-        for (long o = 0; o < OutFeatures; o++)
+        float* gate = stackalloc float[k];
+        for (int i = 0; i < k; i++) gate[i] = weight[i] / sum * (float)Scaling;
+        float* h = stackalloc float[k * r];
+        Models.DecodeTeam.Run(k * r, threads, c => h[c] = gate[c / r] * Dot(a + ((long)chosen[c / r] * r + c % r) * inF, x, (int)inF));
+        int chunks = (int)((outF + OutputsPerChunk - 1) / OutputsPerChunk);
+        Models.DecodeTeam.Run(chunks, threads, c =>
         {
-            float* row = b + o * ranks;
-            float delta = 0;
-            if (r == 8)
+            for (long o = c * OutputsPerChunk, end = Math.Min(outF, o + OutputsPerChunk); o < end; o++)
             {
-                var acc = Vector256<float>.Zero;
-                for (int i = 0; i < k; i++) acc = Vector256.FusedMultiplyAdd(Vector256.Load(row + chosen[i] * 8), Vector256.Create(h.Slice(i * 8, 8)), acc);
-                delta = Vector256.Sum(acc);
+                float* row = b + o * ranks;
+                float delta = 0;
+                if (r == 8)
+                {
+                    var acc = Vector256<float>.Zero;
+                    for (int i = 0; i < k; i++) acc = Vector256.FusedMultiplyAdd(Vector256.Load(row + chosen[i] * 8), Vector256.Load(h + i * 8), acc);
+                    delta = Vector256.Sum(acc);
+                }
+                else
+                {
+                    for (int i = 0; i < k; i++)
+                        for (int j = 0; j < r; j++) delta += row[chosen[i] * r + j] * h[i * r + j];
+                }
+                if (!bf16) ((float*)y)[o] += delta;
+                else
+                {
+                    var yo = (ushort*)y + o;
+                    *yo = Bf16Gemv.Round(Bf16Gemv.Widen(*yo) + Bf16Gemv.Widen(Bf16Gemv.Round(delta)));
+                }
             }
-            else
-            {
-                for (int i = 0; i < k; i++)
-                    for (int j = 0; j < r; j++) delta += row[chosen[i] * r + j] * h[i * r + j];
-            }
-            if (!bf16) ((float*)y)[o] += delta;
-            else
-            {
-                var yo = (ushort*)y + o;
-                *yo = Bf16Gemv.Round(Bf16Gemv.Widen(*yo) + Bf16Gemv.Widen(Bf16Gemv.Round(delta)));
-            }
-        }
+        });
     }
 
     /// <summary>sum_i p[i] q[i] over float32, four vector sums.</summary>
