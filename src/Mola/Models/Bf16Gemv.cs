@@ -1,5 +1,4 @@
 using System.Runtime.CompilerServices;
-using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -80,25 +79,17 @@ public static class Bf16Gemv
     /// </summary>
     internal static unsafe void MultiplyPairs(ushort* x, long inF, Product[] products)
     {
-        var input = new PairedInput(x, inF);
-        try
+        var first = new int[products.Length + 1];   // the first chunk of each product; the last entry is the total
+        for (int p = 0; p < products.Length; p++)
+            first[p + 1] = first[p] + (int)((products[p].Rows + ChunkRows - 1) / ChunkRows);
+        DecodeTeam.Run(first[^1], Math.Max(1, get_num_threads()), c =>
         {
-            var first = new int[products.Length + 1];   // the first chunk of each product; the last entry is the total
-            for (int p = 0; p < products.Length; p++)
-                first[p + 1] = first[p] + (int)((products[p].Rows + ChunkRows - 1) / ChunkRows);
-            DecodeTeam.Run(first[^1], Math.Max(1, get_num_threads()), c =>
-            {
-                int p = 0;
-                while (c >= first[p + 1]) p++;
-                var (w, y, rows) = products[p];
-                long from = (c - first[p]) * ChunkRows;
-                PairsBlock((ushort*)w, input, (ushort*)y, from, Math.Min(rows, from + ChunkRows));
-            });
-        }
-        finally
-        {
-            input.Free();
-        }
+            int p = 0;
+            while (c >= first[p + 1]) p++;
+            var (w, y, rows) = products[p];
+            long from = (c - first[p]) * ChunkRows;
+            PairsBlock((ushort*)w, x, inF, (ushort*)y, from, Math.Min(rows, from + ChunkRows));
+        });
     }
 
     /// <summary>
@@ -106,63 +97,32 @@ public static class Bf16Gemv
     /// then handed to <paramref name="combine"/> (from, to) on the thread that computed it: what follows elementwise
     /// (the gate's activation times up) runs on both threads, on outputs still in cache.
     /// </summary>
-    internal static unsafe void MultiplyTogether(ushort* x, long inF, Product a, Product b, Action<long, long> combine)
-    {
-        var input = new PairedInput(x, inF);
-        try
+    internal static unsafe void MultiplyTogether(ushort* x, long inF, Product a, Product b, Action<long, long> combine) =>
+        DecodeTeam.Run((int)((a.Rows + ChunkRows - 1) / ChunkRows), Math.Max(1, get_num_threads()), c =>
         {
-            DecodeTeam.Run((int)((a.Rows + ChunkRows - 1) / ChunkRows), Math.Max(1, get_num_threads()), c =>
-            {
-                long from = c * ChunkRows, to = Math.Min(a.Rows, from + ChunkRows);
-                PairsBlock((ushort*)a.W, input, (ushort*)a.Y, from, to);
-                PairsBlock((ushort*)b.W, input, (ushort*)b.Y, from, to);
-                combine(from, to);
-            });
-        }
-        finally
-        {
-            input.Free();
-        }
-    }
+            long from = c * ChunkRows, to = Math.Min(a.Rows, from + ChunkRows);
+            PairsBlock((ushort*)a.W, x, inF, (ushort*)a.Y, from, to);
+            PairsBlock((ushort*)b.W, x, inF, (ushort*)b.Y, from, to);
+            combine(from, to);
+        });
 
     /// <summary>
-    /// A row of x split once into its even and odd elements as float32 (and the elements past the vectors apart), for
-    /// <see cref="PairsBlock"/>: two neighbouring bfloat16 weights are one 32-bit word, the low one widened is the word
-    /// shifted left by 16, the high one the word with its low half cleared, two operations for 32 weights where widening
-    /// costs shuffles. Measured (bench/NOTES.md): twice the rate of the widening kernel with the weights in cache, which
-    /// is what lets two cores reach the memory's rate.
-    /// </summary>
-    internal readonly unsafe struct PairedInput
-    {
-        public readonly float* Even, Odd, Tail;
-        public readonly long Length, Pairs;   // Pairs: the pairs the vectors take; the elements after them are summed one by one
-
-        public PairedInput(ushort* x, long inF)
-        {
-            Length = inF;
-            Pairs = inF / 2 - inF / 2 % 16;
-            Even = (float*)NativeMemory.Alloc((nuint)(Math.Max(1, inF) * sizeof(float)));
-            Odd = Even + Pairs;
-            Tail = Even + 2 * Pairs;
-            for (long j = 0; j < Pairs; j++)
-            {
-                Even[j] = Widen(x[2 * j]);
-                Odd[j] = Widen(x[2 * j + 1]);
-            }
-            for (long i = 2 * Pairs; i < inF; i++) Tail[i - 2 * Pairs] = Widen(x[i]);
-        }
-
-        public void Free() => NativeMemory.Free(Even);
-    }
-
-    /// <summary>Outputs <paramref name="from"/> to <paramref name="to"/>, one row of W at a time: the block is then one
+    /// Outputs <paramref name="from"/> to <paramref name="to"/> of W x, one row of W at a time: the block is then one
     /// sequential read, which the hardware prefetcher follows best (measured against four rows a pass sharing x's loads:
-    /// 23 against 16 GB/s from memory with one thread, 29 against 28 with two; x's loads come from L1 either way).</summary>
+    /// 23 against 16 GB/s from memory with one thread, 29 against 28 with two).
+    /// Two neighbouring bfloat16 numbers are one 32-bit word: the low one widened is the word shifted left by 16, the high
+    /// one the word with its low half cleared, two operations for 32 numbers where widening costs shuffles (twice the
+    /// widening kernel's rate with the weights in cache). x is read the same way, as bfloat16 words, so that a row of W
+    /// and x together stay inside the 32 KiB L1 cache: with x widened once into float32 halves (twice its bytes), a
+    /// 5632-long row (down_proj) and x took 33 KiB and its product read 17.5 GB/s where the same kernel reads 32 over
+    /// 2048-long rows; with x as words, 32.2 (bench/NOTES.md). The sums are the same either way.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // straight to optimised code: no slow first tier for a hot kernel
-    static unsafe void PairsBlock(ushort* w, PairedInput x, ushort* y, long from, long to)
+    static unsafe void PairsBlock(ushort* w, ushort* x, long inF, ushort* y, long from, long to)
     {
         var high = Vector512.Create(0xFFFF0000u);
-        long inF = x.Length, pairs = x.Pairs;
+        long pairs = inF / 2 - inF / 2 % 16;   // pairs the vectors take; the elements after them are summed one by one
+        uint* xw = (uint*)x;
         for (long o = from; o < to; o++)
         {
             uint* r = (uint*)(w + o * inF);
@@ -170,12 +130,13 @@ public static class Bf16Gemv
             for (long j = 0; j < pairs; j += 16)
             {
                 var u = Vector512.Load(r + j);
-                e = Vector512.FusedMultiplyAdd(Vector512.ShiftLeft(u, 16).AsSingle(), Vector512.Load(x.Even + j), e);
-                d = Vector512.FusedMultiplyAdd((u & high).AsSingle(), Vector512.Load(x.Odd + j), d);
+                var v = Vector512.Load(xw + j);
+                e = Vector512.FusedMultiplyAdd(Vector512.ShiftLeft(u, 16).AsSingle(), Vector512.ShiftLeft(v, 16).AsSingle(), e);
+                d = Vector512.FusedMultiplyAdd((u & high).AsSingle(), (v & high).AsSingle(), d);
             }
             float sum = Vector512.Sum(e + d);
             // the row's elements past the vectors, then the sum rounded to bfloat16 (as libtorch rounds)
-            for (long i = 2 * pairs; i < inF; i++) sum += Widen(w[o * inF + i]) * x.Tail[i - 2 * pairs];
+            for (long i = 2 * pairs; i < inF; i++) sum += Widen(w[o * inF + i]) * Widen(x[i]);
             y[o] = Round(sum);
         }
     }
