@@ -10,11 +10,12 @@ namespace Mola.Tests;
 /// same model and cache, and one layer against the formula written out in float64 here.</summary>
 public class OneTokenLayerTests
 {
-    /// <summary>A random bfloat16 LLaMA whose heads take the one-pass layer (head size 32), grouped-query (4 query heads
-    /// a key head), with weights scaled as trained ones are (rows of norm ~1), so activations stay of order 1.</summary>
-    static CausalLM RandomModel(int seed, int layers = 2)
+    /// <summary>A random bfloat16 LLaMA (hidden 256) whose heads take the one-pass layer (by default head size 32,
+    /// grouped-query: 4 query heads a key head), with weights scaled as trained ones are (rows of norm ~1), so
+    /// activations stay of order 1.</summary>
+    static CausalLM RandomModel(int seed, int layers = 2, int heads = 8, int kvHeads = 2)
     {
-        var config = new ModelShapes("llama", 400, 256, 688, layers, 8, 2, 512, null).Config();
+        var config = new ModelShapes("llama", 400, 256, 688, layers, heads, kvHeads, 512, null).Config();
         var model = new CausalLM(config, ScalarType.BFloat16, CPU);
         torch.manual_seed(seed);
         using var _ = no_grad();
@@ -52,11 +53,12 @@ public class OneTokenLayerTests
     }
 
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]    // a MoLA adapter on every map, B not zero so that it changes the logits
-    public void DecodesAsTheLibtorchLayerDoes(bool withMola)
+    [InlineData(false, 8, 2)]
+    [InlineData(true, 8, 2)]    // a MoLA adapter on every map, B not zero so that it changes the logits
+    [InlineData(false, 2, 2)]   // LLaMA-2-7B's head size (128), one query head a key head
+    public void DecodesAsTheLibtorchLayerDoes(bool withMola, int heads, int kvHeads)
     {
-        using var model = RandomModel(3);
+        using var model = RandomModel(3, heads: heads, kvHeads: kvHeads);
         using var adapter = withMola ? AttachMola(model) : null;
         using var _ = no_grad();
         using var fastCache = new KvCache(2);
