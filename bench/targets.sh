@@ -28,7 +28,8 @@ echo "$(load)" >> "$OUT/step-shape.load"
 # The 1.1B shape: the step at 128 tokens (as the lead's run of main that measured 1.30; ~10 GB), float32 then bfloat16,
 # and its decoding. Five step rounds: with the default two, one quiet run gave MoLA/frozen 1.108 and the next 1.459
 # for builds that five rounds put at 1.30 and 1.44.
-heavy bash -c "echo \"\$(cut -d' ' -f1-3 /proc/loadavg)\" > '$OUT/tinyllama.load'; dotnet '$MOLA' bench --shape tinyllama-1.1b --step-tokens 128 --step-rounds 5 --json > '$OUT/tinyllama.json' 2> '$OUT/tinyllama.txt'"
+# Five decoding rounds (the read share is taken from this run): the VM's read rate moves 24-43 GB/s within minutes.
+heavy bash -c "echo \"\$(cut -d' ' -f1-3 /proc/loadavg)\" > '$OUT/tinyllama.load'; dotnet '$MOLA' bench --shape tinyllama-1.1b --step-tokens 128 --step-rounds 5 --decode-rounds 5 --json > '$OUT/tinyllama.json' 2> '$OUT/tinyllama.txt'"
 echo "$(load)" >> "$OUT/tinyllama.load"
 
 echo "| figure | measured | target | verdict | load average (start, end) |"
@@ -68,10 +69,11 @@ PY
 
 # --- decode rows (issue 17 item 4) ---
 # === decoding (issue 17 item 4): 1.1B shape, bf16, batch 1, against llama.cpp F16 on the same weights ===
-# About 3 minutes and 6 GB: the bf16 step (one round, 128 tokens: not a step row), then decoding and the 512-token
-# prefill of mola and llama.cpp alternating, 3 rounds, 2 threads (libtorch's default on 2 cores).
+# About 4 minutes and 6 GB: the bf16 step (one round, 128 tokens: not a step row), then decoding and the 512-token
+# prefill of mola and llama.cpp alternating, 7 rounds (paired per round: with 3, rounds a minute apart gave ratios
+# 0.70-0.99 for one build), 2 threads (libtorch's default on 2 cores).
 heavy bash -c "cut -d' ' -f1-3 /proc/loadavg > '$OUT/decode.load'; dotnet '$MOLA' bench --shape tinyllama-1.1b --dtype bfloat16 --against llama.cpp --step-tokens 128 --step-rounds 1 \
-    --decode-rounds 3 --json > '$OUT/decode.json' 2> '$OUT/decode.txt'"
+    --decode-rounds 7 --json > '$OUT/decode.json' 2> '$OUT/decode.txt'"
 cut -d' ' -f1-3 /proc/loadavg >> "$OUT/decode.load"
 python3 - "$OUT/decode.json" "$OUT/decode.load" "$OUT/tinyllama.json" <<'EOF'
 import json, sys

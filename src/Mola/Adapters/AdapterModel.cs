@@ -52,11 +52,7 @@ public sealed class AdapterModel : nn.Module
                     throw new MolaException($"{source}: layer {l} {m} already has an adapter attached");
                 var module = config.NewLayer(l, m, target.InFeatures, target.OutFeatures, model.Device);
                 adapter.register_module($"{l}_{m}", (nn.Module)module);
-                if (module is IRoutedLayer routed)
-                {
-                    routed.RouterLogitsSink = adapter.CollectRouterLogits;
-                    adapter._routed.Add(routed);
-                }
+                if (module is IRoutedLayer routed) adapter._routed.Add(routed);
                 target.Adapter = module;
                 adapter._modules.Add((l, m, target, module));
             }
@@ -196,6 +192,19 @@ public sealed class AdapterModel : nn.Module
         foreach (var routed in _routed) routed.Observer = observer;
     }
 
+    /// <summary>Whether the routed layers hand over their router logits (a forward pass with labels): their sink is set
+    /// only then, so that other passes make no logits tensor for nobody (decoding's one-token path made 154 a 1.1B token,
+    /// ~3 ms; bench/NOTES.md).</summary>
+    bool Collect
+    {
+        get => _collect;
+        set
+        {
+            _collect = value;
+            foreach (var routed in _routed) routed.RouterLogitsSink = value ? CollectRouterLogits : null;
+        }
+    }
+
     void CollectRouterLogits(IRoutedLayer layer, Tensor logits)
     {
         if (!_collect) return;
@@ -210,7 +219,7 @@ public sealed class AdapterModel : nn.Module
     public LmOutput Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? labels = null)
     {
         bool wantAux = labels is not null && _routed.Count > 0;
-        _collect = wantAux;
+        Collect = wantAux;
         try
         {
             using var scope = NewDisposeScope();
@@ -223,7 +232,7 @@ public sealed class AdapterModel : nn.Module
         }
         finally
         {
-            _collect = false;
+            Collect = false;
             for (int l = 0; l < _routerLogits.Length; l++) ClearRouterLogits(l);
         }
     }
@@ -316,9 +325,9 @@ public sealed class AdapterModel : nn.Module
                 using var layerScope = NewDisposeScope();
                 random.set_rng_state(rng[l]);
                 var input = l > 0 ? inputs[l].requires_grad_(true) : inputs[l];   // the embeddings are frozen
-                _collect = wantAux;
+                Collect = wantAux;
                 var output = layers[l].Forward(input, ctx);
-                _collect = false;
+                Collect = false;
                 var roots = new List<Tensor> { output };
                 var grads = new List<Tensor> { grad };
                 if (wantAux && LayerAuxLoss(l, tokenMask) is { } aux)
@@ -340,7 +349,7 @@ public sealed class AdapterModel : nn.Module
         }
         finally
         {
-            _collect = false;
+            Collect = false;
             for (int l = 0; l < L; l++) ClearRouterLogits(l);
             random.set_rng_state(rngAfter);
         }

@@ -15,7 +15,7 @@ namespace Mola.Adapters;
 /// Parameters are stored stacked: <c>lora_A</c> [E*r, in] (expert e = rows e*r..(e+1)*r) and
 /// <c>lora_B</c> [out, E*r], so the fast path is three matrix products for all experts.
 /// </summary>
-public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer
+public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer, Models.IOneTokenAdapter
 {
     public Parameter router;   // [E, in]
     public Parameter lora_A;   // [E*r, in]
@@ -223,10 +223,11 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer
 
     /// <summary>Whether <see cref="OneToken"/> computes this call: one row, no autograd, no dropout, no routing observer,
     /// contiguous float32 weights on the CPU.</summary>
-    bool OneTokenApplies(Tensor x2) =>
-        x2.shape[0] == 1 && !is_grad_enabled() && !(DropoutP > 0 && training) && Observer is null
-        && Vector256.IsHardwareAccelerated && x2.device_type == DeviceType.CPU
-        && router.is_contiguous() && lora_A.is_contiguous() && lora_B.is_contiguous();
+    bool OneTokenApplies(Tensor x2) => x2.shape[0] == 1 && x2.device_type == DeviceType.CPU && OneTokenReady;
+
+    public bool OneTokenReady =>
+        !is_grad_enabled() && !(DropoutP > 0 && training) && Observer is null && Vector256.IsHardwareAccelerated
+        && router.device_type == DeviceType.CPU && router.is_contiguous() && lora_A.is_contiguous() && lora_B.is_contiguous();
 
     /// <summary>
     /// One token without autograd (decoding): the router's E dot products, the top-k and their softmax, the chosen
@@ -241,60 +242,79 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer
         var y = baseLayer.Base(x2).contiguous();
         if (y.dtype is not (ScalarType.Float32 or ScalarType.BFloat16)) return FastForward(x2, xf, baseLayer);
         using var x = xf.contiguous();
-        var logits = new float[NumExperts];
         unsafe
         {
-            fixed (byte* xb = x.bytes, rb = router.bytes, ab = lora_A.bytes, bb = lora_B.bytes, yb = y.bytes)
-                OneToken((float*)xb, (float*)rb, (float*)ab, (float*)bb, yb, y.dtype == ScalarType.BFloat16, logits);
+            fixed (byte* xb = x.bytes, yb = y.bytes) OneToken((float*)xb, yb, y.dtype == ScalarType.BFloat16);
         }
-        // The adapter's sink keeps them only while it collects the balance loss (a forward pass with labels).
-        RouterLogitsSink?.Invoke(this, torch.tensor(logits, [1, NumExperts]));
         return y;
     }
 
+    /// <summary>The one-pass decoder layer's way in: its base outputs are bfloat16.</summary>
+    unsafe void Models.IOneTokenAdapter.AddOneToken(float* x, ushort* y) => OneToken(x, (byte*)y, bf16: true);
+
+    unsafe void OneToken(float* x, byte* y, bool bf16)
+    {
+        var logits = new float[NumExperts];
+        fixed (byte* rb = router.bytes, ab = lora_A.bytes, bb = lora_B.bytes)
+            OneToken(x, (float*)rb, (float*)ab, (float*)bb, y, bf16, logits);
+        // The adapter's sink keeps them only while it collects the balance loss (a forward pass with labels).
+        RouterLogitsSink?.Invoke(this, torch.tensor(logits, [1, NumExperts]));
+    }
+
+    /// <summary>Outputs of B per decoding-team chunk (the chosen experts' columns of 256 rows: 8-64 KiB of B).</summary>
+    const long OutputsPerChunk = 256;
+
+    /// <summary>The k x r dot products of A and B's rows run as decoding-team jobs (<see cref="Models.DecodeTeam"/>),
+    /// so both threads read the adapter: measured (bench/NOTES.md) one thread spent ~80 us a module at the 1.1B shape,
+    /// about 13 ms a token.</summary>
     unsafe void OneToken(float* x, float* routerW, float* a, float* b, byte* y, bool bf16, Span<float> logits)
     {
-        int k = TopK, r = Rank, ranks = NumExperts * Rank;
-        for (int e = 0; e < NumExperts; e++) logits[e] = Dot(routerW + (long)e * InFeatures, x, InFeatures);
+        int k = TopK, r = Rank, ranks = NumExperts * Rank, threads = Math.Max(1, get_num_threads());
+        long inF = InFeatures, outF = OutFeatures;
+        for (int e = 0; e < NumExperts; e++) logits[e] = Dot(routerW + e * inF, x, InFeatures);
         // Top-k of the logits (the first of equal ones first), then a softmax over those k, as Route computes it.
-        Span<int> chosen = stackalloc int[k];
+        int* chosen = stackalloc int[k];
         Span<float> weight = stackalloc float[k];
         for (int i = 0; i < k; i++)
         {
             int best = -1;
             for (int e = 0; e < NumExperts; e++)
-                if (chosen[..i].IndexOf(e) < 0 && (best < 0 || logits[e] > logits[best])) best = e;
+                if (new Span<int>(chosen, i).IndexOf(e) < 0 && (best < 0 || logits[e] > logits[best])) best = e;
             chosen[i] = best;
         }
         float top = logits[chosen[0]], sum = 0;
         for (int i = 0; i < k; i++) sum += weight[i] = MathF.Exp(logits[chosen[i]] - top);
         // h = gate * scaling * A_e x for the chosen experts, k x r values.
-        Span<float> h = stackalloc float[k * r];
-        for (int i = 0; i < k; i++)
-            for (int j = 0; j < r; j++)
-                h[i * r + j] = weight[i] / sum * (float)Scaling * Dot(a + ((long)chosen[i] * r + j) * InFeatures, x, InFeatures);
-        for (long o = 0; o < OutFeatures; o++)
+        float* gate = stackalloc float[k];
+        for (int i = 0; i < k; i++) gate[i] = weight[i] / sum * (float)Scaling;
+        float* h = stackalloc float[k * r];
+        Models.DecodeTeam.Run(k * r, threads, c => h[c] = gate[c / r] * Dot(a + ((long)chosen[c / r] * r + c % r) * inF, x, (int)inF));
+        int chunks = (int)((outF + OutputsPerChunk - 1) / OutputsPerChunk);
+        Models.DecodeTeam.Run(chunks, threads, c =>
         {
-            float* row = b + o * ranks;
-            float delta = 0;
-            if (r == 8)
+            for (long o = c * OutputsPerChunk, end = Math.Min(outF, o + OutputsPerChunk); o < end; o++)
             {
-                var acc = Vector256<float>.Zero;
-                for (int i = 0; i < k; i++) acc = Vector256.FusedMultiplyAdd(Vector256.Load(row + chosen[i] * 8), Vector256.Create(h.Slice(i * 8, 8)), acc);
-                delta = Vector256.Sum(acc);
+                float* row = b + o * ranks;
+                float delta = 0;
+                if (r == 8)
+                {
+                    var acc = Vector256<float>.Zero;
+                    for (int i = 0; i < k; i++) acc = Vector256.FusedMultiplyAdd(Vector256.Load(row + chosen[i] * 8), Vector256.Load(h + i * 8), acc);
+                    delta = Vector256.Sum(acc);
+                }
+                else
+                {
+                    for (int i = 0; i < k; i++)
+                        for (int j = 0; j < r; j++) delta += row[chosen[i] * r + j] * h[i * r + j];
+                }
+                if (!bf16) ((float*)y)[o] += delta;
+                else
+                {
+                    var yo = (ushort*)y + o;
+                    *yo = Bf16Gemv.Round(Bf16Gemv.Widen(*yo) + Bf16Gemv.Widen(Bf16Gemv.Round(delta)));
+                }
             }
-            else
-            {
-                for (int i = 0; i < k; i++)
-                    for (int j = 0; j < r; j++) delta += row[chosen[i] * r + j] * h[i * r + j];
-            }
-            if (!bf16) ((float*)y)[o] += delta;
-            else
-            {
-                var yo = (ushort*)y + o;
-                *yo = Bf16Gemv.Round(Bf16Gemv.Widen(*yo) + Bf16Gemv.Widen(Bf16Gemv.Round(delta)));
-            }
-        }
+        });
     }
 
     /// <summary>sum_i p[i] q[i] over float32, four vector sums.</summary>

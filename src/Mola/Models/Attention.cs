@@ -9,6 +9,10 @@ public sealed class Attention : nn.Module<Tensor, Tensor>
     public Linear q_proj, k_proj, v_proj, o_proj;
     readonly int _heads, _kvHeads, _headDim;
 
+    public int Heads => _heads;
+    public int KeyValueHeads => _kvHeads;
+    public int HeadDim => _headDim;
+
     public Attention(string name, ModelConfig c, ScalarType dtype, Device device) : base(name)
     {
         _heads = c.NumAttentionHeads;

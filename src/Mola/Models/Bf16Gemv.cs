@@ -1,5 +1,4 @@
 using System.Runtime.CompilerServices;
-using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -31,7 +30,7 @@ public static class Bf16Gemv
         && !((is_grad_enabled() && (x.requires_grad || w.requires_grad)));
 
     /// <summary><c>x W^T</c>, x [..., in] and W [out, in] in bfloat16: [..., out] in bfloat16.</summary>
-    public static Tensor Linear(Tensor x, Tensor w)
+    public static unsafe Tensor Linear(Tensor x, Tensor w)
     {
         long inF = w.shape[1], outF = w.shape[0];
         if (Vector512.IsHardwareAccelerated)
@@ -39,7 +38,7 @@ public static class Bf16Gemv
             // x read and y written here, in bfloat16: no float32 copies from libtorch, one allocation per product.
             using var xc = x.contiguous();
             var y = empty([.. x.shape.SkipLast(1), outF], ScalarType.BFloat16);
-            MultiplyPairs(Address(w), Address(xc), Address(y), inF, outF);
+            MultiplyPairs((ushort*)Address(xc), inF, [new Product(Address(w), Address(y), outF)]);
             return y;
         }
         using var xf = x.reshape(-1, inF).to(ScalarType.Float32).contiguous();
@@ -55,8 +54,10 @@ public static class Bf16Gemv
         fixed (byte* p = t.bytes) return (nint)p;
     }
 
-    /// <summary>Rows of W per chunk: 64 KiB to 256 KiB of weights, enough to amortise taking one, small enough to share out.</summary>
-    const long ChunkRows = 32;
+    /// <summary>Rows of W per chunk: 128 KiB to 1 MiB of weights, enough to amortise taking one, small enough to share
+    /// out. Measured (bench/NOTES.md, 24 matrices 5632 x 2048, two threads, in-process rounds alternating): 64 rows read
+    /// 3-7% faster than 32 (30.3 against 29.3 GB/s, 26.3 against 24.5 in a slower minute), 128 and 256 no faster.</summary>
+    const long ChunkRows = 64;
 
     /// <summary>Outputs in chunks of <see cref="ChunkRows"/> shared out by
     /// <see cref="DecodeTeam"/> over libtorch's thread count. Measured (bench/NOTES.md): with one block per pool thread
@@ -68,45 +69,60 @@ public static class Bf16Gemv
         DecodeTeam.Run(chunks, Math.Max(1, get_num_threads()), c => block(c * ChunkRows, Math.Min(outF, (c + 1) * ChunkRows)));
     }
 
+    /// <summary>One weight matrix [<paramref name="Rows"/>, in] of a product and where its bfloat16 outputs go.</summary>
+    internal readonly record struct Product(nint W, nint Y, long Rows);
+
     /// <summary>
-    /// One row of x against W with 512-bit vectors. Two neighbouring bfloat16 weights are one 32-bit word: the low one
-    /// widened is the word shifted left by 16, the high one the word with its low half cleared, two operations for
-    /// 32 weights where widening costs shuffles. So x is split once into its even and odd elements (as float32).
-    /// Measured (bench/NOTES.md): twice the rate of the widening kernel with the weights in cache, which is what lets
-    /// two cores reach the memory's rate.
+    /// One row x (bfloat16, <paramref name="inF"/> long) against each of <paramref name="products"/>' matrices, all in one
+    /// team job: q, k and v (gate and up) read the same input, so their chunks are shared out together and the threads
+    /// meet once instead of once a matrix. With 512-bit vectors only (<see cref="Vector512.IsHardwareAccelerated"/>).
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // straight to optimised code: no slow first tier for a hot kernel
-    static unsafe void MultiplyPairs(nint wPtr, nint xPtr, nint yPtr, long inF, long outF)
+    internal static unsafe void MultiplyPairs(ushort* x, long inF, Product[] products)
     {
-        long pairs = inF / 2 - inF / 2 % 16;   // pairs the vectors take; the elements after them are summed one by one
-        var scratch = (float*)NativeMemory.Alloc((nuint)(inF * sizeof(float)));
-        try
+        var first = new int[products.Length + 1];   // the first chunk of each product; the last entry is the total
+        for (int p = 0; p < products.Length; p++)
+            first[p + 1] = first[p] + (int)((products[p].Rows + ChunkRows - 1) / ChunkRows);
+        DecodeTeam.Run(first[^1], Math.Max(1, get_num_threads()), c =>
         {
-            var x = (ushort*)xPtr;
-            float* even = scratch, odd = scratch + pairs, tail = scratch + 2 * pairs;
-            for (long j = 0; j < pairs; j++)
-            {
-                even[j] = Widen(x[2 * j]);
-                odd[j] = Widen(x[2 * j + 1]);
-            }
-            for (long i = 2 * pairs; i < inF; i++) tail[i - 2 * pairs] = Widen(x[i]);
-            var w = (ushort*)wPtr;
-            var y = (ushort*)yPtr;
-            Split(outF, (from, to) => PairsBlock(w, even, odd, tail, y, inF, pairs, from, to));
-        }
-        finally
-        {
-            NativeMemory.Free(scratch);
-        }
+            int p = 0;
+            while (c >= first[p + 1]) p++;
+            var (w, y, rows) = products[p];
+            long from = (c - first[p]) * ChunkRows;
+            PairsBlock((ushort*)w, x, inF, (ushort*)y, from, Math.Min(rows, from + ChunkRows));
+        });
     }
 
-    /// <summary>Outputs <paramref name="from"/> to <paramref name="to"/>, one row of W at a time: the block is then one
+    /// <summary>
+    /// One row x against two matrices of the same shape (gate and up), chunk by chunk the same rows of both, each chunk
+    /// then handed to <paramref name="combine"/> (from, to) on the thread that computed it: what follows elementwise
+    /// (the gate's activation times up) runs on both threads, on outputs still in cache.
+    /// </summary>
+    internal static unsafe void MultiplyTogether(ushort* x, long inF, Product a, Product b, Action<long, long> combine) =>
+        DecodeTeam.Run((int)((a.Rows + ChunkRows - 1) / ChunkRows), Math.Max(1, get_num_threads()), c =>
+        {
+            long from = c * ChunkRows, to = Math.Min(a.Rows, from + ChunkRows);
+            PairsBlock((ushort*)a.W, x, inF, (ushort*)a.Y, from, to);
+            PairsBlock((ushort*)b.W, x, inF, (ushort*)b.Y, from, to);
+            combine(from, to);
+        });
+
+    /// <summary>
+    /// Outputs <paramref name="from"/> to <paramref name="to"/> of W x, one row of W at a time: the block is then one
     /// sequential read, which the hardware prefetcher follows best (measured against four rows a pass sharing x's loads:
-    /// 23 against 16 GB/s from memory with one thread, 29 against 28 with two; x's loads come from L1 either way).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static unsafe void PairsBlock(ushort* w, float* even, float* odd, float* tail, ushort* y, long inF, long pairs, long from, long to)
+    /// 23 against 16 GB/s from memory with one thread, 29 against 28 with two).
+    /// Two neighbouring bfloat16 numbers are one 32-bit word: the low one widened is the word shifted left by 16, the high
+    /// one the word with its low half cleared, two operations for 32 numbers where widening costs shuffles (twice the
+    /// widening kernel's rate with the weights in cache). x is read the same way, as bfloat16 words, so that a row of W
+    /// and x together stay inside the 32 KiB L1 cache: with x widened once into float32 halves (twice its bytes), a
+    /// 5632-long row (down_proj) and x took 33 KiB and its product read 17.5 GB/s where the same kernel reads 32 over
+    /// 2048-long rows; with x as words, 32.2 (bench/NOTES.md). The sums are the same either way.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // straight to optimised code: no slow first tier for a hot kernel
+    static unsafe void PairsBlock(ushort* w, ushort* x, long inF, ushort* y, long from, long to)
     {
         var high = Vector512.Create(0xFFFF0000u);
+        long pairs = inF / 2 - inF / 2 % 16;   // pairs the vectors take; the elements after them are summed one by one
+        uint* xw = (uint*)x;
         for (long o = from; o < to; o++)
         {
             uint* r = (uint*)(w + o * inF);
@@ -114,19 +130,15 @@ public static class Bf16Gemv
             for (long j = 0; j < pairs; j += 16)
             {
                 var u = Vector512.Load(r + j);
-                e = Vector512.FusedMultiplyAdd(Vector512.ShiftLeft(u, 16).AsSingle(), Vector512.Load(even + j), e);
-                d = Vector512.FusedMultiplyAdd((u & high).AsSingle(), Vector512.Load(odd + j), d);
+                var v = Vector512.Load(xw + j);
+                e = Vector512.FusedMultiplyAdd(Vector512.ShiftLeft(u, 16).AsSingle(), Vector512.ShiftLeft(v, 16).AsSingle(), e);
+                d = Vector512.FusedMultiplyAdd((u & high).AsSingle(), (v & high).AsSingle(), d);
             }
-            y[o] = Finish(Vector512.Sum(e + d), w + o * inF, tail, inF, pairs);
+            float sum = Vector512.Sum(e + d);
+            // the row's elements past the vectors, then the sum rounded to bfloat16 (as libtorch rounds)
+            for (long i = 2 * pairs; i < inF; i++) sum += Widen(w[o * inF + i]) * Widen(x[i]);
+            y[o] = Round(sum);
         }
-    }
-
-    /// <summary>The row's sum with its elements past the vectors added, rounded to bfloat16 (to nearest, ties to
-    /// even, as libtorch rounds).</summary>
-    static unsafe ushort Finish(float sum, ushort* row, float* tail, long inF, long pairs)
-    {
-        for (long i = 2 * pairs; i < inF; i++) sum += Widen(row[i]) * tail[i - 2 * pairs];
-        return Round(sum);
     }
 
     /// <summary>A float32 rounded to bfloat16 (to nearest, ties to even, NaN kept a NaN), as libtorch rounds.</summary>

@@ -21,10 +21,14 @@ public sealed class DecoderLayer : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
+    /// <summary>Whether one token of batch-1 decoding may take <see cref="OneTokenLayer"/> (tests turn it off to compare).</summary>
+    internal bool OneTokenPath { get; set; } = true;
+
     public override Tensor forward(Tensor x) => throw new InvalidOperationException("call Forward(x, context)");
 
     public Tensor Forward(Tensor x, ForwardContext ctx)
     {
+        if (OneTokenLayer.Applies(this, x, ctx)) return OneTokenLayer.Forward(this, x, ctx, _index);
         using var scope = NewDisposeScope();
         using (var n = input_layernorm.forward(x))
             x = x + self_attn.Forward(n, ctx, _index);

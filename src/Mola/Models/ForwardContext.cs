@@ -39,23 +39,34 @@ public sealed class KvCache : IDisposable
     public (Tensor K, Tensor V) Append(int layer, Tensor k, Tensor v)
     {
         long length = _length[layer], T = k.shape[2];
-        if (_k[layer] is not { } bufK || bufK.shape[2] < length + T)
-        {
-            long capacity = Math.Max(length + T, 2 * (_k[layer]?.shape[2] ?? 0));
-            Grow(layer, k, capacity);
-        }
+        Reserve(layer, k.shape[0], k.shape[1], T, k.shape[3], k.dtype, k.device);
         using (var slot = _k[layer]!.narrow(2, length, T)) slot.copy_(k.detach());
         using (var slot = _v[layer]!.narrow(2, length, T)) slot.copy_(v.detach());
         _length[layer] = length + T;
         return (_k[layer]!.narrow(2, 0, length + T), _v[layer]!.narrow(2, 0, length + T));
     }
 
-    /// <summary>Moves layer <paramref name="layer"/>'s positions into buffers of <paramref name="capacity"/> positions.</summary>
-    void Grow(int layer, Tensor like, long capacity)
+    /// <summary>
+    /// One new position of layer <paramref name="layer"/> for batch-1 decoding that writes its key and value itself
+    /// (<see cref="OneTokenLayer"/>): the layer's buffers [1, kv_heads, capacity, head_dim] (contiguous) and the position
+    /// to write at, now counted as cached.
+    /// </summary>
+    internal (Tensor K, Tensor V, long Position) AppendOne(int layer, long kvHeads, long headDim, ScalarType dtype, Device device)
     {
-        long[] shape = [like.shape[0], like.shape[1], capacity, like.shape[3]];
-        var k = empty(shape, like.dtype, like.device).DetachFromDisposeScope();
-        var v = empty(shape, like.dtype, like.device).DetachFromDisposeScope();
+        Reserve(layer, 1, kvHeads, 1, headDim, dtype, device);
+        long position = _length[layer]++;
+        return (_k[layer]!, _v[layer]!, position);
+    }
+
+    /// <summary>Room for <paramref name="T"/> more positions in layer <paramref name="layer"/>'s buffers (doubling them when full).</summary>
+    void Reserve(int layer, long batch, long kvHeads, long T, long headDim, ScalarType dtype, Device device)
+    {
+        long length = _length[layer];
+        if (_k[layer] is { } bufK && bufK.shape[2] >= length + T) return;
+        long capacity = Math.Max(length + T, 2 * (_k[layer]?.shape[2] ?? 0));
+        long[] shape = [batch, kvHeads, capacity, headDim];
+        var k = empty(shape, dtype, device).DetachFromDisposeScope();
+        var v = empty(shape, dtype, device).DetachFromDisposeScope();
         if (_length[layer] > 0)
         {
             using var scope = NewDisposeScope();

@@ -9,6 +9,9 @@ public sealed class Mlp : nn.Module<Tensor, Tensor>
     public Linear gate_proj, up_proj, down_proj;
     readonly string _act;
 
+    /// <summary>The config's <c>hidden_act</c>.</summary>
+    public string Activation => _act;
+
     public Mlp(string name, ModelConfig c, ScalarType dtype, Device device) : base(name)
     {
         gate_proj = new Linear("gate_proj", c.HiddenSize, c.IntermediateSize, dtype, device);

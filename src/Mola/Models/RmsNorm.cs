@@ -50,27 +50,30 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
     /// </summary>
     unsafe Tensor OneRow(Tensor x)
     {
-        int n = (int)x.numel();
         var y = torch.empty(x.shape, ScalarType.BFloat16);
-        fixed (byte* xb = x.bytes, wb = weight.bytes, yb = y.bytes)
-        {
-            ushort* xs = (ushort*)xb, ws = (ushort*)wb, ys = (ushort*)yb;
-            double acc = 0;
-            for (int i = 0; i < n; i++)
-            {
-                double v = Bf16Gemv.Widen(xs[i]);
-                acc += v * v;
-            }
-            float norm = (float)Math.Sqrt(acc);
-            float scale = 1f / MathF.Sqrt(norm * norm / n + (float)_eps);
-            for (int i = 0; i < n; i++)
-            {
-                float normed = Bf16Gemv.Widen(xs[i]) * scale;
-                ys[i] = _gemma
-                    ? Bf16Gemv.Round(normed * (Bf16Gemv.Widen(ws[i]) + 1f))
-                    : Bf16Gemv.Round(Bf16Gemv.Widen(ws[i]) * Bf16Gemv.Widen(Bf16Gemv.Round(normed)));
-            }
-        }
+        OneRow((ushort*)Bf16Gemv.Address(x), (ushort*)Bf16Gemv.Address(y));
         return y;
+    }
+
+    /// <summary><see cref="OneRow(Tensor)"/> from one bfloat16 row in native memory to another (they may not overlap).</summary>
+    internal unsafe void OneRow(ushort* xs, ushort* ys)
+    {
+        int n = (int)weight.numel();
+        var ws = (ushort*)Bf16Gemv.Address(weight);
+        double acc = 0;
+        for (int i = 0; i < n; i++)
+        {
+            double v = Bf16Gemv.Widen(xs[i]);
+            acc += v * v;
+        }
+        float norm = (float)Math.Sqrt(acc);
+        float scale = 1f / MathF.Sqrt(norm * norm / n + (float)_eps);
+        for (int i = 0; i < n; i++)
+        {
+            float normed = Bf16Gemv.Widen(xs[i]) * scale;
+            ys[i] = _gemma
+                ? Bf16Gemv.Round(normed * (Bf16Gemv.Widen(ws[i]) + 1f))
+                : Bf16Gemv.Round(Bf16Gemv.Widen(ws[i]) * Bf16Gemv.Widen(Bf16Gemv.Round(normed)));
+        }
     }
 }

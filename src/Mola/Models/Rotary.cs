@@ -48,23 +48,27 @@ public sealed class Rotary
     /// sum (tested bit for bit against the libtorch path).</summary>
     static unsafe Tensor OneToken(Tensor x, Tensor cos, Tensor sin)
     {
-        int heads = (int)x.shape[1], d = (int)x.shape[3], half = d / 2;
         var y = empty(x.shape, ScalarType.BFloat16);
-        fixed (byte* xb = x.bytes, cb = cos.bytes, sb = sin.bytes, yb = y.bytes)
+        OneToken((ushort*)Bf16Gemv.Address(x), (ushort*)Bf16Gemv.Address(cos), (ushort*)Bf16Gemv.Address(sin),
+            (ushort*)Bf16Gemv.Address(y), (int)x.shape[1], (int)x.shape[3]);
+        return y;
+    }
+
+    /// <summary><see cref="OneToken(Tensor, Tensor, Tensor)"/> over <paramref name="heads"/> rows of <paramref name="d"/>
+    /// in native memory, <paramref name="xs"/> into <paramref name="ys"/> (they may not overlap).</summary>
+    internal static unsafe void OneToken(ushort* xs, ushort* cs, ushort* ss, ushort* ys, int heads, int d)
+    {
+        int half = d / 2;
+        for (int h = 0; h < heads; h++)
         {
-            ushort* xs = (ushort*)xb, cs = (ushort*)cb, ss = (ushort*)sb, ys = (ushort*)yb;
-            for (int h = 0; h < heads; h++)
+            ushort* row = xs + h * d, output = ys + h * d;
+            for (int i = 0; i < d; i++)
             {
-                ushort* row = xs + h * d, output = ys + h * d;
-                for (int i = 0; i < d; i++)
-                {
-                    float rotated = i < half ? -Bf16Gemv.Widen(row[i + half]) : Bf16Gemv.Widen(row[i - half]);
-                    float a = Bf16Gemv.Widen(Bf16Gemv.Round(Bf16Gemv.Widen(row[i]) * Bf16Gemv.Widen(cs[i])));
-                    float b = Bf16Gemv.Widen(Bf16Gemv.Round(rotated * Bf16Gemv.Widen(ss[i])));
-                    output[i] = Bf16Gemv.Round(a + b);
-                }
+                float rotated = i < half ? -Bf16Gemv.Widen(row[i + half]) : Bf16Gemv.Widen(row[i - half]);
+                float a = Bf16Gemv.Widen(Bf16Gemv.Round(Bf16Gemv.Widen(row[i]) * Bf16Gemv.Widen(cs[i])));
+                float b = Bf16Gemv.Widen(Bf16Gemv.Round(rotated * Bf16Gemv.Widen(ss[i])));
+                output[i] = Bf16Gemv.Round(a + b);
             }
         }
-        return y;
     }
 }
