@@ -288,4 +288,145 @@ public class MolaLayerTests
         Assert.True(layer.router.abs().max().item<float>() <= bound);
         Assert.Equal(0f, layer.lora_B.abs().max().item<float>());
     }
+
+    /// <summary>q, k and v around one input route as one (<see cref="MolaSiblings"/>): each output and every gradient
+    /// equals the naive formula per module, with the balance loss over the three modules' logits, computed in a
+    /// separate graph from cloned parameters. The group computes all three on q's call (the sink then holds three).</summary>
+    [Fact]
+    public void SiblingsRouteAsOneAndMatchTheFormula()
+    {
+        const int inF = 24, E = 4, k = 2, r = 3;
+        int[] outs = [20, 8, 8];
+        string[] names = ["q_proj", "k_proj", "v_proj"];
+        torch.manual_seed(21);
+        var layers = outs.Select((o, i) => RandomLayer(3, names[i], inF, o, E, k, r, 0.0)).ToArray();
+        var siblings = new MolaSiblings([.. layers.Select(l => l.Layer)]);
+        var logits = new List<Tensor>();
+        foreach (var (_, layer) in layers)
+        {
+            layer.Siblings = siblings;
+            layer.RouterLogitsSink = (_, l) => logits.Add(l.alias().DetachFromDisposeScope());
+        }
+        var x = torch.randn(2, 30, inF);                     // 60 tokens > E + E*r: the training layout
+        var ups = outs.Select(o => torch.randn(2, 30, o)).ToArray();
+
+        var xi = x.clone().requires_grad_(true);
+        var ys = new Tensor[3];
+        for (int i = 0; i < 3; i++)
+        {
+            ys[i] = layers[i].Layer.Forward(xi, layers[i].Base);
+            if (i == 0) Assert.Equal(3, logits.Count);   // routed for all three on the first call
+        }
+        var loss = LoadBalancing.LayerLoss(torch.cat(logits, 0), E, k);
+        for (int i = 0; i < 3; i++) loss = loss + (ys[i] * ups[i]).sum();
+        loss.backward();
+
+        var xr = x.clone().requires_grad_(true);
+        var clones = layers.Select(l => (R: l.Layer.router.detach().clone().requires_grad_(true), A: l.Layer.lora_A.detach().clone().requires_grad_(true),
+            B: l.Layer.lora_B.detach().clone().requires_grad_(true))).ToArray();
+        var xf = xr.reshape(-1, inF);
+        var want = torch.cat(clones.Select(c => xf.matmul(c.R.t())).ToArray(), 0);
+        var wantLoss = LoadBalancing.LayerLoss(want, E, k);
+        var wantYs = new Tensor[3];
+        for (int i = 0; i < 3; i++)
+        {
+            wantYs[i] = Naive(xr, layers[i].Base.weight, clones[i].R, clones[i].A, clones[i].B, E, k, r, 16.0 / r);
+            wantLoss = wantLoss + (wantYs[i] * ups[i]).sum();
+        }
+        wantLoss.backward();
+
+        AssertClose(torch.cat(logits, 0), want, 1e-5, "router logits");
+        AssertClose(xi.grad!, xr.grad!, 1e-5, "grad x");
+        for (int i = 0; i < 3; i++)
+        {
+            AssertClose(ys[i], wantYs[i], 1e-5, $"{names[i]} y");
+            AssertClose(layers[i].Layer.router.grad!, clones[i].R.grad!, 1e-5, $"{names[i]} grad router");
+            AssertClose(layers[i].Layer.lora_A.grad!, clones[i].A.grad!, 1e-5, $"{names[i]} grad A");
+            AssertClose(layers[i].Layer.lora_B.grad!, clones[i].B.grad!, 1e-5, $"{names[i]} grad B");
+        }
+    }
+
+    /// <summary>Over a bfloat16 base (mixed precision) the group computes what each member computes alone: the same
+    /// products and roundings, so outputs and gradients agree to within a bfloat16 unit of the largest value.</summary>
+    [Fact]
+    public void SiblingsOverABfloat16BaseEqualEachLayerAlone()
+    {
+        const int inF = 32, E = 6, k = 2, r = 4;
+        int[] outs = [40, 40];
+        torch.manual_seed(22);
+        var layers = outs.Select((o, i) => RandomLayer(5, i == 0 ? "gate_proj" : "up_proj", inF, o, E, k, r, 0.0, ScalarType.BFloat16)).ToArray();
+        var siblings = new MolaSiblings([.. layers.Select(l => l.Layer)]);
+        var x = torch.randn(64, inF).to(ScalarType.BFloat16);
+
+        Tensor[] Run(bool grouped)
+        {
+            foreach (var (_, layer) in layers)
+            {
+                layer.Siblings = grouped ? siblings : null;
+                layer.zero_grad();
+            }
+            var xi = x.clone().requires_grad_(true);
+            var ys = layers.Select(l => l.Layer.Forward(xi, l.Base)).ToArray();
+            ys.Aggregate((Tensor)torch.zeros(1), (sum, y) => sum + y.to(ScalarType.Float32).pow(2).sum()).backward();
+            return [.. ys.Select(y => y.detach()), xi.grad!, .. layers.SelectMany(l => new[] { l.Layer.router.grad!.clone(), l.Layer.lora_A.grad!.clone(), l.Layer.lora_B.grad!.clone() })];
+        }
+
+        var alone = Run(false);
+        var grouped = Run(true);
+        for (int i = 0; i < alone.Length; i++) AssertClose(grouped[i], alone[i], 1.0 / 128, $"tensor {i}");
+    }
+
+    /// <summary>With dropout on, the group multiplies the routers' product once and each member's experts read its own
+    /// dropout(x), the masks drawn in the members' order: reseeded, it computes what the members compute alone.</summary>
+    [Fact]
+    public void SiblingsWithDropoutEqualEachLayerAloneWithTheSameMasks()
+    {
+        const int inF = 24, E = 4, k = 2, r = 3;
+        int[] outs = [20, 8, 8];
+        torch.manual_seed(23);
+        var layers = outs.Select((o, i) => RandomLayer(1, "q_proj", inF, o, E, k, r, 0.3)).ToArray();
+        var siblings = new MolaSiblings([.. layers.Select(l => l.Layer)]);
+        var x = torch.randn(50, inF);
+
+        Tensor[] Run(bool grouped)
+        {
+            int sunk = 0;
+            foreach (var (_, layer) in layers)
+            {
+                layer.Siblings = grouped ? siblings : null;
+                layer.RouterLogitsSink = (_, _) => sunk++;
+                layer.train();
+                layer.zero_grad();
+            }
+            var xi = x.clone().requires_grad_(true);
+            torch.manual_seed(77);
+            var ys = new Tensor[layers.Length];
+            for (int i = 0; i < layers.Length; i++)
+            {
+                ys[i] = layers[i].Layer.Forward(xi, layers[i].Base);
+                if (i == 0) Assert.Equal(grouped ? 3 : 1, sunk);
+            }
+            ys.Aggregate((Tensor)torch.zeros(1), (sum, y) => sum + y.pow(2).sum()).backward();
+            return [.. ys.Select(y => y.detach()), xi.grad!, .. layers.SelectMany(l => new[] { l.Layer.router.grad!.clone(), l.Layer.lora_A.grad!.clone(), l.Layer.lora_B.grad!.clone() })];
+        }
+
+        var alone = Run(false);
+        var grouped = Run(true);
+        for (int i = 0; i < alone.Length; i++) AssertClose(grouped[i], alone[i], 1e-5, $"tensor {i}");
+    }
+
+    [Fact]
+    public void AttachGroupsTheModulesThatReadOneInput()
+    {
+        using var model = ModelLoader.Load(TestUtil.Fixture("llama-tiny"));
+        var config = new AdapterConfig { Kind = AdapterKind.Mola, TargetModules = [.. TargetModules.All], Rank = [4, 4, 4], NumExperts = [2, 4, 6], TopK = [1, 2, 2] };
+        var adapter = AdapterModel.Attach(model, config);
+        foreach (var (l, m, _, a) in adapter.Modules)
+        {
+            var siblings = ((MolaLayer)a).Siblings;
+            string[] want = m is "q_proj" or "k_proj" or "v_proj" ? ["q_proj", "k_proj", "v_proj"] : m is "gate_proj" or "up_proj" ? ["gate_proj", "up_proj"] : [];
+            Assert.Equal(want, siblings?.Members.Select(s => s.Module).ToArray() ?? []);
+            Assert.All(siblings?.Members ?? [], s => Assert.Equal(l, s.Layer));
+        }
+    }
 }

@@ -56,9 +56,19 @@ public sealed class AdapterModel : nn.Module
                 target.Adapter = module;
                 adapter._modules.Add((l, m, target, module));
             }
+            foreach (string[] sameInput in SameInput)
+            {
+                var members = adapter._modules.Where(a => a.Layer == l && sameInput.Contains(a.Module)).Select(a => a.Adapter).OfType<MolaLayer>().ToList();
+                if (members.Count < 2) continue;
+                var siblings = new MolaSiblings(members);
+                foreach (var member in members) member.Siblings = siblings;
+            }
         }
         return adapter;
     }
+
+    /// <summary>The modules of a decoder layer that read one input, in the order the layer calls them.</summary>
+    static readonly string[][] SameInput = [["q_proj", "k_proj", "v_proj"], ["gate_proj", "up_proj"]];
 
     static Linear Target(DecoderLayer layer, string module) => module switch
     {

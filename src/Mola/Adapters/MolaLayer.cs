@@ -37,6 +37,10 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer, Models.
     /// <summary>Where this layer's router logits [N, E] go during a forward pass (for the balance loss); null: nowhere.</summary>
     public Action<IRoutedLayer, Tensor>? RouterLogitsSink { get; set; }
 
+    /// <summary>The layers of the same decoder layer that read this one's input (q, k, v; gate, up), routed as one in
+    /// training; null: this layer routes alone.</summary>
+    public MolaSiblings? Siblings { get; set; }
+
     /// <summary>Routing statistics hook; null (the default) costs nothing.</summary>
     public IRoutingObserver? Observer { get; set; }
 
@@ -107,31 +111,38 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer, Models.
         // q, k, v (gate, up) share one float32 copy of their input where the products need one.
         var y = UseLoopPath ? LoopForward(x, SharedInputCast.Float32Rows(x, InFeatures), baseLayer)
             : OneTokenApplies(x2) ? OneToken(x2, SharedInputCast.Float32Rows(x, InFeatures), baseLayer)
-            : FastForward(x2, Precision.ProductRows(x, InFeatures), baseLayer);
+            : FastForward(x2, Precision.ProductRows(x, InFeatures), baseLayer, x);
         return y.view(x.shape.SkipLast(1).Append(OutFeatures).ToArray()).MoveToOuterDisposeScope();
     }
 
-    /// <summary>Softmax in float32, the top-k probabilities renormalised to sum 1; hands the logits to the sink.
-    /// The original's order (softmax over all experts, top-k, divide by their sum) when <paramref name="asOriginal"/>;
-    /// otherwise top-k of the logits and a softmax over those k, the same weights in two operations fewer forward
-    /// and backward (p_e / sum over chosen p = exp(l_e) / sum over chosen exp(l); softmax keeps the order). Deviation
-    /// on purpose, for speed; the fast path and the loop port agree (tested).</summary>
-    (Tensor TopW, Tensor TopI) Route(Tensor logits, bool asOriginal)
+    /// <summary>The original's routing, for the loop port: softmax in float32 over all experts, the top-k, divided by
+    /// their sum; hands the logits to the sink.</summary>
+    (Tensor TopW, Tensor TopI) Route(Tensor logits)
     {
-        Tensor topW, topI;
-        if (asOriginal)
-        {
-            (topW, topI) = nn.functional.softmax(logits, 1).topk(TopK, dim: 1);
-            topW = topW / topW.sum(1, keepdim: true);
-        }
-        else
-        {
-            var (topL, index) = logits.topk(TopK, dim: 1);
-            (topW, topI) = (nn.functional.softmax(topL, 1), index);
-        }
+        var (topW, topI) = nn.functional.softmax(logits, 1).topk(TopK, dim: 1);
+        topW = topW / topW.sum(1, keepdim: true);
         RouterLogitsSink?.Invoke(this, logits);
         Observer?.Add(Layer, Module, topI.detach(), topW.detach(), NumExperts);
         return (topW, topI);
+    }
+
+    /// <summary>
+    /// The dense gate [..., E] of float32 <paramref name="logits"/> [..., E]: over each row's top-k experts the
+    /// renormalised top-k probabilities (times <paramref name="scale"/>), 0 elsewhere. Computed as a softmax over the
+    /// whole row with -inf added outside the top-k: exp(l_e) / sum over chosen exp(l) = p_e / sum over chosen p, the
+    /// original's weights (softmax over all, top-k, divided by their sum) in fewer operations; the -inf entries come out
+    /// exactly 0, and the backward pass is the softmax's alone (the top-k is taken on the detached logits: the choice
+    /// has no gradient), where a top-k, a softmax over k and a scatter each had their own. Deviation on purpose, for
+    /// speed; the fast path and the loop port agree (tested).
+    /// </summary>
+    internal static (Tensor Gate, Tensor TopI) TopKGate(Tensor logits, int topK, double scale)
+    {
+        using var scope = NewDisposeScope();
+        var topI = logits.detach().topk(topK, dim: -1).indexes;
+        var outside = torch.full_like(logits, double.NegativeInfinity).scatter_(-1, topI, torch.zeros_like(topI, ScalarType.Float32));
+        var gate = nn.functional.softmax(logits + outside, -1);
+        if (scale != 1) gate = gate * scale;
+        return (gate.MoveToOuterDisposeScope(), topI.MoveToOuterDisposeScope());
     }
 
     /// <summary>
@@ -146,35 +157,22 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer, Models.
     /// (the loop draws one per expert); the expectation is the same and with dropout off the two
     /// paths are equal (tested).
     /// </summary>
-    Tensor FastForward(Tensor x2, Tensor xa, Models.Linear baseLayer)
+    Tensor FastForward(Tensor x2, Tensor xa, Models.Linear baseLayer, Tensor? input = null)
     {
         long N = xa.shape[0], ranks = (long)NumExperts * Rank;
         var type = xa.dtype;
         // Copying the small weights into the layouts the products want costs a pass over them: worth it
         // when the tokens outnumber their rows and a backward pass follows (training), not in decoding.
         bool relayout = Relayout ?? (TrainingLayout.BackwardFollows && N > NumExperts + ranks);
-        bool dropout = DropoutP > 0 && training;
-        Tensor logits, h;
-        if (relayout && !dropout)
-        {
-            // Router and experts read the same input: one product [N, E + E*r] reads it once, forward and backward.
-            var both = xa.mm(torch.cat([router, lora_A], 0).In(type).t());
-            logits = both.narrow(1, 0, NumExperts).contiguous().to(ScalarType.Float32);   // softmax over a strided view is ~10x slower
-            h = both.narrow(1, NumExperts, ranks);
-        }
-        else
-        {
-            logits = xa.mm(router.In(type).t()).to(ScalarType.Float32);                   // [N, E]
-            h = Dropout(xa).mm(lora_A.In(type).t());                                       // [N, E*r]
-        }
-        var (topW, topI) = Route(logits, asOriginal: false);
+        bool merged = relayout && !(DropoutP > 0 && training);
         // Below float32 the adapter's output is cast, not accumulated by addmm_, so the scale rides on the [N, E]
         // gate instead of a pass over [N, out] forward and backward (exact when alpha / r is a power of two, as
         // the default 16 / 8; bench/NOTES.md).
         bool scaleInGate = x2.dtype != ScalarType.Float32;
-        var gate = torch.zeros(N, NumExperts, ScalarType.Float32, xa.device).scatter(1, topI, scaleInGate ? topW * Scaling : topW);
-        // The gating in float32 (a bfloat16 h times the float32 gate promotes), rounded once into the products' dtype.
-        h = (h.view(N, NumExperts, Rank) * gate.unsqueeze(-1)).view(N, ranks).In(type);
+        // q, k and v (gate and up) route as one when they read this same input (MolaSiblings).
+        var h = relayout && input is not null && Siblings is { } siblings && siblings.Applies()
+            ? siblings.Gated(this, input, xa, dropout: !merged, scaleInGate)
+            : Gated(xa, merged, scaleInGate);
         // In float32, B^T made contiguous: its gradient then comes as h^T g, several times faster than the g^T h
         // that a transposed view of B gets from autograd. In bfloat16 both products run at one rate and the copy and
         // its backward cost more than they win (at 2048 x 5632, 2.0 ms against 3.0 a module; bench/NOTES.md).
@@ -187,6 +185,41 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer, Models.
             y.add_(h.mm(bT).In(y.dtype));   // scaled by the gate; in float32 then rounded, or in the base dtype (mixed)
         return y;
     }
+
+    /// <summary>This layer's routed ranks [N, E*r] in <paramref name="xa"/>'s dtype: dropout(x) A^T with each expert's
+    /// r columns scaled by its gate (0 for the experts not chosen; times the scale when <paramref name="scaleInGate"/>).</summary>
+    Tensor Gated(Tensor xa, bool merged, bool scaleInGate)
+    {
+        long N = xa.shape[0], ranks = (long)NumExperts * Rank;
+        var type = xa.dtype;
+        Tensor logits, h;
+        if (merged)
+        {
+            // Router and experts read the same input: one product [N, E + E*r] reads it once, forward and backward.
+            // split, not two narrows: its backward is one cat, where each narrow's fills a zero [N, E + E*r] tensor.
+            var both = xa.mm(torch.cat([router, lora_A], 0).In(type).t()).split([NumExperts, ranks], 1);
+            logits = Float32Logits(both[0]);
+            h = both[1];
+        }
+        else
+        {
+            logits = xa.mm(router.In(type).t()).to(ScalarType.Float32);                   // [N, E]
+            h = Dropout(xa).mm(lora_A.In(type).t());                                       // [N, E*r]
+        }
+        RouterLogitsSink?.Invoke(this, logits);
+        var (gate, topI) = TopKGate(logits, TopK, scaleInGate ? Scaling : 1);
+        if (Observer is not null)
+        {
+            var topW = gate.gather(1, topI).detach();
+            Observer.Add(Layer, Module, topI, scaleInGate ? topW / Scaling : topW, NumExperts);
+        }
+        // The gating in float32 (a bfloat16 h times the float32 gate promotes), rounded once into the products' dtype.
+        return (h.view(N, NumExperts, Rank) * gate.unsqueeze(-1)).view(N, ranks).In(type);
+    }
+
+    /// <summary>A strided view of logits as a contiguous float32 tensor (softmax over a strided view is ~10x slower):
+    /// a copy in float32, and below it the widening cast itself, which writes a contiguous tensor (one pass, not two).</summary>
+    internal static Tensor Float32Logits(Tensor view) => view.dtype == ScalarType.Float32 ? view.contiguous() : view.to(ScalarType.Float32);
 
     /// <summary>Whether <see cref="OneToken"/> computes this call: one row, no autograd, no dropout, no routing observer,
     /// contiguous float32 weights on the CPU.</summary>
@@ -303,7 +336,7 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer, Models.
 
     Tensor LoopForward(Tensor x, Tensor xf, Models.Linear baseLayer)
     {
-        var (topW, topI) = Route(xf.mm(router.t()), asOriginal: true);
+        var (topW, topI) = Route(xf.mm(router.t()));
         var result = baseLayer.Base(x);
         return result + LoopExperts(xf, topW, topI).view(result.shape).to(result.dtype);
     }
@@ -329,5 +362,5 @@ public sealed class MolaLayer : nn.Module<Tensor, Tensor>, IRoutedLayer, Models.
         return final;
     }
 
-    Tensor Dropout(Tensor x) => DropoutP > 0 && training ? nn.functional.dropout(x, DropoutP, training: true) : x;
+    internal Tensor Dropout(Tensor x) => DropoutP > 0 && training ? nn.functional.dropout(x, DropoutP, training: true) : x;
 }
