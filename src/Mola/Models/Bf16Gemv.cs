@@ -63,11 +63,11 @@ public static class Bf16Gemv
     /// <see cref="DecodeTeam"/> over libtorch's thread count. Measured (bench/NOTES.md): with one block per pool thread
     /// the caller waited for threads still waking (two threads read 21 GB/s where the kernel reads 28 back to back);
     /// with chunks from the .NET pool the caller took ~90% of them; the team's spinning helper is 0-5% faster still.</summary>
-    static void Split(long outF, Action<long, long> block)
-    {
-        int chunks = (int)((outF + ChunkRows - 1) / ChunkRows);
-        DecodeTeam.Run(chunks, Math.Max(1, get_num_threads()), c => block(c * ChunkRows, Math.Min(outF, (c + 1) * ChunkRows)));
-    }
+    static void Split(long outF, Action<long, long> block) =>
+        DecodeTeam.Run(Chunks(outF), Math.Max(1, get_num_threads()), c => block(c * ChunkRows, Math.Min(outF, (c + 1) * ChunkRows)));
+
+    /// <summary>The chunks of <see cref="ChunkRows"/> rows that <paramref name="rows"/> outputs make.</summary>
+    static int Chunks(long rows) => (int)((rows + ChunkRows - 1) / ChunkRows);
 
     /// <summary>One weight matrix [<paramref name="Rows"/>, in] of a product and where its bfloat16 outputs go.</summary>
     internal readonly record struct Product(nint W, nint Y, long Rows);
@@ -81,7 +81,7 @@ public static class Bf16Gemv
     {
         var first = new int[products.Length + 1];   // the first chunk of each product; the last entry is the total
         for (int p = 0; p < products.Length; p++)
-            first[p + 1] = first[p] + (int)((products[p].Rows + ChunkRows - 1) / ChunkRows);
+            first[p + 1] = first[p] + Chunks(products[p].Rows);
         DecodeTeam.Run(first[^1], Math.Max(1, get_num_threads()), c =>
         {
             int p = 0;
@@ -98,7 +98,7 @@ public static class Bf16Gemv
     /// (the gate's activation times up) runs on both threads, on outputs still in cache.
     /// </summary>
     internal static unsafe void MultiplyTogether(ushort* x, long inF, Product a, Product b, Action<long, long> combine) =>
-        DecodeTeam.Run((int)((a.Rows + ChunkRows - 1) / ChunkRows), Math.Max(1, get_num_threads()), c =>
+        DecodeTeam.Run(Chunks(a.Rows), Math.Max(1, get_num_threads()), c =>
         {
             long from = c * ChunkRows, to = Math.Min(a.Rows, from + ChunkRows);
             PairsBlock((ushort*)a.W, x, inF, (ushort*)a.Y, from, to);
