@@ -64,8 +64,7 @@ static class OneTokenLayer
 
             // x + attn(norm(x))
             layer.input_layernorm.OneRow(xs, normed);
-            Bf16Gemv.MultiplyPairs(normed, D, [Into(attn.q_proj, q), Into(attn.k_proj, k), Into(attn.v_proj, v)]);
-            AddAdapters(normed, D, wide, [(attn.q_proj, (nint)q), (attn.k_proj, (nint)k), (attn.v_proj, (nint)v)]);
+            Project(normed, D, wide, (attn.q_proj, (nint)q), (attn.k_proj, (nint)k), (attn.v_proj, (nint)v));
             Rotary.OneToken(q, cos, sin, qr, H, hd);
             Rotary.OneToken(k, cos, sin, kr, KV, hd);
             for (int h = 0; h < KV; h++)
@@ -75,8 +74,7 @@ static class OneTokenLayer
                 new Span<ushort>(v + h * hd, hd).CopyTo(new Span<ushort>(values + slot, hd));
             }
             Attend(qr, keys, values, capacity, position + 1, H, KV, hd, o);
-            Bf16Gemv.MultiplyPairs(o, H * hd, [Into(attn.o_proj, product)]);
-            AddAdapters(o, H * hd, wide, [(attn.o_proj, (nint)product)]);
+            Project(o, H * hd, wide, (attn.o_proj, (nint)product));
             Add(xs, product, ys, D);
 
             // x + down(silu(gate(norm(x))) * up(norm(x)))
@@ -90,15 +88,13 @@ static class OneTokenLayer
                 }
             }
             if (mlp.gate_proj.Adapter is null && mlp.up_proj.Adapter is null)
-                Bf16Gemv.MultiplyTogether(normed, D, Into(mlp.gate_proj, gate), Into(mlp.up_proj, up), Activate);
+                Bf16Gemv.MultiplyTogether(normed, D, Into(mlp.gate_proj, (nint)gate), Into(mlp.up_proj, (nint)up), Activate);
             else
             {
-                Bf16Gemv.MultiplyPairs(normed, D, [Into(mlp.gate_proj, gate), Into(mlp.up_proj, up)]);
-                AddAdapters(normed, D, wide, [(mlp.gate_proj, (nint)gate), (mlp.up_proj, (nint)up)]);
+                Project(normed, D, wide, (mlp.gate_proj, (nint)gate), (mlp.up_proj, (nint)up));
                 Activate(0, I);
             }
-            Bf16Gemv.MultiplyPairs(gate, I, [Into(mlp.down_proj, product)]);
-            AddAdapters(gate, I, wide, [(mlp.down_proj, (nint)product)]);
+            Project(gate, I, wide, (mlp.down_proj, (nint)product));
             Add(ys, product, ys, D);
         }
         finally
@@ -108,12 +104,14 @@ static class OneTokenLayer
         return y;
     }
 
-    static unsafe Bf16Gemv.Product Into(Linear map, ushort* y) => new(Bf16Gemv.Address(map.weight), (nint)y, map.OutFeatures);
+    static Bf16Gemv.Product Into(Linear map, nint y) => new(Bf16Gemv.Address(map.weight), y, map.OutFeatures);
 
-    /// <summary>The adapters of <paramref name="maps"/> (those with one) add their outputs for the input row
-    /// <paramref name="x"/> into the base outputs, reading it as float32 (widened once into <paramref name="wide"/>).</summary>
-    static unsafe void AddAdapters(ushort* x, int n, float* wide, (Linear Map, nint Y)[] maps)
+    /// <summary>The maps that read the input row <paramref name="x"/> (<paramref name="n"/> long), each into its bfloat16
+    /// outputs: their base products in one team job, then the adapters of those that have one add their outputs, reading
+    /// x as float32 (widened once into <paramref name="wide"/>).</summary>
+    static unsafe void Project(ushort* x, int n, float* wide, params (Linear Map, nint Y)[] maps)
     {
+        Bf16Gemv.MultiplyPairs(x, n, [.. maps.Select(m => Into(m.Map, m.Y))]);
         bool widened = false;
         foreach (var (map, y) in maps)
         {
