@@ -128,9 +128,11 @@ public class TrainerTests
     }
 
     [Theory]
-    [InlineData(1L << 18)]   // the default chunk: the 31 elements in one
-    [InlineData(7L)]         // chunks that end inside parameters, and a last chunk of 3
-    public void OwnAdamWMatchesTorchSharpsAdamW(long chunkElements)
+    [InlineData(1L << 18, false)]   // the default chunk: the 31 elements in one
+    [InlineData(7L, false)]         // chunks that end inside parameters, and a last chunk of 3
+    [InlineData(1L << 18, true)]    // clipping, the update and zeroing in one pass (as mola train steps)
+    [InlineData(7L, true)]
+    public void OwnAdamWMatchesTorchSharpsAdamW(long chunkElements, bool onePass)
     {
         // Several parameters of different shapes (ours keeps them in one flat buffer, updated chunk by chunk),
         // weight decay, clipping that bites, and gradients set to null or replaced by the caller in between.
@@ -145,20 +147,23 @@ public class TrainerTests
             x.matmul(p[0]).pow(3).sum() + p[1].pow(2).sum() * 3 + (p[2] * p[2].flip(0)).sum();
         for (int step = 0; step < 6; step++)
         {
-            ours.ZeroGrad();
+            if (!onePass) ours.ZeroGrad();   // the one-pass step zeroed them
             reference.zero_grad();
             if (step == 2) mine[1].grad = null;                                   // as a module's zero_grad(set_to_none) would
             if (step == 4) mine[0].grad = torch.full_like(mine[0], 0.5);          // a gradient the caller put there
             if (step == 4) theirs[0].grad = torch.full_like(theirs[0], 0.5);
             Loss(mine).backward();
             Loss(theirs).backward();
-            double norm = ours.ClipGradNorm(1.0);
+            double norm = onePass ? ours.GradNorm() : ours.ClipGradNorm(1.0);
             double theirNorm = torch.nn.utils.clip_grad_norm_(theirs, 1.0);
             // To float32 rounding (one vector norm over the flat buffer against a norm of per-tensor norms).
             Assert.True(Math.Abs(norm - theirNorm) <= 1e-6 * theirNorm, $"norm {norm} against {theirNorm}");
             Assert.True(norm > 1.0);   // clipping bites
-            ours.Step();
+            if (onePass) ours.Step(AdamW.ClipScale(1.0, norm), zeroGradients: true);
+            else ours.Step();
             reference.step();
+            if (onePass)
+                foreach (var p in mine) Assert.Equal(0, p.grad!.abs().max().item<float>());
         }
         for (int i = 0; i < mine.Length; i++)
         {

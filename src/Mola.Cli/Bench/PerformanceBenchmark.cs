@@ -432,9 +432,7 @@ public static class PerformanceBenchmark
                 adapter.train();
                 using var output = adapter.Forward(ids, null, labels);
                 output.Loss!.backward();
-                optimizer!.ClipGradNorm(1.0);
-                optimizer.Step();
-                optimizer.ZeroGrad();
+                optimizer!.Step(AdamW.ClipScale(1.0, optimizer.GradNorm()), zeroGradients: true);   // as mola train steps
             }
         };
         void Use(AdapterModel? adapter)

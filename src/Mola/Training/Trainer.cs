@@ -124,7 +124,9 @@ public sealed class Trainer
             }
             double lr = _o.LearningRate * LrSchedule.Factor(state.Step, _o.WarmupSteps, TotalSteps);
             optimizer.LearningRate = lr;
-            double gradNorm = optimizer.ClipGradNorm(_o.MaxGradNorm);
+            // The norm first (a non-finite one stops the run before any update); clipping, the update and zeroing
+            // the gradients then run as one pass over the flat buffers (AdamW.Step).
+            double gradNorm = optimizer.GradNorm();
             if (!double.IsFinite(loss) || !double.IsFinite(gradNorm))
             {
                 optimizer.ZeroGrad();
@@ -132,8 +134,7 @@ public sealed class Trainer
                 string Last(Func<string, string> n) => FailureNote ?? (checkpoint is string c ? $"the last good checkpoint is {c} (continue with {n("resume")} latest, perhaps with a lower {n("learning_rate")})" : "no checkpoint was saved yet");
                 throw new MolaException(n => $"step {state.Step + 1}: the loss is {(double.IsFinite(loss) ? "finite but the gradient norm is " + gradNorm : loss.ToString(CultureInfo.InvariantCulture))}; training stopped without saving this step; {Last(n)}");
             }
-            optimizer.Step();
-            optimizer.ZeroGrad();
+            optimizer.Step(AdamW.ClipScale(_o.MaxGradNorm, gradNorm), zeroGradients: true);
             state.Step++;
             state.MicroBatch += micro.Count;
             lastLoss = loss;
