@@ -139,14 +139,28 @@ public sealed record BenchOptions
 
 public sealed record LayerTimes(double FrozenMs, double LoraMs, double MolaMs, double MolaLoopMs);
 
-/// <summary>Matrix-product operations of one training step of each variant (<see cref="ModelFlop.Step"/>).</summary>
-public sealed record StepFlop(double Frozen, double Lora, double Mola);
+/// <summary>Matrix-product operations of one training step of each variant (<see cref="ModelFlop.Step"/>), and of one
+/// run of the matmul-rate variant timed in the same rounds.</summary>
+public sealed record StepFlop(double Frozen, double Lora, double Mola, double Matmul);
 
-public sealed record StepTimes(double FrozenMs, double LoraMs, double MolaMs, double TokensPerSecond, StepFlop Flop)
+/// <summary>Milliseconds of each timed round of the step benchmark, per variant; round i of each ran in the same turn
+/// of the rotation.</summary>
+public sealed record StepRounds(IReadOnlyList<double> Frozen, IReadOnlyList<double> Lora, IReadOnlyList<double> Mola, IReadOnlyList<double> Matmul);
+
+/// <summary>The training step's medians, and the matmul rate timed in the same rounds as the steps (this VM's product
+/// rate moved 86-167 GFLOP/s between runs minutes apart, so a rate taken once before the steps put the frozen step at
+/// 0.59 and 1.23 "of matmul" in two runs of one build).</summary>
+public sealed record StepTimes(double FrozenMs, double LoraMs, double MolaMs, double TokensPerSecond, StepFlop Flop, StepRounds Rounds)
 {
     public double FrozenGflops => Flop.Frozen / FrozenMs / 1e6;
     public double LoraGflops => Flop.Lora / LoraMs / 1e6;
     public double MolaGflops => Flop.Mola / MolaMs / 1e6;
+    /// <summary>The matmul rate of the step's rounds (their median).</summary>
+    public double MatmulGflops => Flop.Matmul / Timing.Median(Rounds.Matmul) / 1e6;
+
+    /// <summary>A variant's FLOP/s over the matmul rate, paired: the median over rounds of the share within a round.</summary>
+    public double Utilisation(double flop, IReadOnlyList<double> ms) =>
+        Timing.Median(ms.Zip(Rounds.Matmul, (t, m) => flop / t / (Flop.Matmul / m)).ToList());
 }
 
 /// <summary>Decoding and prefill speed, and what decoding reads: the weights of every linear map (and of the
@@ -162,14 +176,15 @@ public sealed record DecodeTimes(double BaseTokensPerSecond, double MolaTokensPe
 public sealed record RivalTimes(string Program, string GgufType, double DecodeTokensPerSecond, double PrefillTokensPerSecond,
     double DecodeRatio, double PrefillRatio, double FirstTokenMs);
 
-/// <summary>The step and decoding benchmarks of one base dtype; <see cref="MatmulGflops"/> is the product rate in
-/// that dtype measured in the same run, the denominator of the model-FLOP utilisation.</summary>
-public sealed record ModelRun(ScalarType DType, double MatmulGflops, StepTimes Step, DecodeTimes Decode, IReadOnlyDictionary<string, double> PairedRatios,
+/// <summary>The step and decoding benchmarks of one base dtype. The model-FLOP utilisation is over the product rate in
+/// that dtype timed in the step's rounds (<see cref="StepTimes.Utilisation"/>: paired), <see cref="MatmulGflops"/> its median.</summary>
+public sealed record ModelRun(ScalarType DType, StepTimes Step, DecodeTimes Decode, IReadOnlyDictionary<string, double> PairedRatios,
     RivalTimes? Against)
 {
-    public double FrozenUtilisation => Step.FrozenGflops / MatmulGflops;
-    public double LoraUtilisation => Step.LoraGflops / MatmulGflops;
-    public double MolaUtilisation => Step.MolaGflops / MatmulGflops;
+    public double MatmulGflops => Step.MatmulGflops;
+    public double FrozenUtilisation => Step.Utilisation(Step.Flop.Frozen, Step.Rounds.Frozen);
+    public double LoraUtilisation => Step.Utilisation(Step.Flop.Lora, Step.Rounds.Lora);
+    public double MolaUtilisation => Step.Utilisation(Step.Flop.Mola, Step.Rounds.Mola);
 }
 
 public sealed record BenchShapes(int Tokens, int Hidden, int Experts, int TopK, int Rank, double Dropout,
@@ -226,13 +241,10 @@ public static class PerformanceBenchmark
         ProductFloor? floor = null;
         var ratios = new Dictionary<string, double>();
         // The rate of the products that dominate the work benchmarked: the layer's without a shape, the MLP's with one.
+        // Taken here once in float32 for the report, and again in each step run's own rounds and dtype.
         (long n, long k, long m) matmul = o.Shape is null ? (o.Tokens, o.Hidden, o.Hidden) : (o.StepTokens, config.HiddenSize, config.IntermediateSize);
-        double Rate(ScalarType dtype)
-        {
-            log($"matmul rate ({matmul.n} x {matmul.k} x {matmul.m}, {DTypeName(dtype)})...");
-            return MatmulGflops(matmul.n, matmul.k, matmul.m, dtype, Math.Max(3, o.Rounds), o.Clock);
-        }
-        double gflops = Rate(ScalarType.Float32);
+        log($"matmul rate ({matmul.n} x {matmul.k} x {matmul.m}, float32)...");
+        double gflops = MatmulGflops(matmul.n, matmul.k, matmul.m, ScalarType.Float32, Math.Max(3, o.Rounds), o.Clock);
         if (o.Shape is null)
         {
             log($"layer: {o.Hidden} x {o.Hidden}, {o.Tokens} tokens, {o.Experts} experts, top-{o.TopK}, rank {o.Rank}...");
@@ -246,9 +258,9 @@ public static class PerformanceBenchmark
         var runs = new List<ModelRun>();
         foreach (var dtype in o.DTypes)
         {
-            double rate = dtype == ScalarType.Float32 ? gflops : Rate(dtype);
-            log($"step ({DTypeName(dtype)}): {config.NumHiddenLayers} layers, hidden {config.HiddenSize}, {o.StepTokens} tokens, MoLA {string.Join(",", allocation)}...");
-            runs.Add(StepAndGenerate(o, config, dtype, allocation, rate, log));
+            log($"step ({DTypeName(dtype)}): {config.NumHiddenLayers} layers, hidden {config.HiddenSize}, {o.StepTokens} tokens, MoLA {string.Join(",", allocation)}, " +
+                $"with the matmul rate ({matmul.n} x {matmul.k} x {matmul.m}) in the same rounds...");
+            runs.Add(StepAndGenerate(o, config, dtype, allocation, matmul, log));
         }
         foreach (var (key, value) in runs[0].PairedRatios) ratios[key] = value;
 
@@ -379,7 +391,7 @@ public static class PerformanceBenchmark
         };
     }
 
-    static ModelRun StepAndGenerate(BenchOptions o, ModelConfig config, ScalarType dtype, int[] allocation, double matmulGflops, Action<string> log)
+    static ModelRun StepAndGenerate(BenchOptions o, ModelConfig config, ScalarType dtype, int[] allocation, (long n, long k, long m) matmul, Action<string> log)
     {
         using var scope = NewDisposeScope();
         using var model = new CausalLM(config, dtype, CPU);
@@ -443,11 +455,22 @@ public static class PerformanceBenchmark
                 foreach (var m in adapter.Modules) m.Target.Adapter = m.Adapter;
         }
 
+        // The matmul rate is a fourth variant of the same rounds: the product repeated to about half the frozen step's
+        // operations, so that each round's rate is taken under the load its steps ran under.
+        double frozenFlop = ModelFlop.Step(config, o.StepTokens, 0), productFlop = 2.0 * matmul.n * matmul.k * matmul.m;
+        int repeats = (int)Math.Max(1, Math.Round(frozenFlop / productFlop / 2));
+        var ma = randn(matmul.n, matmul.k).to(dtype);
+        var mb = randn(matmul.k, matmul.m).to(dtype);
+        void Products()
+        {
+            for (int i = 0; i < repeats; i++) { using var c = ma.matmul(mb); }
+        }
         var times = Timing.Interleaved(
         [
             ("frozen", Step(null, null)),
             ("lora", Step(lora, loraOptimizer)),
             ("mola", Step(mola, molaOptimizer)),
+            ("matmul", Products),
         ], Math.Min(o.Warmup, 1), o.StepRounds, o.Clock);
         var ratios = new Dictionary<string, double>
         {
@@ -455,8 +478,9 @@ public static class PerformanceBenchmark
             ["step_mola_over_lora"] = Timing.PairedRatio(times[2], times[1]),
             ["step_lora_over_frozen"] = Timing.PairedRatio(times[1], times[0]),
         };
-        var flop = new StepFlop(ModelFlop.Step(config, o.StepTokens, 0), ModelFlop.Step(config, o.StepTokens, Count(lora)), ModelFlop.Step(config, o.StepTokens, Count(mola)));
-        var step = new StepTimes(times[0].Median, times[1].Median, times[2].Median, o.StepTokens / (times[2].Median / 1000), flop);
+        var flop = new StepFlop(frozenFlop, ModelFlop.Step(config, o.StepTokens, Count(lora)), ModelFlop.Step(config, o.StepTokens, Count(mola)), repeats * productFlop);
+        var step = new StepTimes(times[0].Median, times[1].Median, times[2].Median, o.StepTokens / (times[2].Median / 1000), flop,
+            new StepRounds(times[0].Milliseconds, times[1].Milliseconds, times[2].Milliseconds, times[3].Milliseconds));
         hook.remove();
 
         log($"generation: {o.PromptTokens}-token prompt, {o.GenerateTokens} new tokens, base model and MoLA adapter{(o.Against is null ? "" : " and " + o.Against)}, KV cache...");
@@ -534,7 +558,7 @@ public static class PerformanceBenchmark
         var decode = new DecodeTimes(Timing.Median(baseRates), Timing.Median(molaRates),
             baseBytes, molaBytes, ReadGBs(gen["read"].Median), o.PrefillTokens / (prefill.Median / 1000),
             Share(baseRates, baseBytes), Share(molaRates, molaBytes), Timing.Median(firstTokens["base"]), Timing.Median(firstTokens["mola"]));
-        return new ModelRun(dtype, matmulGflops, step, decode, ratios, against);
+        return new ModelRun(dtype, step, decode, ratios, against);
     }
 
     /// <summary>The model written to GGUF and loaded by llama.cpp, with libtorch's thread count (the same cores as mola).</summary>

@@ -67,7 +67,7 @@ public static class BenchCommand
         var cmd = new Command("bench", "Performance of the adapters on this machine, in one run so ratios compare like with like: " +
             "one adapted linear (forward + backward) frozen, LoRA, MoLA and the original's per-expert loop; that layer's matrix products " +
             "one by one (added to the frozen layer, the floor of the batched MoLA path); a whole training step " +
-            "of a small decoder (or of a real shape, --shape) with its FLOP/s over the matmul rate of the same run; the matmul rate; " +
+            "of a small decoder (or of a real shape, --shape) with its FLOP/s over the matmul rate timed in the same rounds and dtype (paired); the float32 matmul rate; " +
             "decoding speed with the KV cache (base and MoLA; the tokens after the first, the first token timed apart) with its weight bytes read per second over the memory read rate measured in the same rounds (paired); " +
             "prefill speed; with --against llama.cpp, llama.cpp's decoding and prefill of the same weights. Random weights, no checkpoint needed.")
         { tokens, hidden, experts, topK, rank, dropout, stepLayers, stepHidden, stepTokens, vocab, allocation, rounds, stepRounds, threads, clock, prefill, decodeRounds, against, shape, dtype, adapterPrecision, tokenizer, text, quick, json };
@@ -136,6 +136,8 @@ public static class BenchCommand
                         frozen_utilisation = run.FrozenUtilisation,
                         lora_utilisation = run.LoraUtilisation,
                         mola_utilisation = run.MolaUtilisation,
+                        matmul_flop = run.Step.Flop.Matmul,
+                        rounds = new { frozen_ms = run.Step.Rounds.Frozen, lora_ms = run.Step.Rounds.Lora, mola_ms = run.Step.Rounds.Mola, matmul_ms = run.Step.Rounds.Matmul },
                     },
                     decode = new
                     {
@@ -242,7 +244,7 @@ public static class BenchCommand
         foreach (var run in r.Runs)
         {
             string Utilisation(double gflops, double share) => string.Format(c, "  {0,6:F1} GFLOP/s = {1:F2} of matmul", gflops, share);
-            o.Line(string.Format(c, "training step{0}, {1}: {2} layers, hidden {3}, intermediate {4}, {5} tokens, vocab {6}, MoLA {7} (median; matmul {8:F1} GFLOP/s in {1})",
+            o.Line(string.Format(c, "training step{0}, {1}: {2} layers, hidden {3}, intermediate {4}, {5} tokens, vocab {6}, MoLA {7} (median; matmul {8:F1} GFLOP/s in {1}, timed in the same rounds; shares paired)",
                 s.Shape is null ? "" : " at " + s.Shape, PerformanceBenchmark.DTypeName(run.DType), s.StepLayers, s.StepHidden, s.StepIntermediate, s.StepTokens, s.Vocab,
                 string.Join(",", s.StepExperts), run.MatmulGflops));
             o.Line(Row("frozen", run.Step.FrozenMs, run.Step.FrozenMs) + Utilisation(run.Step.FrozenGflops, run.FrozenUtilisation));
