@@ -273,10 +273,20 @@ public static class PerformanceBenchmark
     public static double MatmulGflops(long n, long k, long m, ScalarType dtype, int repeats, Clock clock = Clock.Wall)
     {
         using var scope = NewDisposeScope();
-        var a = randn(n, k).to(dtype);
-        var b = randn(k, m).to(dtype);
-        var t = Timing.Interleaved([("matmul", () => { using var c = a.matmul(b); })], 1, repeats, clock)[0];
+        var t = Timing.Interleaved([("matmul", Products((n, k, m), dtype, 1))], 1, repeats, clock)[0];
         return 2.0 * n * k * m / (t.Median / 1000) / 1e9;
+    }
+
+    /// <summary>The work the matmul rate times: random [n, k] x [k, m] in <paramref name="dtype"/>, <paramref name="repeats"/>
+    /// products a run (the operands in the caller's dispose scope).</summary>
+    static Action Products((long n, long k, long m) shape, ScalarType dtype, int repeats)
+    {
+        var a = randn(shape.n, shape.k).to(dtype);
+        var b = randn(shape.k, shape.m).to(dtype);
+        return () =>
+        {
+            for (int i = 0; i < repeats; i++) { using var c = a.matmul(b); }
+        };
     }
 
     /// <summary>Float32 elements the read rate sums: 512 MiB, far past every cache.</summary>
@@ -459,18 +469,12 @@ public static class PerformanceBenchmark
         // operations, so that each round's rate is taken under the load its steps ran under.
         double frozenFlop = ModelFlop.Step(config, o.StepTokens, 0), productFlop = 2.0 * matmul.n * matmul.k * matmul.m;
         int repeats = (int)Math.Max(1, Math.Round(frozenFlop / productFlop / 2));
-        var ma = randn(matmul.n, matmul.k).to(dtype);
-        var mb = randn(matmul.k, matmul.m).to(dtype);
-        void Products()
-        {
-            for (int i = 0; i < repeats; i++) { using var c = ma.matmul(mb); }
-        }
         var times = Timing.Interleaved(
         [
             ("frozen", Step(null, null)),
             ("lora", Step(lora, loraOptimizer)),
             ("mola", Step(mola, molaOptimizer)),
-            ("matmul", Products),
+            ("matmul", Products(matmul, dtype, repeats)),
         ], Math.Min(o.Warmup, 1), o.StepRounds, o.Clock);
         var ratios = new Dictionary<string, double>
         {
