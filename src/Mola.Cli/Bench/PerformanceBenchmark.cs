@@ -147,11 +147,14 @@ public sealed record StepFlop(double Frozen, double Lora, double Mola, double Ma
 /// of the rotation.</summary>
 public sealed record StepRounds(IReadOnlyList<double> Frozen, IReadOnlyList<double> Lora, IReadOnlyList<double> Mola, IReadOnlyList<double> Matmul);
 
-/// <summary>The training step's medians, and the matmul rate timed in the same rounds as the steps (this VM's product
+/// <summary>The training step's rounds and their medians, and the matmul rate timed in the same rounds (this VM's product
 /// rate moved 86-167 GFLOP/s between runs minutes apart, so a rate taken once before the steps put the frozen step at
 /// 0.59 and 1.23 "of matmul" in two runs of one build).</summary>
-public sealed record StepTimes(double FrozenMs, double LoraMs, double MolaMs, double TokensPerSecond, StepFlop Flop, StepRounds Rounds)
+public sealed record StepTimes(double TokensPerSecond, StepFlop Flop, StepRounds Rounds)
 {
+    public double FrozenMs => Timing.Median(Rounds.Frozen);
+    public double LoraMs => Timing.Median(Rounds.Lora);
+    public double MolaMs => Timing.Median(Rounds.Mola);
     public double FrozenGflops => Flop.Frozen / FrozenMs / 1e6;
     public double LoraGflops => Flop.Lora / LoraMs / 1e6;
     public double MolaGflops => Flop.Mola / MolaMs / 1e6;
@@ -483,7 +486,7 @@ public static class PerformanceBenchmark
             ["step_lora_over_frozen"] = Timing.PairedRatio(times[1], times[0]),
         };
         var flop = new StepFlop(frozenFlop, ModelFlop.Step(config, o.StepTokens, Count(lora)), ModelFlop.Step(config, o.StepTokens, Count(mola)), repeats * productFlop);
-        var step = new StepTimes(times[0].Median, times[1].Median, times[2].Median, o.StepTokens / (times[2].Median / 1000), flop,
+        var step = new StepTimes(o.StepTokens / (times[2].Median / 1000), flop,
             new StepRounds(times[0].Milliseconds, times[1].Milliseconds, times[2].Milliseconds, times[3].Milliseconds));
         hook.remove();
 
